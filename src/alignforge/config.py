@@ -1,0 +1,405 @@
+"""Strict, documented dataclass configs: YAML files + dotted ``key=value`` overrides.
+
+Every stage has one config dataclass built from shared sections. Loading is strict on purpose:
+a typo in a config key silently falling back to a default is the most expensive bug in ML
+tooling (a run that looks fine and trained the wrong thing). So an unknown key is an error that
+names the key, lists the valid ones and suggests the closest; a wrong type names the field, the
+expected type and the value given.
+
+Fields carry their documentation in ``metadata["doc"]`` (use :func:`option`), which is what
+``alignforge <stage> --help`` prints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from alignforge.io import atomic_write_text
+
+
+class ConfigError(ValueError):
+    """A config could not be loaded: the message says which key, where, and what was expected."""
+
+
+def option(default: Any = dataclasses.MISSING, doc: str = "", *, factory: Any = None) -> Any:
+    """A documented dataclass field. Use ``factory`` for mutable defaults (lists, sections)."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
+def section(cls: type, doc: str = "") -> Any:
+    """A nested config section with its defaults."""
+    return field(default_factory=cls, metadata={"doc": doc})
+
+
+# ---------------------------------------------------------------------------------------------
+# Type checking / coercion
+# ---------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        inner = " or ".join(_type_name(a) for a in args)
+        return f"{inner} or null" if len(args) < len(typing.get_args(tp)) else inner
+    if origin in (list, tuple):
+        args = typing.get_args(tp)
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if origin is dict:
+        args = typing.get_args(tp)
+        return f"mapping of {_type_name(args[1])}" if args else "mapping"
+    if dataclasses.is_dataclass(tp):
+        return f"section {tp.__name__}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return the (lightly) coerced value."""
+    origin = typing.get_origin(tp)
+    bad = ConfigError(
+        f"config key '{key}': expected {_type_name(tp)}, got {value!r} ({type(value).__name__})"
+    )
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise bad
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise bad
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise bad
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        (inner,) = typing.get_args(tp)[:1] or (Any,)
+        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        kt, vt = typing.get_args(tp) or (str, Any)
+        return {str(k): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise bad
+        return from_dict(tp, value, prefix=key + ".")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise bad
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise bad
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise bad
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _unknown_key_error(cls: type, key: str, prefix: str) -> ConfigError:
+    valid = [f.name for f in dataclasses.fields(cls)]
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f" Did you mean '{prefix}{close[0]}'?" if close else ""
+    return ConfigError(
+        f"unknown config key '{prefix}{key}'.{hint} Valid keys"
+        f"{' in ' + prefix.rstrip('.') if prefix else ''}: {', '.join(valid)}"
+    )
+
+
+def from_dict(cls: type, data: dict[str, Any] | None, prefix: str = "") -> Any:
+    """Build ``cls`` from a (nested) dict, strictly: unknown keys and wrong types are errors."""
+    data = dict(data or {})
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            raise _unknown_key_error(cls, key, prefix)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _coerce(data[f.name], hints[f.name], prefix + f.name)
+    try:
+        obj = cls(**kwargs)
+    except TypeError as e:  # a required field without default
+        raise ConfigError(f"config section '{prefix.rstrip('.') or cls.__name__}': {e}") from e
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        try:
+            validate()
+        except ConfigError:
+            raise
+        except ValueError as e:
+            raise ConfigError(f"config '{prefix.rstrip('.') or cls.__name__}': {e}") from e
+    return obj
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The plain-dict (YAML-ready) form of a config."""
+    return dataclasses.asdict(cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# Overrides and files
+# ---------------------------------------------------------------------------------------------
+
+
+def _field_type(cls: type, dotted: str) -> Any:
+    """The annotation at a dotted path, raising the unknown-key error on the way."""
+    tp: Any = cls
+    prefix = ""
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(tp):
+            raise ConfigError(f"config key '{prefix}{part}': '{prefix.rstrip('.')}' is not a section")
+        if part not in {f.name for f in dataclasses.fields(tp)}:
+            raise _unknown_key_error(tp, part, prefix)
+        tp = _hints(tp)[part]
+        # Optional[Section] -> Section
+        if typing.get_origin(tp) in (Union, types.UnionType):
+            dcs = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+            if dcs:
+                tp = dcs[0]
+        prefix += part + "."
+    return tp
+
+
+def _accepts_str(tp: Any) -> bool:
+    if tp is str:
+        return True
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return any(_accepts_str(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is Literal:
+        return all(isinstance(a, str) for a in typing.get_args(tp))
+    return False
+
+
+def parse_override(cls: type, text: str) -> tuple[str, Any]:
+    """``"train.lr=3e-4"`` -> ``("train.lr", 0.0003)``, typed by the target field."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    tp = _field_type(cls, key)
+    if raw.strip() in ("null", "None", "~"):
+        return key, None
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override '{text}': value is not valid YAML: {e}") from e
+    # "model.init=123" must stay a string when the field is a string (paths, names, ids).
+    if _accepts_str(tp) and not isinstance(value, str) and not isinstance(value, (list, dict)):
+        if value is None or isinstance(value, (int, float, bool)):
+            if not (typing.get_origin(tp) in (Union, types.UnionType) and
+                    any(a in (int, float, bool) for a in typing.get_args(tp))):
+                value = raw
+    # A float that YAML read as a string ("3e-4" in YAML 1.1 is a str).
+    if isinstance(value, str) and not _accepts_str(tp):
+        try:
+            value = float(value) if "." in value or "e" in value.lower() else int(value)
+        except ValueError:
+            pass
+    return key, value
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def load_config(cls: type, path: str | os.PathLike | None = None, overrides: list[str] | tuple = (),
+                base: dict[str, Any] | None = None) -> Any:
+    """File (optional) → dict, dotted overrides applied in order, then strict construction."""
+    data: dict[str, Any] = dict(base or {})
+    if path is not None:
+        try:
+            data = _deep_merge(data, load_yaml(path))
+            from_dict(cls, data)  # validate the file on its own for a file-named error
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+    for text in overrides:
+        key, value = parse_override(cls, text)
+        _set_dotted(data, key, value)
+    return from_dict(cls, data)
+
+
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def save_config(cfg: Any, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML, atomically."""
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def describe(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """(dotted key, type, default, doc) for every leaf field: what ``--help`` prints."""
+    rows = []
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        doc = f.metadata.get("doc", "")
+        if dataclasses.is_dataclass(tp):
+            rows.extend(describe(tp, prefix + f.name + "."))
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            default = "(required)"
+        rows.append((prefix + f.name, _type_name(tp), default, doc))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared sections (design §8: model.init, ref.init, reward.init, value.init, data.train, data.eval, out)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoraSection:
+    enabled: bool = option(False, "train LoRA adapters (peft) instead of all weights")
+    r: int = option(16, "LoRA rank")
+    alpha: int = option(32, "LoRA scaling alpha")
+    dropout: float = option(0.0, "LoRA dropout")
+    target_modules: list[str] = option(doc="module names to adapt",
+                                       factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                        "gate_proj", "up_proj", "down_proj"])
+
+
+@dataclass
+class ModelSection:
+    init: Optional[str] = option(None, "a stage folder (runs/<run>/<stage>) or a local HF model directory; "
+                                       "null = build from `preset`")
+    preset: str = option("tiny-4m", "tiny model preset when training from scratch (tiny-1m, tiny-4m, small-30m)")
+    tokenizer: Optional[str] = option(None, "tokenizer directory (default: the one saved with model.init)")
+    gradient_checkpointing: bool = option(False, "recompute activations in backward to save memory")
+    lora: LoraSection = section(LoraSection, "optional LoRA adapters")
+
+
+@dataclass
+class RefSection:
+    init: Optional[str] = option(None, "reference model (default: the policy's init)")
+
+
+@dataclass
+class DataSection:
+    train: Optional[str] = option(None, "training records: JSONL(.gz), Parquet, or a local HF datasets dir")
+    eval: Optional[str] = option(None, "held-out records for evaluation")
+    format: str = option("auto", "adapter: auto, records, hh-rlhf, alpaca, dolly, oasst, ultrafeedback, messages")
+    on_bad_record: Literal["error", "skip"] = option("error", "malformed record: stop with the error, or skip and count")
+    max_records: Optional[int] = option(None, "use at most this many training records")
+
+
+@dataclass
+class TrainSection:
+    lr: float = option(3e-4, "peak learning rate (AdamW)")
+    weight_decay: float = option(0.1, "AdamW weight decay (not applied to norms/biases)")
+    beta1: float = option(0.9, "AdamW beta1")
+    beta2: float = option(0.95, "AdamW beta2")
+    eps: float = option(1e-8, "AdamW epsilon")
+    schedule: Literal["cosine", "linear", "constant"] = option("cosine", "learning-rate schedule after warmup")
+    warmup_steps: int = option(20, "linear warmup steps")
+    min_lr_ratio: float = option(0.1, "final lr as a fraction of the peak (cosine/linear)")
+    batch_size: int = option(16, "micro-batch size (sequences per forward) per process")
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+    max_steps: int = option(200, "optimizer steps")
+    grad_clip: float = option(1.0, "clip the global grad norm to this (0 = off)")
+    seq_len: int = option(256, "tokens per sequence / packed block")
+    log_every: int = option(10, "log metrics every N steps")
+    eval_every: int = option(100, "evaluate every N steps (0 = only at the end)")
+    save_every: int = option(100, "checkpoint every N steps (0 = only at the end)")
+    max_minutes: Optional[float] = option(None, "stop (and save) after this many minutes")
+
+
+@dataclass
+class RuntimeSection:
+    device: Literal["auto", "cpu", "cuda"] = option("auto", "auto = CUDA when present, else CPU")
+    precision: Literal["auto", "fp32", "bf16"] = option("auto", "auto = bf16 autocast on CUDA that supports it, fp32 on CPU")
+    fsdp: bool = option(False, "shard the model with FSDP (multi-GPU, models that do not fit one GPU)")
+    threads: Optional[int] = option(None, "torch intra-op threads on CPU (default: torch's choice)")
+    tensorboard: bool = option(False, "also log to TensorBoard (needs the [tb] extra)")
+    progress: bool = option(True, "show rich progress bars")
+
+
+@dataclass
+class StageConfig:
+    """Keys every stage has."""
+
+    run: str = option("default", "run name: outputs go to runs/<run>/<stage> unless `out` is set")
+    out: Optional[str] = option(None, "output folder (default runs/<run>/<stage>)")
+    seed: int = option(0, "random seed (data order, init, sampling)")
+    runtime: RuntimeSection = section(RuntimeSection, "device and precision")
+
+    stage_name: typing.ClassVar[str] = "stage"
+
+    def out_dir(self) -> Path:
+        return Path(self.out) if self.out else Path("runs") / self.run / self.stage_name
+
+
+@dataclass
+class PretrainConfig(StageConfig):
+    """Causal LM from scratch (or continued) on text records, packed into fixed blocks."""
+
+    stage_name: typing.ClassVar[str] = "pretrain"
+    model: ModelSection = section(ModelSection, "the model")
+    data: DataSection = section(DataSection, "text records")
+    train: TrainSection = section(TrainSection, "optimisation")

@@ -1,0 +1,555 @@
+"""The record types every stage reads and writes (design §3, §8), and their file I/O.
+
+One JSON object per line (JSONL, plain or ``.gz``), Parquet, or a local Hugging Face ``datasets``
+directory. Reading is strict: a malformed record raises :class:`RecordError` naming the file, the
+line (or row), the field and what was expected. With ``on_bad="skip"`` bad records are skipped
+*and counted* (see :class:`ReadReport`); nothing is ever dropped silently.
+
+Record kinds (``kind`` is inferred from the fields, or forced by the caller):
+
+=============  =============================================================================
+text           ``text``
+prompt         ``prompt`` (a string, or a ``messages`` list of ``{role, content}``)
+demonstration  ``prompt``, ``response``
+comparison     ``prompt``, ``chosen``, ``rejected``; optional ``strength`` 0–3, ``tie``
+ranking        ``prompt``, ``responses`` [K], ``ranking`` (indices best → worst)
+rating         ``prompt``, ``response``, ``likert`` 1–7, ``flags``, optional ``helpful``/``honest``/``harmless``
+candidates     ``prompt``, ``responses`` [K], unlabelled (what annotators are shown)
+=============  =============================================================================
+
+Every record may carry provenance: ``id``, ``category``, ``source``, ``annotator``, ``policy``
+(checkpoint id), ``round``, ``sampling`` (temperature/top-p), and a free ``meta`` mapping.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Iterable, Iterator, Literal, Optional, Union
+
+from alignforge.io import atomic_open
+
+Message = dict[str, str]
+Prompt = Union[str, list[Message]]
+
+ROLES = ("system", "user", "assistant")
+STRENGTHS = ("negligibly better", "slightly better", "better", "significantly better")  # 0..3 (Llama-2)
+FLAGS = (
+    "fails_instruction",
+    "inappropriate_for_customer",
+    "sexual",
+    "violent",
+    "harmful_advice",
+    "moral_judgment",
+    "denigrates_protected_class",
+    "hallucination",
+)
+
+
+class RecordError(ValueError):
+    """A record is malformed. ``str(e)`` reads ``path:line: field 'x': expected ..., got ...``."""
+
+    def __init__(self, message: str, path: str | None = None, line: int | None = None,
+                 field: str | None = None):
+        self.path, self.line, self.field, self.reason = path, line, field, message
+        where = f"{path}:{line}: " if path is not None and line is not None else (f"{path}: " if path else "")
+        what = f"field '{field}': " if field else ""
+        super().__init__(f"{where}{what}{message}")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---------------------------------------------------------------------------------------------
+# Field validators: each raises RecordError(field=...) with what was expected.
+# ---------------------------------------------------------------------------------------------
+
+
+def check_prompt(value: Any, name: str = "prompt") -> Prompt:
+    if isinstance(value, str):
+        if not value.strip():
+            raise RecordError("expected a non-empty string or a list of messages, got an empty string", field=name)
+        return value
+    if isinstance(value, list) and value:
+        for i, m in enumerate(value):
+            if not isinstance(m, dict) or set(m) - {"role", "content"} or "role" not in m or "content" not in m:
+                raise RecordError(f"message {i}: expected {{'role', 'content'}}, got {_short(m)}", field=name)
+            if m["role"] not in ROLES:
+                raise RecordError(f"message {i}: role must be one of {ROLES}, got {m['role']!r}", field=name)
+            if not isinstance(m["content"], str):
+                raise RecordError(f"message {i}: content must be a string, got {_short(m['content'])}", field=name)
+        return [dict(role=m["role"], content=m["content"]) for m in value]
+    raise RecordError(f"expected a non-empty string or a non-empty list of messages, got {_short(value)}", field=name)
+
+
+def check_text(value: Any, name: str, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise RecordError(f"expected a string, got {_short(value)} ({type(value).__name__})", field=name)
+    if not allow_empty and not value.strip():
+        raise RecordError("expected a non-empty string, got an empty one", field=name)
+    return value
+
+
+def check_int(value: Any, name: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        raise RecordError(f"expected an integer {lo}–{hi}, got {_short(value)}", field=name)
+    if not lo <= int(value) <= hi:
+        raise RecordError(f"expected an integer {lo}–{hi}, got {value}", field=name)
+    return int(value)
+
+
+def check_responses(value: Any, name: str = "responses", min_k: int = 2) -> list[str]:
+    if not isinstance(value, list) or len(value) < min_k:
+        raise RecordError(f"expected a list of at least {min_k} response strings, got {_short(value)}", field=name)
+    return [check_text(v, f"{name}[{i}]") for i, v in enumerate(value)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Record types
+# ---------------------------------------------------------------------------------------------
+
+_PROVENANCE = ("id", "category", "source", "annotator", "policy", "round", "sampling", "meta")
+
+
+@dataclass
+class Record:
+    """Base: provenance fields shared by every record."""
+
+    kind: ClassVar[str] = "record"
+
+    id: Optional[str] = None
+    category: Optional[str] = None
+    source: Optional[str] = None
+    annotator: Optional[str] = None
+    policy: Optional[str] = None
+    round: Optional[int] = None
+    sampling: Optional[dict[str, Any]] = None
+    meta: Optional[dict[str, Any]] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict, without the unset (None) optional fields."""
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if v is None or (f.name == "tie" and v is False):
+                continue
+            out[f.name] = v
+        return out
+
+    @classmethod
+    def _provenance(cls, d: dict[str, Any]) -> dict[str, Any]:
+        kw: dict[str, Any] = {}
+        for key in ("id", "category", "source", "annotator", "policy"):
+            if d.get(key) is not None:
+                v = d[key]
+                kw[key] = v if isinstance(v, str) else str(v)
+        if d.get("round") is not None:
+            kw["round"] = check_int(d["round"], "round", 0, 10**9)
+        for key in ("sampling", "meta"):
+            if d.get(key) is not None:
+                if not isinstance(d[key], dict):
+                    raise RecordError(f"expected a mapping, got {_short(d[key])}", field=key)
+                kw[key] = d[key]
+        return kw
+
+    @classmethod
+    def required(cls) -> tuple[str, ...]:
+        return ()
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Record":
+        raise NotImplementedError
+
+    @classmethod
+    def allowed(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)} | {"messages"}
+
+
+@dataclass
+class TextRecord(Record):
+    kind: ClassVar[str] = "text"
+    text: str = ""
+
+    @classmethod
+    def required(cls):
+        return ("text",)
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(text=check_text(d.get("text"), "text"), **cls._provenance(d))
+
+
+def _prompt_of(d: dict[str, Any]) -> Prompt:
+    if "prompt" in d:
+        return check_prompt(d["prompt"], "prompt")
+    if "messages" in d:
+        return check_prompt(d["messages"], "messages")
+    raise RecordError("missing (expected a string or a list of messages)", field="prompt")
+
+
+@dataclass
+class PromptRecord(Record):
+    kind: ClassVar[str] = "prompt"
+    prompt: Prompt = ""
+
+    @classmethod
+    def required(cls):
+        return ("prompt",)
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(prompt=_prompt_of(d), **cls._provenance(d))
+
+
+@dataclass
+class Demonstration(Record):
+    kind: ClassVar[str] = "demonstration"
+    prompt: Prompt = ""
+    response: str = ""
+
+    @classmethod
+    def required(cls):
+        return ("prompt", "response")
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(prompt=_prompt_of(d), response=check_text(d.get("response"), "response"), **cls._provenance(d))
+
+
+@dataclass
+class Comparison(Record):
+    """``chosen`` preferred over ``rejected``; ``strength`` 0–3 (negligibly … significantly better).
+
+    A tie is ``tie: true`` (chosen/rejected order then carries no meaning); reward training drops
+    and counts ties. The loss margin per strength level lives in the reward config, not here.
+    """
+
+    kind: ClassVar[str] = "comparison"
+    prompt: Prompt = ""
+    chosen: str = ""
+    rejected: str = ""
+    strength: Optional[int] = None
+    tie: bool = False
+
+    @classmethod
+    def required(cls):
+        return ("prompt", "chosen", "rejected")
+
+    @classmethod
+    def from_dict(cls, d):
+        chosen = check_text(d.get("chosen"), "chosen")
+        rejected = check_text(d.get("rejected"), "rejected")
+        tie = d.get("tie", False)
+        if not isinstance(tie, bool):
+            raise RecordError(f"expected true or false, got {_short(tie)}", field="tie")
+        strength = d.get("strength", d.get("margin"))
+        if strength is not None:
+            strength = check_int(strength, "strength", 0, 3)
+        if chosen == rejected and not tie:
+            raise RecordError("chosen and rejected are identical (mark it `tie: true` or drop it)", field="chosen")
+        return cls(prompt=_prompt_of(d), chosen=chosen, rejected=rejected, strength=strength, tie=tie,
+                   **cls._provenance(d))
+
+    @classmethod
+    def allowed(cls):
+        return super().allowed() | {"margin"}
+
+
+@dataclass
+class Ranking(Record):
+    """K responses and their order, best first: ``ranking[0]`` is the index of the best."""
+
+    kind: ClassVar[str] = "ranking"
+    prompt: Prompt = ""
+    responses: list[str] = field(default_factory=list)
+    ranking: list[int] = field(default_factory=list)
+
+    @classmethod
+    def required(cls):
+        return ("prompt", "responses", "ranking")
+
+    @classmethod
+    def from_dict(cls, d):
+        responses = check_responses(d.get("responses"))
+        ranking = d.get("ranking")
+        if (not isinstance(ranking, list) or any(isinstance(i, bool) or not isinstance(i, int) for i in ranking)
+                or sorted(ranking) != list(range(len(responses)))):
+            raise RecordError(f"expected a permutation of 0..{len(responses) - 1} (best first), got {_short(ranking)}",
+                              field="ranking")
+        return cls(prompt=_prompt_of(d), responses=responses, ranking=list(ranking), **cls._provenance(d))
+
+    def comparisons(self) -> list[tuple[int, int]]:
+        """All C(K,2) (better, worse) index pairs implied by the ranking."""
+        order = self.ranking
+        return [(order[i], order[j]) for i in range(len(order)) for j in range(i + 1, len(order))]
+
+
+@dataclass
+class Rating(Record):
+    """A Likert 1–7 rating with the InstructGPT flags and optional helpful/honest/harmless 1–7."""
+
+    kind: ClassVar[str] = "rating"
+    prompt: Prompt = ""
+    response: str = ""
+    likert: int = 0
+    flags: dict[str, bool] = field(default_factory=dict)
+    helpful: Optional[int] = None
+    honest: Optional[int] = None
+    harmless: Optional[int] = None
+
+    @classmethod
+    def required(cls):
+        return ("prompt", "response", "likert")
+
+    @classmethod
+    def from_dict(cls, d):
+        flags = d.get("flags") or {}
+        if isinstance(flags, list):  # a list of raised flag names is accepted too
+            flags = {name: True for name in flags}
+        if not isinstance(flags, dict):
+            raise RecordError(f"expected a mapping of flag → bool, got {_short(flags)}", field="flags")
+        for name, v in flags.items():
+            if name not in FLAGS:
+                raise RecordError(f"unknown flag {name!r}; expected one of {', '.join(FLAGS)}", field="flags")
+            if not isinstance(v, bool):
+                raise RecordError(f"flag {name!r}: expected true/false, got {_short(v)}", field="flags")
+        axes = {k: check_int(d[k], k, 1, 7) for k in ("helpful", "honest", "harmless") if d.get(k) is not None}
+        return cls(prompt=_prompt_of(d), response=check_text(d.get("response"), "response"),
+                   likert=check_int(d.get("likert"), "likert", 1, 7), flags=dict(flags), **axes,
+                   **cls._provenance(d))
+
+
+@dataclass
+class Candidates(Record):
+    """An unlabelled prompt with K candidate responses (input to annotation)."""
+
+    kind: ClassVar[str] = "candidates"
+    prompt: Prompt = ""
+    responses: list[str] = field(default_factory=list)
+
+    @classmethod
+    def required(cls):
+        return ("prompt", "responses")
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(prompt=_prompt_of(d), responses=check_responses(d.get("responses"), min_k=1),
+                   **cls._provenance(d))
+
+
+RECORD_TYPES: dict[str, type[Record]] = {
+    t.kind: t for t in (TextRecord, PromptRecord, Demonstration, Comparison, Ranking, Rating, Candidates)
+}
+RecordKind = Literal["text", "prompt", "demonstration", "comparison", "ranking", "rating", "candidates"]
+
+
+def infer_kind(d: dict[str, Any]) -> str:
+    """Which record type a dict is, from its fields (most specific first)."""
+    keys = set(d)
+    if {"chosen", "rejected"} <= keys:
+        return "comparison"
+    if "ranking" in keys and "responses" in keys:
+        return "ranking"
+    if "likert" in keys:
+        return "rating"
+    if "responses" in keys:
+        return "candidates"
+    if "response" in keys:
+        return "demonstration"
+    if "prompt" in keys or "messages" in keys:
+        return "prompt"
+    if "text" in keys:
+        return "text"
+    raise RecordError(f"cannot tell the record type from fields {sorted(keys)}; expected one of the "
+                      f"record types: {', '.join(RECORD_TYPES)}")
+
+
+def parse_record(d: Any, kind: str | None = None, strict_fields: bool = True) -> Record:
+    """Validate one dict into a record. Raises :class:`RecordError` (without path/line)."""
+    if not isinstance(d, dict):
+        raise RecordError(f"expected a JSON object, got {_short(d)}")
+    kind = kind or infer_kind(d)
+    if kind not in RECORD_TYPES:
+        raise RecordError(f"unknown record kind {kind!r}; expected one of {', '.join(RECORD_TYPES)}")
+    cls = RECORD_TYPES[kind]
+    if strict_fields:
+        extra = set(d) - cls.allowed()
+        if extra:
+            raise RecordError(f"unexpected field(s) {sorted(extra)} for a {kind} record "
+                              f"(allowed: {', '.join(sorted(cls.allowed()))}; put extras under 'meta')",
+                              field=sorted(extra)[0])
+    return cls.from_dict(d)
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReadReport:
+    """What a read did: records read, and bad ones skipped (with the first few errors)."""
+
+    path: str
+    read: int = 0
+    skipped: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def note(self, err: RecordError) -> None:
+        self.skipped += 1
+        if len(self.errors) < 20:
+            self.errors.append(str(err))
+
+    def summary(self) -> str:
+        s = f"{self.path}: {self.read} records"
+        if self.skipped:
+            s += f", {self.skipped} bad records skipped (first: {self.errors[0]})"
+        return s
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def iter_raw(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """(line or row number, raw object) from JSONL(.gz), JSON list, Parquet or an HF datasets dir.
+
+    Lines that are not valid JSON raise :class:`RecordError` with the line number.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise RecordError("file not found", path=str(p))
+    if p.is_dir():
+        yield from _iter_hf_dir(p)
+        return
+    name = p.name.removesuffix(".gz")
+    if name.endswith(".parquet"):
+        yield from _iter_parquet(p)
+        return
+    if name.endswith(".json") and not name.endswith(".jsonl"):
+        with _open_text(p) as f:
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as e:
+                raise RecordError(f"not valid JSON: {e.msg} (column {e.colno})", path=str(p), line=e.lineno) from None
+        if not isinstance(data, list):
+            raise RecordError("a .json file must hold a list of records", path=str(p))
+        for i, obj in enumerate(data, 1):
+            yield i, obj
+        return
+    with _open_text(p) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RecordError(f"not valid JSON: {e.msg} (column {e.colno})", path=str(p), line=lineno) from None
+
+
+def _iter_parquet(p: Path) -> Iterator[tuple[int, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(p)
+    except Exception as e:  # pyarrow raises several types for a corrupt file
+        raise RecordError(f"not a readable Parquet file: {e}", path=str(p)) from None
+    for i, row in enumerate(table.to_pylist(), 1):
+        yield i, _drop_nulls(row)
+
+
+def _iter_hf_dir(p: Path) -> Iterator[tuple[int, Any]]:
+    """A directory saved with ``datasets.Dataset.save_to_disk`` (or a DatasetDict: 'train' split)."""
+    try:
+        import datasets
+    except ImportError as e:  # pragma: no cover - datasets is a base dependency
+        raise RecordError("reading a datasets directory needs the `datasets` package", path=str(p)) from e
+    try:
+        ds = datasets.load_from_disk(str(p))
+    except Exception as e:
+        files = sorted(x for x in p.iterdir() if x.suffix in (".jsonl", ".parquet", ".gz", ".json"))
+        if files:  # a plain folder of data files
+            for f in files:
+                yield from iter_raw(f)
+            return
+        raise RecordError(f"not a datasets directory (load_from_disk failed: {e})", path=str(p)) from None
+    if isinstance(ds, datasets.DatasetDict):
+        if "train" not in ds:
+            raise RecordError(f"DatasetDict without a 'train' split (splits: {list(ds)})", path=str(p))
+        ds = ds["train"]
+    for i, row in enumerate(ds, 1):
+        yield i, _drop_nulls(row)
+
+
+def _drop_nulls(row: dict[str, Any]) -> dict[str, Any]:
+    # Columnar formats fill absent optional fields with null; a record treats null as absent.
+    return {k: v for k, v in row.items() if v is not None}
+
+
+def read_records(path: str | os.PathLike, kind: str | None = None, on_bad: str = "error",
+                 report: ReadReport | None = None, strict_fields: bool = True) -> list[Record]:
+    """Read and validate every record in ``path``.
+
+    ``on_bad="error"`` raises the first :class:`RecordError` (with path and line);
+    ``on_bad="skip"`` skips bad records and counts them in ``report`` (pass one in to see them).
+    """
+    if on_bad not in ("error", "skip"):
+        raise ValueError(f"on_bad must be 'error' or 'skip', got {on_bad!r}")
+    report = report if report is not None else ReadReport(str(path))
+    out: list[Record] = []
+    for lineno, obj in iter_raw(path):
+        try:
+            out.append(parse_record(obj, kind, strict_fields=strict_fields))
+        except RecordError as e:
+            err = RecordError(e.reason, path=str(path), line=lineno, field=e.field)
+            if on_bad == "error":
+                raise err from None
+            report.note(err)
+    report.read = len(out)
+    return out
+
+
+def write_records(path: str | os.PathLike, records: Iterable[Record | dict[str, Any]]) -> int:
+    """Write records atomically as JSONL (``.jsonl``/``.jsonl.gz``) or Parquet. Returns the count."""
+    p = Path(path)
+    rows = [r.to_dict() if isinstance(r, Record) else r for r in records]
+    if p.name.endswith(".parquet"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        with atomic_open(p, "wb") as f:
+            pq.write_table(pa.Table.from_pylist(rows), f)
+        return len(rows)
+    if p.name.endswith(".gz"):
+        with atomic_open(p, "wb") as f:
+            # mtime=0: same records -> byte-identical file (reproducible world generation).
+            with gzip.GzipFile(fileobj=f, mode="wb", mtime=0) as gz:
+                for row in rows:
+                    gz.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+        return len(rows)
+    with atomic_open(p, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return len(rows)
+
+
+def prompt_text(prompt: Prompt) -> str:
+    """A prompt as plain text (the last user message for a message list) — for display and judges."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m["content"] for m in prompt if m["role"] == "user"]
+    return users[-1] if users else prompt[-1]["content"]
+
+
+def as_messages(prompt: Prompt) -> list[Message]:
+    """A prompt as a chat message list."""
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
