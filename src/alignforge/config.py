@@ -332,6 +332,11 @@ class ModelSection:
     preset: str = option("tiny-4m", "tiny model preset when training from scratch (tiny-1m, tiny-4m, small-30m)")
     tokenizer: Optional[str] = option(None, "tokenizer directory (default: the one saved with model.init)")
     gradient_checkpointing: bool = option(False, "recompute activations in backward to save memory")
+    overrides: dict[str, Any] = option(doc="transformers config fields that change the preset when building "
+                                           "from scratch, e.g. {hidden_size: 64, num_hidden_layers: 2}",
+                                       factory=dict)
+    vocab_size: int = option(4096, "vocabulary of the BPE tokenizer trained on the training text "
+                                   "when neither model.tokenizer nor model.init gives one")
     lora: LoraSection = section(LoraSection, "optional LoRA adapters")
 
 
@@ -387,6 +392,7 @@ class StageConfig:
     run: str = option("default", "run name: outputs go to runs/<run>/<stage> unless `out` is set")
     out: Optional[str] = option(None, "output folder (default runs/<run>/<stage>)")
     seed: int = option(0, "random seed (data order, init, sampling)")
+    force: bool = option(False, "recompute a finished stage (DONE marker present) from scratch")
     runtime: RuntimeSection = section(RuntimeSection, "device and precision")
 
     stage_name: typing.ClassVar[str] = "stage"
