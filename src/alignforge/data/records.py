@@ -395,22 +395,49 @@ def parse_record(d: Any, kind: str | None = None, strict_fields: bool = True) ->
 
 @dataclass
 class ReadReport:
-    """What a read did: records read, and bad ones skipped (with the first few errors)."""
+    """What a read did, so nothing is dropped silently.
+
+    - ``read``: records produced; ``rows``: raw rows (lines) seen; ``kinds``: records per kind.
+    - ``skipped`` / ``errors``: malformed rows skipped under ``on_bad="skip"`` (first 20 messages).
+    - ``dropped``: rows (or parts of rows) a format adapter leaves out *by documented policy*,
+      counted per reason (e.g. HH-RLHF pairs whose chosen and rejected are identical).
+    - ``notes``: repairs and oddities counted per kind (e.g. merged consecutive assistant turns).
+    """
 
     path: str
     read: int = 0
     skipped: int = 0
     errors: list[str] = field(default_factory=list)
+    rows: int = 0
+    format: Optional[str] = None
+    kinds: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+    notes: dict[str, int] = field(default_factory=dict)
 
     def note(self, err: RecordError) -> None:
+        """Count one skipped malformed row (``on_bad="skip"``)."""
         self.skipped += 1
         if len(self.errors) < 20:
             self.errors.append(str(err))
 
+    def drop(self, reason: str, n: int = 1) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + n
+
+    def notice(self, what: str, n: int = 1) -> None:
+        self.notes[what] = self.notes.get(what, 0) + n
+
     def summary(self) -> str:
         s = f"{self.path}: {self.read} records"
+        if self.format:
+            s += f" ({self.format} format, {self.rows} rows)"
+        if len(self.kinds) > 1:
+            s += " [" + ", ".join(f"{k}: {v}" for k, v in sorted(self.kinds.items())) + "]"
         if self.skipped:
             s += f", {self.skipped} bad records skipped (first: {self.errors[0]})"
+        if self.dropped:
+            s += "; dropped: " + ", ".join(f"{k}: {v}" for k, v in sorted(self.dropped.items()))
+        if self.notes:
+            s += "; notes: " + ", ".join(f"{k}: {v}" for k, v in sorted(self.notes.items()))
         return s
 
 
@@ -420,16 +447,20 @@ def _open_text(path: Path) -> io.TextIOBase:
     return open(path, encoding="utf-8")
 
 
-def iter_raw(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+def iter_raw(path: str | os.PathLike, bad_json: str = "raise") -> Iterator[tuple[int, Any]]:
     """(line or row number, raw object) from JSONL(.gz), JSON list, Parquet or an HF datasets dir.
 
-    Lines that are not valid JSON raise :class:`RecordError` with the line number.
+    A line that is not valid JSON raises :class:`RecordError` with the path and line number; with
+    ``bad_json="yield"`` the error is yielded in place of the object instead, so a reader that
+    skips bad lines (``on_bad="skip"``) can count it and go on to the next line.
     """
+    if bad_json not in ("raise", "yield"):
+        raise ValueError(f"bad_json must be 'raise' or 'yield', got {bad_json!r}")
     p = Path(path)
     if not p.exists():
         raise RecordError("file not found", path=str(p))
     if p.is_dir():
-        yield from _iter_hf_dir(p)
+        yield from _iter_hf_dir(p, bad_json)
         return
     name = p.name.removesuffix(".gz")
     if name.endswith(".parquet"):
@@ -440,20 +471,28 @@ def iter_raw(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
             try:
                 data = json.load(f)
             except json.JSONDecodeError as e:
+                # A JSON document is all or nothing: no line can be skipped, so this always raises.
                 raise RecordError(f"not valid JSON: {e.msg} (column {e.colno})", path=str(p), line=e.lineno) from None
         if not isinstance(data, list):
-            raise RecordError("a .json file must hold a list of records", path=str(p))
+            raise RecordError(f"a .json file must hold a list of records, got a {type(data).__name__}", path=str(p))
         for i, obj in enumerate(data, 1):
             yield i, obj
         return
     with _open_text(p) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RecordError(f"not valid JSON: {e.msg} (column {e.colno})", path=str(p), line=lineno) from None
+        lineno = 0
+        try:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield lineno, json.loads(line)
+                except json.JSONDecodeError as e:
+                    err = RecordError(f"not valid JSON: {e.msg} (column {e.colno})", path=str(p), line=lineno)
+                    if bad_json == "raise":
+                        raise err from None
+                    yield lineno, err
+        except (OSError, EOFError, UnicodeDecodeError) as e:  # truncated .gz, binary junk
+            raise RecordError(f"cannot read the file after line {lineno}: {e}", path=str(p)) from None
 
 
 def _iter_parquet(p: Path) -> Iterator[tuple[int, Any]]:
@@ -467,7 +506,7 @@ def _iter_parquet(p: Path) -> Iterator[tuple[int, Any]]:
         yield i, _drop_nulls(row)
 
 
-def _iter_hf_dir(p: Path) -> Iterator[tuple[int, Any]]:
+def _iter_hf_dir(p: Path, bad_json: str = "raise") -> Iterator[tuple[int, Any]]:
     """A directory saved with ``datasets.Dataset.save_to_disk`` (or a DatasetDict: 'train' split)."""
     try:
         import datasets
@@ -479,7 +518,7 @@ def _iter_hf_dir(p: Path) -> Iterator[tuple[int, Any]]:
         files = sorted(x for x in p.iterdir() if x.suffix in (".jsonl", ".parquet", ".gz", ".json"))
         if files:  # a plain folder of data files
             for f in files:
-                yield from iter_raw(f)
+                yield from iter_raw(f, bad_json)
             return
         raise RecordError(f"not a datasets directory (load_from_disk failed: {e})", path=str(p)) from None
     if isinstance(ds, datasets.DatasetDict):
@@ -490,30 +529,46 @@ def _iter_hf_dir(p: Path) -> Iterator[tuple[int, Any]]:
         yield i, _drop_nulls(row)
 
 
-def _drop_nulls(row: dict[str, Any]) -> dict[str, Any]:
-    # Columnar formats fill absent optional fields with null; a record treats null as absent.
-    return {k: v for k, v in row.items() if v is not None}
+def _drop_nulls(value: Any) -> Any:
+    """Columnar formats (Parquet, Arrow) give every row every column and every struct every key,
+    filling the absent ones with null; a record treats null as absent. Recursive, because a
+    ``flags``/``meta`` mapping becomes a struct with the union of the keys seen in the file."""
+    if isinstance(value, dict):
+        return {k: _drop_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_nulls(v) for v in value]
+    return value
 
 
 def read_records(path: str | os.PathLike, kind: str | None = None, on_bad: str = "error",
                  report: ReadReport | None = None, strict_fields: bool = True) -> list[Record]:
-    """Read and validate every record in ``path``.
+    """Read and validate every record in ``path`` (our own record format, design §3).
 
     ``on_bad="error"`` raises the first :class:`RecordError` (with path and line);
-    ``on_bad="skip"`` skips bad records and counts them in ``report`` (pass one in to see them).
+    ``on_bad="skip"`` skips bad records (invalid JSON lines included) and counts them in
+    ``report`` (pass one in to see them). For other datasets' schemas use
+    :func:`alignforge.data.formats.load_dataset_records`.
     """
     if on_bad not in ("error", "skip"):
         raise ValueError(f"on_bad must be 'error' or 'skip', got {on_bad!r}")
     report = report if report is not None else ReadReport(str(path))
+    report.format = report.format or "records"
     out: list[Record] = []
-    for lineno, obj in iter_raw(path):
+    for lineno, obj in iter_raw(path, bad_json="raise" if on_bad == "error" else "yield"):
+        report.rows += 1
+        if isinstance(obj, RecordError):
+            report.note(obj)
+            continue
         try:
-            out.append(parse_record(obj, kind, strict_fields=strict_fields))
+            rec = parse_record(obj, kind, strict_fields=strict_fields)
         except RecordError as e:
             err = RecordError(e.reason, path=str(path), line=lineno, field=e.field)
             if on_bad == "error":
                 raise err from None
             report.note(err)
+            continue
+        out.append(rec)
+        report.kinds[rec.kind] = report.kinds.get(rec.kind, 0) + 1
     report.read = len(out)
     return out
 
@@ -526,8 +581,18 @@ def write_records(path: str | os.PathLike, records: Iterable[Record | dict[str, 
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        # A Parquet column has one type: string prompts and message-list prompts cannot share one.
+        prompt_types = {type(r["prompt"]).__name__ for r in rows if isinstance(r, dict) and "prompt" in r}
+        if len(prompt_types) > 1:
+            raise RecordError("a Parquet column holds one type, but these prompts mix plain strings and "
+                              "message lists; write JSONL, or convert the prompts with as_messages()",
+                              path=str(p), field="prompt")
+        try:
+            table = pa.Table.from_pylist(rows)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise RecordError(f"cannot store these records as Parquet columns: {e}", path=str(p)) from None
         with atomic_open(p, "wb") as f:
-            pq.write_table(pa.Table.from_pylist(rows), f)
+            pq.write_table(table, f)
         return len(rows)
     if p.name.endswith(".gz"):
         with atomic_open(p, "wb") as f:
