@@ -409,3 +409,45 @@ class PretrainConfig(StageConfig):
     model: ModelSection = section(ModelSection, "the model")
     data: DataSection = section(DataSection, "text records")
     train: TrainSection = section(TrainSection, "optimisation")
+
+
+@dataclass
+class TokenizerSection:
+    vocab_size: int = option(4096, "BPE vocabulary size, including the 5 special tokens and 256 bytes")
+    min_frequency: int = option(2, "a pair must occur this often to be merged")
+    model_max_length: int = option(1024, "the tokenizer's model_max_length")
+
+
+@dataclass
+class TokenizerConfig(StageConfig):
+    """Train a byte-level BPE tokenizer (with our chat template) on text records."""
+
+    stage_name: typing.ClassVar[str] = "tokenizer"
+    data: DataSection = section(DataSection, "text: records (any kind: their text fields are used), .txt files, "
+                                             "or a local HF datasets dir")
+    tokenizer: TokenizerSection = section(TokenizerSection, "BPE training")
+
+
+@dataclass
+class SFTSection:
+    train_on_prompt: bool = option(False, "also put loss on prompt tokens (prompt masking off)")
+    batching: Literal["pack", "sorted", "pad"] = option("pack", "pack: several examples per row, block-diagonal "
+                                                       "attention; sorted: one per row, length-sorted; pad: naive")
+    attention: Literal["mask", "position_ids"] = option("mask", "how packing is told to the model: a 4D block mask, "
+                                                        "or restarting position_ids (flash-attention varlen on GPU)")
+    epochs: Optional[float] = option(None, "passes over the data; sets train.max_steps when given")
+    eval_fraction: float = option(0.05, "held-out share of data.train when data.eval is not given")
+    max_eval_examples: int = option(256, "evaluate on at most this many held-out examples")
+    samples: int = option(4, "greedy samples on held-out prompts logged to samples.jsonl at each eval (0 = none)")
+    sample_max_new_tokens: int = option(64, "new tokens per logged sample")
+
+
+@dataclass
+class SFTConfig(StageConfig):
+    """Supervised fine-tuning on demonstrations: response-only loss, packed without cross-attention."""
+
+    stage_name: typing.ClassVar[str] = "sft"
+    model: ModelSection = section(ModelSection, "the model: model.init = a stage folder or a local HF model")
+    data: DataSection = section(DataSection, "demonstrations (prompt + response, or message lists)")
+    train: TrainSection = section(TrainSection, "optimisation")
+    sft: SFTSection = section(SFTSection, "SFT specifics: masking, batching, eval samples")
