@@ -122,7 +122,8 @@ def parse_stage_args(name: str, config_cls: type, argv: Sequence[str],
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--run", default=None)
     parser.add_argument("rest", nargs="*")
-    args = parser.parse_args(list(argv))
+    # intermixed: `key=value --out DIR key=value` (overrides on both sides of a flag) must work
+    args = parser.parse_intermixed_args(list(argv))
     overrides = []
     for item in args.rest:
         if "=" in item:
