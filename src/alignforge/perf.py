@@ -1,0 +1,126 @@
+"""Throughput and MFU: ONE shared routine every stage and bench uses (design §8).
+
+MFU = achieved model FLOP/s ÷ the *measured* matmul peak of this machine, in the same process
+(same thread settings, same dtype), so the number means "how much of what this box can actually
+do in a matmul did we use". Model FLOPs count only the non-embedding matmul parameters N
+(:func:`alignforge.models.load.matmul_params`): 6·N per token for forward+backward, 2·N forward
+only. Tokens are real (non-pad) tokens. Attention-score FLOPs and the LM head are *not* counted,
+which is the usual convention (Kaplan et al. / nanoGPT's 6N) and makes MFU a conservative number
+for small models with long sequences or large vocabularies.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+
+def measure_matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5,
+                        device: str | torch.device = "cpu", min_seconds: float = 0.2) -> float:
+    """Best-of-``repeats`` FLOP/s of an ``n×n @ n×n`` matmul (2·n³ FLOPs) on ``device``.
+
+    Best, not mean: we want the machine's capability, and on a shared machine the slow runs are
+    the ones other processes stole time from. Each repeat runs the matmul enough times to last
+    ``min_seconds`` so timer resolution and thread wake-up do not dominate. Runs with the current
+    ``torch.get_num_threads()``, i.e. the same threads as training when called from there.
+    """
+    device = torch.device(device)
+    gen = torch.Generator(device="cpu").manual_seed(0)  # never touches the global RNG
+    a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+    out = torch.empty(n, n, device=device, dtype=dtype)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    torch.matmul(a, b, out=out)  # warm-up: thread pool, allocator, kernel selection
+    sync()
+    t0 = time.perf_counter()
+    torch.matmul(a, b, out=out)
+    sync()
+    one = max(time.perf_counter() - t0, 1e-9)
+    iters = max(1, int(min_seconds / one))
+    best = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            torch.matmul(a, b, out=out)
+        sync()
+        dt = time.perf_counter() - t0
+        best = max(best, 2.0 * n**3 * iters / dt)
+    return best
+
+
+def train_flops(n_matmul_params: int, tokens: int) -> float:
+    """Forward + backward FLOPs: 6 · N · T."""
+    return 6.0 * n_matmul_params * tokens
+
+
+def forward_flops(n_matmul_params: int, tokens: int) -> float:
+    """Forward-only FLOPs (scoring, reference log-probs, a reward model): 2 · N · T."""
+    return 2.0 * n_matmul_params * tokens
+
+
+@dataclass
+class Throughput:
+    """Counts real tokens and FLOPs over wall time; reports tokens/s and MFU.
+
+    ``flops_per_token`` is 6·N for training (default) or 2·N for forward-only work. Use
+    :meth:`add` after each optimizer step (or any unit of work), :meth:`window` for the rate since
+    the last call (what metrics.jsonl logs), :meth:`total` for the whole run. ``pause``/``resume``
+    keep evaluation and checkpoint time out of the training rate.
+    """
+
+    n_matmul_params: int
+    peak_flops: float | None = None
+    flops_per_token: float | None = None
+    _t_start: float = field(default_factory=time.perf_counter, repr=False)
+    _t_window: float = field(default_factory=time.perf_counter, repr=False)
+    _paused_at: float | None = field(default=None, repr=False)
+    _paused_total: float = field(default=0.0, repr=False)
+    _paused_window: float = field(default=0.0, repr=False)
+    tokens: int = 0
+    _window_tokens: int = field(default=0, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.flops_per_token is None:
+            self.flops_per_token = train_flops(self.n_matmul_params, 1)
+
+    def add(self, tokens: int) -> None:
+        self.tokens += int(tokens)
+        self._window_tokens += int(tokens)
+
+    def pause(self) -> None:
+        if self._paused_at is None:
+            self._paused_at = time.perf_counter()
+
+    def resume(self) -> None:
+        if self._paused_at is not None:
+            dt = time.perf_counter() - self._paused_at
+            self._paused_total += dt
+            self._paused_window += dt
+            self._paused_at = None
+
+    def _rates(self, tokens: int, seconds: float) -> dict[str, float]:
+        seconds = max(seconds, 1e-9)
+        tps = tokens / seconds
+        out = {"tokens_per_s": tps, "flops_per_s": tps * self.flops_per_token}
+        if self.peak_flops:
+            out["mfu"] = out["flops_per_s"] / self.peak_flops
+        return out
+
+    def window(self) -> dict[str, float]:
+        """Rates since the previous ``window()`` call (or the start), then start a new window."""
+        now = time.perf_counter()
+        out = self._rates(self._window_tokens, now - self._t_window - self._paused_window)
+        self._t_window, self._window_tokens, self._paused_window = now, 0, 0.0
+        return out
+
+    def total(self) -> dict[str, float]:
+        """Rates over everything added since construction, minus paused time."""
+        out = self._rates(self.tokens, time.perf_counter() - self._t_start - self._paused_total)
+        out["tokens"] = float(self.tokens)
+        return out

@@ -1,0 +1,201 @@
+"""``alignforge pretrain``: a causal LM on text records, packed into fixed blocks.
+
+Read top to bottom: records → tokenizer → packed blocks → model → the loop (gradient
+accumulation, clipping, schedule, held-out bits per byte, checkpoints, resume, time budget) →
+``model/`` + ``config.yaml`` + ``DONE``. Under ``torchrun`` each rank trains on its contiguous
+shard of every global batch (DDP averages the gradients, so the step equals a 1-process step on
+the whole batch). Shared pieces live in :mod:`alignforge.train`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from alignforge.cli import run_stage
+from alignforge.config import ConfigError, PretrainConfig, save_config
+from alignforge.data.records import ReadReport, read_records
+from alignforge.models.load import build_model, matmul_params
+from alignforge.perf import Throughput, measure_matmul_peak
+from alignforge.train import checkpoint as ckpt
+from alignforge.train import distributed as dist
+from alignforge.train.loop import (EpochSampler, apply_threads, autocast, bits_per_byte, heldout_nats,
+                                   lm_loss, make_optimizer, make_scheduler, optimizer_step, pack_blocks,
+                                   pack_stream, resolve_device, seed_everything)
+from alignforge.train.tracking import MetricsLogger
+
+
+def _read_texts(path: str, cfg: PretrainConfig, limit: int | None = None) -> list[str]:
+    report = ReadReport(str(path))
+    records = read_records(path, kind="text", on_bad=cfg.data.on_bad_record, report=report)
+    if report.skipped and dist.is_main():
+        print(report.summary())
+    texts = [r.text for r in records]
+    return texts[:limit] if limit is not None else texts
+
+
+def _tokenizer(cfg: PretrainConfig, texts: list[str], out: Path):
+    """model.tokenizer, else the one saved with model.init, else train one (saved in <out>/tokenizer)."""
+    from alignforge.models.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+
+    source = cfg.model.tokenizer or cfg.model.init
+    if source:
+        return load_tokenizer(source)
+    saved = out / "tokenizer"
+    with dist.main_first():  # rank 0 trains and saves once; the others (and a resume) load it
+        if not (saved / "tokenizer.json").is_file():
+            save_tokenizer(train_tokenizer(texts, vocab_size=cfg.model.vocab_size), saved)
+    return load_tokenizer(saved)
+
+
+def _model(cfg: PretrainConfig, vocab_size: int):
+    """model.init (stage folder or HF dir), else a fresh preset (+ model.overrides), seeded."""
+    if cfg.model.init:
+        from transformers import AutoModelForCausalLM
+
+        root = Path(cfg.model.init)
+        path = root / "model" if (root / "model" / "config.json").is_file() else root
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"model.init={cfg.model.init}: no config.json there or in its model/ folder")
+        return AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
+    return build_model(cfg.model.preset, vocab_size, seed=cfg.seed, **cfg.model.overrides)
+
+
+def run(cfg: PretrainConfig) -> Path:
+    out = cfg.out_dir()
+    apply_threads(cfg.runtime)
+    device = resolve_device(cfg.runtime)
+    dist.init_distributed(device)
+    if ckpt.is_done(out) and not cfg.force:
+        if dist.is_main():
+            print(f"pretrain: {out} is finished (DONE); set force=true to recompute")
+        return out
+    if cfg.force:
+        ckpt.clear(out)
+    if not cfg.data.train:
+        raise ConfigError("pretrain needs data.train (text records: JSONL with a 'text' field)")
+    tcfg = cfg.train
+
+    # --- data: text → one token stream (documents joined by eos) → [n, seq_len+1] blocks ---
+    texts = _read_texts(cfg.data.train, cfg, cfg.data.max_records)
+    tok = _tokenizer(cfg, texts, out)
+    eos = tok.eos_token_id
+    encode = lambda ts: tok(ts, add_special_tokens=False)["input_ids"]  # noqa: E731
+    blocks = pack_blocks(pack_stream(encode(texts), eos), tcfg.seq_len)
+    eval_texts = _read_texts(cfg.data.eval, cfg) if cfg.data.eval else []
+    eval_stream = pack_stream(encode(eval_texts), eos) if eval_texts else None
+    eval_bytes = sum(len(t.encode("utf-8")) for t in eval_texts)
+    world = dist.world_size()
+    global_batch = tcfg.batch_size * tcfg.grad_accum * world
+    if len(blocks) == 0:
+        raise ConfigError(f"data.train={cfg.data.train}: fewer than seq_len+1={tcfg.seq_len + 1} tokens")
+
+    # --- model, optimizer, schedule; then resume if a state exists ---
+    seed_everything(dist.rank_seed(cfg.seed))
+    model = _model(cfg, len(tok))
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    n_matmul = matmul_params(model)
+    model = dist.wrap_model(model, cfg.runtime, device)
+    model.train()
+    optimizer = make_optimizer(model, tcfg)
+    scheduler = make_scheduler(optimizer, tcfg)
+    sampler = EpochSampler(len(blocks), cfg.seed)
+    resumed = ckpt.load_state(out, model=model, optimizer=optimizer, scheduler=scheduler)
+    step = 0
+    elapsed_before = 0.0
+    if resumed is not None:
+        step, elapsed_before = resumed.step, float(resumed.extra.get("elapsed_s", 0.0))
+        sampler.load_state_dict(resumed.data)
+    if dist.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        print(f"pretrain: {len(texts)} documents → {len(blocks)} blocks of {tcfg.seq_len}; "
+              f"{n_matmul / 1e6:.2f}M matmul params; global batch {global_batch} seqs "
+              f"({tcfg.batch_size}×{tcfg.grad_accum} accum×{world} procs) on {device}"
+              + (f"; resuming at step {step}" if resumed else ""))
+    logger = MetricsLogger(out, cfg.runtime, total_steps=tcfg.max_steps,
+                           resume_offset=resumed.metrics_offset if resumed else None, description="pretrain")
+    peak = measure_matmul_peak(device=device, repeats=3) if dist.is_main() else None
+    meter = Throughput(n_matmul, peak_flops=peak)
+    ctx = autocast(cfg.runtime, device)
+    ignore_ids = list(tok.all_special_ids)
+    t_start = time.perf_counter()
+
+    def evaluate() -> dict[str, float]:
+        if eval_stream is None:
+            return {}
+        nats, count = heldout_nats(model, eval_stream, tcfg.seq_len, tcfg.batch_size, device,
+                                   ignore_ids, ctx, shard=(dist.rank(), world))
+        nats, count = dist.all_reduce_sum(nats), dist.all_reduce_sum(count)
+        return {"eval_bpb": bits_per_byte(nats, eval_bytes), "eval_loss": nats / max(count, 1)}
+
+    def save(step: int) -> None:
+        meter.pause()
+        ckpt.save_state(out, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
+                        data=sampler.state_dict(), metrics_offset=logger.offset(),
+                        extra={"elapsed_s": elapsed_before + time.perf_counter() - t_start})
+        meter.resume()
+
+    # --- the loop: one iteration = one optimizer step on a global batch ---
+    stopped = "max_steps"
+    while step < tcfg.max_steps:
+        # Every rank draws the same global indices (same sampler state), then keeps its shard.
+        idx = dist.shard(sampler.take(global_batch))
+        loss_sum = torch.zeros((), device=device)
+        for micro in range(tcfg.grad_accum):
+            batch = blocks[idx[micro * tcfg.batch_size:(micro + 1) * tcfg.batch_size]].to(device)
+            # DDP all-reduces gradients only on the last micro-batch of the step.
+            with dist.no_sync(model, micro < tcfg.grad_accum - 1), ctx:
+                # Each micro-batch's mean loss weighs 1/grad_accum: equal-length packed blocks,
+                # so this is exactly the mean over the rank's shard (and DDP's mean over ranks).
+                loss = lm_loss(model, batch[:, :-1], batch[:, 1:]) / tcfg.grad_accum
+            loss.backward()
+            loss_sum += loss.detach()
+        grad_norm = optimizer_step(model, optimizer, scheduler, tcfg.grad_clip)
+        step += 1
+        meter.add(global_batch * tcfg.seq_len)
+        logger.progress(step)
+        minutes = (elapsed_before + time.perf_counter() - t_start) / 60
+        out_of_time = tcfg.max_minutes is not None and minutes >= tcfg.max_minutes
+        last = step == tcfg.max_steps or out_of_time
+        row: dict[str, Any] = {}  # one metrics line per step at most: train and eval together
+        if step % tcfg.log_every == 0 or last:
+            row.update(loss=float(dist.all_reduce_mean(loss_sum)), lr=scheduler.get_last_lr()[0],
+                       grad_norm=grad_norm, tokens=step * global_batch * tcfg.seq_len,
+                       epoch=sampler.epoch, **meter.window())
+        if eval_stream is not None and ((tcfg.eval_every and step % tcfg.eval_every == 0) or last):
+            meter.pause()
+            row.update(evaluate())
+            meter.resume()
+        if row:
+            logger.log(step, **row)
+        if (tcfg.save_every and step % tcfg.save_every == 0) or last:
+            save(step)
+        if out_of_time:
+            stopped = "max_minutes"
+            break
+
+    # --- outputs: HF model + tokenizer, resolved config, DONE ---
+    logger.close()
+    ckpt.save_model_dir(out / ckpt.MODEL, model, tok)
+    total = meter.total()
+    if dist.is_main():
+        print(f"pretrain: done at step {step} ({stopped}); {total['tokens_per_s']:.0f} tokens/s"
+              + (f", MFU {total['mfu']:.1%}" if "mfu" in total else "") + f" → {out / ckpt.MODEL}")
+    ckpt.mark_done(out, {"step": step, "stopped": stopped, **total})
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return run_stage("pretrain", PretrainConfig, run, list(argv or []))
+    finally:
+        dist.cleanup()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
