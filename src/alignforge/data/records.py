@@ -485,9 +485,11 @@ def iter_raw(path: str | os.PathLike, bad_json: str = "raise") -> Iterator[tuple
                 if not line.strip():
                     continue
                 try:
-                    yield lineno, json.loads(line)
+                    # Without its newline, so a line cut short reports the column where it ends.
+                    yield lineno, json.loads(line.rstrip("\r\n"))
                 except json.JSONDecodeError as e:
-                    err = RecordError(f"not valid JSON: {e.msg} (column {e.colno})", path=str(p), line=lineno)
+                    err = RecordError(f"not valid JSON: {e.msg} (column {e.pos + 1}); expected one JSON object "
+                                      f"per line", path=str(p), line=lineno)
                     if bad_json == "raise":
                         raise err from None
                     yield lineno, err
@@ -587,8 +589,11 @@ def write_records(path: str | os.PathLike, records: Iterable[Record | dict[str, 
             raise RecordError("a Parquet column holds one type, but these prompts mix plain strings and "
                               "message lists; write JSONL, or convert the prompts with as_messages()",
                               path=str(p), field="prompt")
+        # Column by column over *all* rows: Table.from_pylist takes its schema from the first row
+        # and silently drops keys that only later rows have (an `id` set from row 2 on, say).
+        keys = list(dict.fromkeys(k for r in rows for k in r))
         try:
-            table = pa.Table.from_pylist(rows)
+            table = pa.Table.from_pydict({k: pa.array([r.get(k) for r in rows]) for k in keys})
         except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
             raise RecordError(f"cannot store these records as Parquet columns: {e}", path=str(p)) from None
         with atomic_open(p, "wb") as f:
