@@ -253,7 +253,8 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     if not p.exists():
         raise ConfigError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        with open(p, encoding="utf-8") as f:  # a stream, so YAML errors show the file name, not "<unicode string>"
+            data = yaml.safe_load(f) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {e}") from e
     if not isinstance(data, dict):
@@ -266,8 +267,9 @@ def load_config(cls: type, path: str | os.PathLike | None = None, overrides: lis
     """File (optional) → dict, dotted overrides applied in order, then strict construction."""
     data: dict[str, Any] = dict(base or {})
     if path is not None:
+        file_data = load_yaml(path)  # its errors already name the file
         try:
-            data = _deep_merge(data, load_yaml(path))
+            data = _deep_merge(data, file_data)
             from_dict(cls, data)  # validate the file on its own for a file-named error
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
