@@ -1,0 +1,378 @@
+"""The feedback web app: FastAPI routes over :mod:`alignforge.feedback.service`, Jinja2 pages.
+
+Security model (issue 9):
+
+* passwords: argon2id (``argon2-cffi``); sessions: Starlette's signed cookie (itsdangerous,
+  HttpOnly, SameSite=Lax, ``Secure`` with ``https_only``), carrying the user id and a per-user
+  ``session_epoch`` so logout / deactivation revokes every outstanding cookie;
+* CSRF: one random token per session, required on every POST (:func:`checked_form`), compared in
+  constant time; the session is renewed at login (no session fixation);
+* who acts is always the session's user — no route reads a user id from the request body;
+  annotators get 403 on other annotators' assignments and on every ``/admin`` page;
+* model text is untrusted: Jinja2 autoescaping is on, no template marks model text ``|safe``,
+  and a Content-Security-Policy without inline scripts is a second line of defence.
+
+Handlers are plain ``def`` (run in the threadpool) because the database layer is synchronous;
+the form is read by an async dependency that also checks the CSRF token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Optional
+from urllib.parse import quote
+
+import jinja2
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.sessions import SessionMiddleware
+
+from alignforge.data.records import RecordError, as_messages, read_records, write_records
+from alignforge.feedback import service
+from alignforge.feedback.db import TASKS, Label, Project, Setting, User, make_engine, make_sessionmaker, utcnow
+
+HERE = Path(__file__).resolve().parent
+SESSION_COOKIE = "alignforge_session"
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+
+
+class LoginRequired(Exception):
+    def __init__(self, next_url: str = "/"):
+        self.next_url = next_url
+
+
+def session_secret(Session_: Any) -> str:
+    """The cookie-signing key: $ALIGNFORGE_FEEDBACK_SECRET, else one generated once and kept in the DB
+    (so a restart keeps everyone logged in, and every server process of one DB agrees)."""
+    env = os.environ.get("ALIGNFORGE_FEEDBACK_SECRET")
+    if env:
+        return env
+    with Session_() as s:
+        row = s.get(Setting, "session_secret")
+        if row is None:
+            row = Setting(key="session_secret", value=secrets.token_hex(32))
+            s.add(row)
+            s.commit()
+        return row.value
+
+
+def create_app(db_url: str, secret: Optional[str] = None, https_only: bool = False) -> FastAPI:
+    """The app for one database. ``alignforge feedback serve`` runs it under uvicorn."""
+    engine = make_engine(db_url)
+    Session_ = make_sessionmaker(engine)
+    app = FastAPI(title="alignforge feedback", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.engine, app.state.Session = engine, Session_
+    app.add_middleware(SessionMiddleware, secret_key=secret or session_secret(Session_),
+                       session_cookie=SESSION_COOKIE, max_age=14 * 24 * 3600, same_site="lax",
+                       https_only=https_only)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined)
+    templates = Jinja2Templates(env=env)
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):  # noqa: ANN001
+        response = await call_next(request)
+        response.headers["Content-Security-Policy"] = CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "same-origin"
+        response.headers["X-Frame-Options"] = "DENY"
+        if request.url.path != "/healthz" and not request.url.path.startswith("/static"):
+            response.headers["Cache-Control"] = "no-store"
+        return response
+
+    # ---- plumbing ------------------------------------------------------------------------------
+
+    def get_db(request: Request) -> Iterator[Session]:
+        with request.app.state.Session() as s:
+            yield s
+
+    def csrf_token(request: Request) -> str:
+        token = request.session.get("csrf")
+        if not token:
+            token = request.session["csrf"] = secrets.token_urlsafe(32)
+        return token
+
+    async def checked_form(request: Request) -> dict[str, Any]:
+        """The POSTed form, after checking its CSRF token against the session's."""
+        form = await request.form()
+        data = {k: v for k, v in form.multi_items()}
+        expected = request.session.get("csrf")
+        given = data.pop("csrf", None)
+        if not expected or not isinstance(given, str) or not hmac.compare_digest(expected, given):
+            raise HTTPException(403, "missing or wrong CSRF token: reload the page and try again")
+        return data
+
+    def optional_user(request: Request, s: Session = Depends(get_db)) -> Optional[User]:
+        uid = request.session.get("uid")
+        if uid is None:
+            return None
+        user = s.get(User, uid)
+        if user is None or not user.active or request.session.get("epoch") != user.session_epoch:
+            s.rollback()
+            request.session.clear()
+            return None
+        # Detach the user and end the transaction: on SQLite every transaction holds the write
+        # lock (BEGIN IMMEDIATE), and the handler may first read an upload or open its own session.
+        s.expunge(user)
+        s.rollback()
+        return user
+
+    def current_user(request: Request, user: Optional[User] = Depends(optional_user)) -> User:
+        if user is None:
+            raise LoginRequired(str(request.url.path))
+        return user
+
+    def admin_user(user: User = Depends(current_user)) -> User:
+        if not user.is_admin:
+            raise HTTPException(403, "admins only")
+        return user
+
+    def render(request: Request, name: str, user: Optional[User] = None, status: int = 200,
+               **ctx: Any) -> HTMLResponse:
+        base = {"user": user, "csrf": csrf_token(request), "flags": service.FLAG_LABELS,
+                "strengths": service.STRENGTH_NAMES, "axes": service.AXES, "tasks": TASKS}
+        return templates.TemplateResponse(request, name, {**base, **ctx}, status_code=status)
+
+    @app.exception_handler(LoginRequired)
+    async def _login_required(request: Request, exc: LoginRequired) -> Response:
+        return RedirectResponse(f"/login?next={quote(exc.next_url)}", status_code=303)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if "text/html" not in request.headers.get("accept", ""):
+            return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+        return render(request, "error.html", status=exc.status_code, code=exc.status_code, message=exc.detail)
+
+    def not_found_or_forbidden(e: Exception) -> HTTPException:
+        return HTTPException(403 if isinstance(e, service.Forbidden) else 404, str(e))
+
+    # ---- public --------------------------------------------------------------------------------
+
+    @app.get("/healthz")
+    def healthz(s: Session = Depends(get_db)) -> dict[str, Any]:
+        return {"ok": True, "labels": s.scalar(select(func.count(Label.id)))}
+
+    @app.get("/")
+    def home(user: Optional[User] = Depends(optional_user)) -> Response:
+        if user is None:
+            return RedirectResponse("/login", status_code=303)
+        return RedirectResponse("/admin" if user.is_admin else "/tasks", status_code=303)
+
+    def safe_next(url: Optional[str]) -> str:
+        # Only same-site paths: "/x" but not "//evil.example" or "https://...".
+        return url if url and url.startswith("/") and not url.startswith("//") and "\\" not in url else "/"
+
+    @app.get("/login")
+    def login_page(request: Request, next: str = "/") -> HTMLResponse:
+        return render(request, "login.html", next=safe_next(next), error=None)
+
+    @app.post("/login")
+    def login(request: Request, form: dict = Depends(checked_form), s: Session = Depends(get_db)) -> Response:
+        user = service.authenticate(s, str(form.get("username", "")), str(form.get("password", "")))
+        nxt = safe_next(str(form.get("next", "/")))
+        if user is None:
+            return render(request, "login.html", status=401, next=nxt, error="Wrong username or password.")
+        request.session.clear()  # a fresh session (and CSRF token) on every login
+        request.session.update(uid=user.id, epoch=user.session_epoch, csrf=secrets.token_urlsafe(32))
+        return RedirectResponse(nxt, status_code=303)
+
+    @app.post("/logout")
+    def logout(request: Request, form: dict = Depends(checked_form),
+               user: Optional[User] = Depends(optional_user), s: Session = Depends(get_db)) -> Response:
+        if user is not None:  # a copy of the cookie kept elsewhere stops working too
+            s.execute(update(User).where(User.id == user.id).values(session_epoch=User.session_epoch + 1))
+            s.commit()
+        request.session.clear()
+        return RedirectResponse("/login", status_code=303)
+
+    @app.get("/guidelines")
+    def guidelines(request: Request, user: User = Depends(current_user), s: Session = Depends(get_db)) -> Response:
+        projects = s.scalars(select(Project).order_by(Project.id)).all()
+        return render(request, "guidelines.html", user, projects=projects)
+
+    # ---- annotators ----------------------------------------------------------------------------
+
+    @app.get("/tasks")
+    def tasks(request: Request, user: User = Depends(current_user), s: Session = Depends(get_db)) -> Response:
+        rows = []
+        for project in s.scalars(select(Project).order_by(Project.id)).all():
+            done, left = service.user_progress(s, project, user)
+            rows.append((project, done, left))
+        return render(request, "tasks.html", user, rows=rows)
+
+    @app.get("/projects/{pid}/next")
+    def next_task(request: Request, pid: int, user: User = Depends(current_user),
+                  s: Session = Depends(get_db)) -> Response:
+        project = s.get(Project, pid)
+        if project is None:
+            raise HTTPException(404, f"no project {pid}")
+        assignment = service.next_assignment(s, project, user)
+        if assignment is None:
+            done, _ = service.user_progress(s, project, user)
+            return render(request, "nothing_left.html", user, project=project, done=done)
+        saved = request.query_params.get("saved")
+        return RedirectResponse(f"/a/{assignment.id}" + ("?saved=1" if saved else ""), status_code=303)
+
+    def task_page(request: Request, s: Session, user: User, assignment: Any, error: Optional[str] = None,
+                  values: Optional[dict] = None, status: int = 200) -> HTMLResponse:
+        project = s.get(Project, assignment.project_id)
+        done, left = service.user_progress(s, project, user)
+        return render(request, "task.html", user, status=status, project=project, assignment=assignment,
+                      item=assignment.item, messages=as_messages(assignment.item.prompt), done=done, left=left,
+                      idem=secrets.token_urlsafe(16), error=error, values=values or {},
+                      saved=bool(request.query_params.get("saved")),
+                      preferences=service.PREFERENCES)
+
+    @app.get("/a/{aid}")
+    def show_assignment(request: Request, aid: int, user: User = Depends(current_user),
+                        s: Session = Depends(get_db)) -> Response:
+        try:
+            assignment = service.get_assignment(s, aid, user)
+        except (service.Forbidden, service.NotFound) as e:
+            raise not_found_or_forbidden(e) from None
+        if assignment.user_id != user.id:  # an admin looking: read-only
+            raise HTTPException(403, "this assignment belongs to another annotator")
+        if assignment.done:
+            return RedirectResponse(f"/projects/{assignment.project_id}/next", status_code=303)
+        return task_page(request, s, user, assignment)
+
+    @app.post("/a/{aid}")
+    def submit(request: Request, aid: int, form: dict = Depends(checked_form), user: User = Depends(current_user),
+               s: Session = Depends(get_db)) -> Response:
+        try:
+            assignment = service.get_assignment(s, aid, user)
+            seconds = (utcnow() - assignment.created_at).total_seconds()
+            label, _created = service.submit_label(s, aid, user, form, str(form.get("idem", "")), seconds)
+        except (service.Forbidden, service.NotFound) as e:
+            raise not_found_or_forbidden(e) from None
+        except service.Invalid as e:
+            return task_page(request, s, user, s.get(type(assignment), aid), error=str(e), values=form, status=400)
+        # The label is committed (durable) before this answer leaves: the 303 is the acknowledgement.
+        return RedirectResponse(f"/projects/{label.project_id}/next?saved={label.id}", status_code=303,
+                                headers={"X-Label-Id": str(label.id)})
+
+    # ---- admins --------------------------------------------------------------------------------
+
+    @app.get("/admin")
+    def admin(request: Request, user: User = Depends(admin_user), s: Session = Depends(get_db)) -> Response:
+        projects = s.scalars(select(Project).order_by(Project.id)).all()
+        rows = [(p, service.project_progress(s, p)) for p in projects]
+        return render(request, "admin.html", user, rows=rows, error=None, report=None)
+
+    @app.post("/admin/projects")
+    async def admin_create_project(request: Request, user: User = Depends(admin_user),
+                                   s: Session = Depends(get_db)) -> Response:
+        # async: the upload is read here; the database work goes to the threadpool below.
+        form = await checked_form(request)
+        upload = form.get("file")
+        data = await upload.read() if upload is not None and hasattr(upload, "read") else b""
+        filename = getattr(upload, "filename", "") or "upload.jsonl"
+        return await run_in_threadpool(_create_project_sync, request, s, user, form, data, filename)
+
+    def _create_project_sync(request: Request, s: Session, user: User, form: dict, data: bytes,
+                             filename: str) -> Response:
+        def fail(msg: str) -> Response:
+            projects = s.scalars(select(Project).order_by(Project.id)).all()
+            rows = [(p, service.project_progress(s, p)) for p in projects]
+            return render(request, "admin.html", user, status=400, rows=rows, error=msg, report=None)
+
+        name = str(form.get("name", "")).strip()
+        try:
+            per_item = int(str(form.get("per_item", "1")))
+        except ValueError:
+            return fail(f"per_item: expected an integer ≥ 1, got {form.get('per_item')!r}")
+        if not data:
+            return fail("file: expected a candidates file (JSONL, .jsonl.gz or Parquet) with prompt + responses")
+        suffix = "".join(Path(filename).suffixes[-2:]) or ".jsonl"
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / ("upload" + suffix)
+            path.write_bytes(data)
+            try:
+                records = read_records(path, kind="candidates")
+            except RecordError as e:
+                return fail(str(e).replace(str(path), filename))
+        existing = s.scalar(select(Project).where(Project.name == name))
+        try:
+            if existing is None:
+                project = service.create_project(s, name, str(form.get("task", "")), per_item,
+                                                 ask_hhh=bool(form.get("ask_hhh")),
+                                                 guidelines=str(form.get("guidelines", "")))
+            else:
+                project = existing  # importing another batch into a project
+            report = service.import_candidates(s, project, records, batch=str(form.get("batch", "")) or filename)
+        except service.Invalid as e:
+            return fail(str(e))
+        return RedirectResponse(f"/admin/projects/{project.id}?imported={report.items}", status_code=303)
+
+    @app.get("/admin/projects/{pid}")
+    def admin_project(request: Request, pid: int, user: User = Depends(admin_user),
+                      s: Session = Depends(get_db)) -> Response:
+        project = s.get(Project, pid)
+        if project is None:
+            raise HTTPException(404, f"no project {pid}")
+        progress = service.project_progress(s, project)
+        agreement = service.project_agreement(s, project)
+        return render(request, "admin_project.html", user, project=project, progress=progress, agreement=agreement,
+                      imported=request.query_params.get("imported"))
+
+    @app.get("/admin/export")
+    def admin_export(project: Optional[int] = None, task: Optional[str] = None, user: User = Depends(admin_user),
+                     s: Session = Depends(get_db)) -> Response:
+        proj = s.get(Project, project) if project is not None else None
+        if project is not None and proj is None:
+            raise HTTPException(404, f"no project {project}")
+        if task is not None and task not in TASKS:
+            raise HTTPException(400, f"task: expected one of {', '.join(TASKS)}, got {task!r}")
+        records = service.export_records(s, proj, [task] if task else TASKS)
+        tmp = tempfile.NamedTemporaryFile(prefix="feedback-export-", suffix=".jsonl", delete=False)
+        tmp.close()
+        write_records(tmp.name, records)
+        name = f"{proj.name if proj else 'feedback'}{'-' + task if task else ''}.jsonl"
+        return FileResponse(tmp.name, media_type="application/jsonl", filename=name,
+                            background=BackgroundTask(os.unlink, tmp.name))
+
+    @app.get("/admin/users")
+    def admin_users(request: Request, user: User = Depends(admin_user), s: Session = Depends(get_db)) -> Response:
+        users = s.scalars(select(User).order_by(User.id)).all()
+        counts = dict(s.execute(select(Label.user_id, func.count(Label.id)).group_by(Label.user_id)).all())
+        return render(request, "admin_users.html", user, users=users, counts=counts, error=None)
+
+    @app.post("/admin/users")
+    def admin_add_user(request: Request, form: dict = Depends(checked_form), user: User = Depends(admin_user),
+                       s: Session = Depends(get_db)) -> Response:
+        try:
+            service.create_user(s, str(form.get("username", "")), str(form.get("password", "")),
+                                str(form.get("role", "annotator")))
+        except service.Invalid as e:
+            s.rollback()
+            users = s.scalars(select(User).order_by(User.id)).all()
+            counts = dict(s.execute(select(Label.user_id, func.count(Label.id)).group_by(Label.user_id)).all())
+            return render(request, "admin_users.html", user, status=400, users=users, counts=counts, error=str(e))
+        return RedirectResponse("/admin/users", status_code=303)
+
+    @app.post("/admin/users/{uid}/active")
+    def admin_set_active(uid: int, form: dict = Depends(checked_form), user: User = Depends(admin_user),
+                         s: Session = Depends(get_db)) -> Response:
+        if uid == user.id:
+            raise HTTPException(400, "you cannot deactivate yourself")
+        try:
+            service.set_active(s, uid, str(form.get("active", "")) == "1")
+        except service.NotFound as e:
+            raise HTTPException(404, str(e)) from None
+        return RedirectResponse("/admin/users", status_code=303)
+
+    return app
+
