@@ -2,11 +2,27 @@
 
 Everything saved here is a standard Hugging Face directory (``config.json`` + safetensors +
 tokenizer files) that plain ``transformers`` ``from_pretrained`` loads.
+
+Public API::
+
+    resolve_model_dir(path)            stage folder runs/<run>/<stage> -> its model/; HF dir -> itself
+    load_causal_lm(path) -> (model, tok)   fp32 on CPU by default; tok has a chat template and pad
+    save_model(model, tok, dir)        atomic, safetensors; LoRA adapters are merged first
+    frozen_copy(model)                 the reference model: eval mode, no grads
+    apply_lora(model, LoraSection)     peft LoRA (optional extra ``[peft]``)
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import os
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from alignforge.io import atomic_dir
 
 
 @dataclass(frozen=True)
@@ -67,11 +83,218 @@ def build_model(name: str, vocab_size: int, seed: int = 0, **overrides):
 
 
 def matmul_params(model) -> int:
-    """Non-embedding matmul parameters (design §8 FLOPs): linear weights, minus embeddings/lm_head."""
+    """Non-embedding matmul parameters (design §8 FLOPs): linear weights, minus embeddings/LM head."""
     import torch
+    from transformers.pytorch_utils import Conv1D
 
+    # The output projection is found by identity, not by name: it is lm_head (Llama, Qwen2,
+    # GPT-2) or embed_out (GPT-NeoX). GPT-2 builds its other matmuls from Conv1D, not Linear.
+    get_out = getattr(unwrap(model), "get_output_embeddings", None)
+    out = get_out() if callable(get_out) else None
     total = 0
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and not name.endswith("lm_head"):
+        if module is out or name.endswith("lm_head"):
+            continue
+        if isinstance(module, (torch.nn.Linear, Conv1D)):
             total += module.weight.numel()
     return total
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and saving local HF directories
+# ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' per-call progress bars and load reports (stage logs stay readable)."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def resolve_model_dir(path: str | os.PathLike) -> Path:
+    """The HF model directory for ``path``: a stage folder's ``model/``, or ``path`` itself.
+
+    Design §8: ``model.init`` (and ``ref.init``, ``reward.init``, ``value.init``) may name a stage
+    folder ``runs/<run>/<stage>`` or any local HF directory; both resolve here.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"model path does not exist: {p}")
+    if p.is_file():
+        raise FileNotFoundError(f"model path {p} is a file; expected a directory with config.json "
+                                "(an HF model dir) or a stage folder containing model/")
+    if (p / "config.json").is_file():
+        return p
+    if (p / "model" / "config.json").is_file():
+        return p / "model"
+    if (p / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{p} holds only LoRA adapter weights; alignforge saves merged models "
+                                "(save_model) — merge the adapter into its base model first")
+    hint = ""
+    if (p / "state").is_dir():
+        hint = " It has state/ but no model/: the stage was interrupted before it finished; rerun it to resume."
+    contents = ", ".join(sorted(x.name for x in p.iterdir())[:12]) or "(empty)"
+    raise FileNotFoundError(
+        f"no loadable model in {p}: expected {p / 'config.json'} (an HF model dir) or "
+        f"{p / 'model' / 'config.json'} (a stage folder). Found: {contents}.{hint}")
+
+
+def _default_dtype(dtype):
+    import torch
+
+    # fp32 master weights everywhere (design: bf16 only through autocast). transformers v5 loads
+    # in the checkpoint's dtype ("auto") unless told, so we always tell it.
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, str):
+        try:
+            return {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+                    "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}[dtype]
+        except KeyError:
+            raise ValueError(f"unknown dtype {dtype!r}; expected fp32, bf16 or fp16") from None
+    return dtype
+
+
+def load_causal_lm(path: str | os.PathLike, device: str = "cpu", dtype=None,
+                   tokenizer: str | os.PathLike | None = None):
+    """``(model, tokenizer)`` from a stage folder or a local HF causal-LM directory.
+
+    The model is in train mode on ``device`` in ``dtype`` (default fp32). The tokenizer comes from
+    ``tokenizer`` if given, else from the model directory, and always has a chat template and a
+    pad token (``ensure_chat_template``); ``model.config.pad_token_id`` is set to match when the
+    checkpoint had none. Nothing is downloaded.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from alignforge.models.tokenizer import ensure_chat_template, load_tokenizer
+
+    model_dir = resolve_model_dir(path)
+    try:
+        tok = load_tokenizer(tokenizer if tokenizer is not None else model_dir)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{e}. Pass tokenizer=<dir> (config key model.tokenizer) "
+                                f"for the model in {model_dir}") from None
+    with quiet_transformers():
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=_default_dtype(dtype),
+                                                     local_files_only=True)
+    ensure_chat_template(tok)
+    if len(tok) > model.get_input_embeddings().weight.shape[0]:
+        raise ValueError(f"tokenizer has {len(tok)} tokens but the model in {model_dir} embeds only "
+                         f"{model.get_input_embeddings().weight.shape[0]}: they do not belong together")
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tok.pad_token_id
+    gen = getattr(model, "generation_config", None)
+    if gen is not None and gen.pad_token_id is None:
+        gen.pad_token_id = tok.pad_token_id
+    return model.to(device).train(), tok
+
+
+def unwrap(model):
+    """The plain HF model inside a DDP wrapper (``.module``), or the model itself."""
+    while hasattr(model, "module") and not hasattr(model, "save_pretrained"):
+        model = model.module
+    return model
+
+
+def save_model(model, tokenizer, path: str | os.PathLike) -> Path:
+    """Save ``model`` (+ ``tokenizer``) as an HF directory (safetensors), atomically.
+
+    A peft LoRA model is saved merged (a copy; ``model`` keeps its adapters), so the result
+    loads with plain ``transformers`` like any other checkpoint.
+    """
+    model = unwrap(model)
+    if _is_peft(model):
+        model = copy.deepcopy(model).merge_and_unload()
+    with quiet_transformers(), atomic_dir(path) as tmp:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+            _warn_if_autotokenizer_reinterprets(tmp, model)
+    return Path(path)
+
+
+def _warn_if_autotokenizer_reinterprets(d: Path, model) -> None:
+    """Plain AutoTokenizer ignores a generic tokenizer saved beside some model types (qwen2, …)."""
+    from transformers.models.auto import tokenization_auto
+
+    from alignforge.models.tokenizer import GENERIC_TOKENIZER_CLASSES, saved_tokenizer_class
+
+    model_type = getattr(model.config, "model_type", None)
+    forced = getattr(tokenization_auto, "MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS", ())
+    if model_type in forced and saved_tokenizer_class(d) in GENERIC_TOKENIZER_CLASSES:
+        warnings.warn(
+            f"saving a generic tokenizer beside a {model_type!r} model: plain transformers "
+            f"AutoTokenizer will rebuild it as that family's tokenizer and may give different ids; "
+            f"alignforge.models.load_tokenizer loads it exactly", stacklevel=3)
+
+
+def frozen_copy(model):
+    """An independent copy for use as a reference model: eval mode (no dropout), no grads.
+
+    A peft model is merged into a plain model first: the reference is the policy at this moment.
+    """
+    model = unwrap(model)
+    ref = copy.deepcopy(model)
+    if _is_peft(ref):
+        ref = ref.merge_and_unload()
+    ref.eval()
+    ref.requires_grad_(False)
+    return ref
+
+
+# ---------------------------------------------------------------------------------------------
+# LoRA (optional: the [peft] extra)
+# ---------------------------------------------------------------------------------------------
+
+
+def _is_peft(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
+
+
+def apply_lora(model, lora):
+    """Wrap ``model`` with LoRA adapters per a ``LoraSection``; only adapters (and a scalar head) train.
+
+    ``lora.target_modules`` are module-name suffixes; they must match at least one linear layer
+    (Llama/Qwen2: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj; GPT-2: c_attn,
+    c_proj, c_fc; GPT-NeoX: query_key_value, dense, dense_h_to_4h, dense_4h_to_h).
+    """
+    import torch
+
+    try:
+        from peft import LoraConfig, TaskType, get_peft_model
+    except ImportError:
+        raise ImportError("model.lora.enabled needs the optional peft package: "
+                          "pip install 'alignforge[peft]' (or pip install peft)") from None
+    from transformers.pytorch_utils import Conv1D
+
+    linear_names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+                    if isinstance(m, (torch.nn.Linear, Conv1D)) and name}
+    conv1d_names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, Conv1D)}
+    wanted = list(lora.target_modules)
+    if not set(wanted) & linear_names:
+        raise ValueError(f"model.lora.target_modules {wanted} match no linear layer of "
+                         f"{type(model).__name__}; its linear layers are: {', '.join(sorted(linear_names))}")
+    is_scorer = hasattr(model, "score") and not hasattr(model, "lm_head")
+    cfg = LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        target_modules=[t for t in wanted if t in linear_names],
+        # GPT-2's Conv1D stores weights transposed (in × out).
+        fan_in_fan_out=bool(set(wanted) & conv1d_names),
+        # SEQ_CLS keeps the fresh scalar head fully trainable (peft's modules_to_save).
+        task_type=TaskType.SEQ_CLS if is_scorer else TaskType.CAUSAL_LM,
+    )
+    return get_peft_model(model, cfg)

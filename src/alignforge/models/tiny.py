@@ -81,3 +81,31 @@ def tiny_tokenizer_without_template(vocab_size: int = 320):
                                   bos_token="<|endoftext|>", clean_up_tokenization_spaces=False)
     tok.chat_template = None
     return tok
+
+
+def tiny_qwen2_tokenizer(vocab_size: int = 320):
+    """A ``Qwen2Tokenizer`` (Qwen's pre-tokenizer, NFC, ``<|endoftext|>`` = eos = pad, no chat
+    template) over a tiny BPE: what a Qwen2 checkpoint ships, so plain ``AutoTokenizer`` — which
+    always rebuilds Qwen2 tokenizers as this class — loads it unchanged."""
+    import json
+
+    from transformers import Qwen2Tokenizer
+
+    bpe = json.loads(tiny_tokenizer_without_template(vocab_size).backend_tokenizer.to_str())["model"]
+    tok = Qwen2Tokenizer(vocab=bpe["vocab"], merges=[tuple(m) for m in bpe["merges"]])
+    tok.chat_template = None
+    return tok
+
+
+def tiny_tokenizer(arch: str):
+    """The kind of tokenizer each architecture comes with, tiny: GPT-2 without pad or template,
+    Qwen2 with pad = eos and no template, Llama / GPT-NeoX with alignforge's own (template, pad)."""
+    if arch == "gpt2":
+        return tiny_tokenizer_without_template()
+    if arch == "qwen2":
+        return tiny_qwen2_tokenizer()
+    if arch in ("llama", "gpt_neox"):
+        from alignforge.models.tokenizer import train_tokenizer
+
+        return train_tokenizer(_TINY_CORPUS, vocab_size=320)
+    raise ValueError(f"unknown tiny architecture {arch!r}; expected one of {', '.join(ARCHS)}")

@@ -26,6 +26,7 @@ return_dict=True)`` marks exactly the tokens an SFT loss trains on.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Iterable
@@ -160,8 +161,32 @@ def find_tokenizer_dir(path: str | os.PathLike) -> Path:
         f"or in {p / 'model'} (a stage folder) or {p / 'tokenizer'}")
 
 
-def load_tokenizer(path: str | os.PathLike):
-    """Load a tokenizer from a tokenizer dir, model dir or stage folder (local only, no hub)."""
-    from transformers import AutoTokenizer
+# transformers v5 rebuilds the tokenizer of some model types (qwen2, phi3, …: its
+# MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS) from vocab + merges with that family's own
+# pre-tokenizer, ignoring the saved class. For a tokenizer saved as the generic class that
+# silently changes the ids, so we load the generic class directly.
+GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
-    return AutoTokenizer.from_pretrained(str(find_tokenizer_dir(path)), local_files_only=True)
+
+def saved_tokenizer_class(d: str | os.PathLike) -> str | None:
+    cfg = Path(d) / "tokenizer_config.json"
+    if not cfg.is_file():
+        return None
+    try:
+        return json.loads(cfg.read_text()).get("tokenizer_class")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg}: not valid JSON ({e})") from None
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """Load a tokenizer from a tokenizer dir, model dir or stage folder (local only, no hub).
+
+    Exactly what was saved: a generic (``tokenizer.json``-defined) tokenizer is loaded as such,
+    never reinterpreted by the model type next to it (see ``GENERIC_TOKENIZER_CLASSES``).
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    d = find_tokenizer_dir(path)
+    if saved_tokenizer_class(d) in GENERIC_TOKENIZER_CLASSES and (d / "tokenizer.json").is_file():
+        return PreTrainedTokenizerFast.from_pretrained(str(d), local_files_only=True)
+    return AutoTokenizer.from_pretrained(str(d), local_files_only=True)
