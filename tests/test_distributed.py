@@ -1,0 +1,68 @@
+"""torchrun: 2 processes (gloo, CPU), each with half of every global batch, train the same model as
+one process on the whole batch. Plus the single-process behaviour of the helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from alignforge.stages import pretrain
+from alignforge.train import distributed as dist
+from alignforge.train.testing import tiny_pretrain_args
+
+
+def test_single_process_helpers():
+    assert dist.world_size() == 1 and dist.rank() == 0 and dist.is_main()
+    assert dist.all_reduce_mean(2.5) == 2.5
+    assert dist.all_gather_object({"a": 1}) == [{"a": 1}]
+    assert dist.rank_seed(7) == 7  # a 1-process run is rank 0 with the configured seed
+    model = torch.nn.Linear(2, 2)
+    assert dist.wrap_model(model, None, torch.device("cpu")) is model
+    assert dist.unwrap(model) is model
+
+
+def test_shard_range_splits_the_global_batch_contiguously():
+    assert [dist.shard_range(8, r, 2) for r in range(2)] == [(0, 4), (4, 8)]
+    assert [dist.shard_range(12, r, 3) for r in range(3)] == [(0, 4), (4, 8), (8, 12)]
+    assert dist.shard(list(range(6)), 1, 3) == [2, 3]
+    with pytest.raises(ValueError, match="does not split evenly over 3"):
+        dist.shard_range(10, 0, 3)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one_process(tmp_path):
+    torch.set_num_threads(1)
+    steps = dict(max_steps=4, save_every=2, eval_every=2, grad_accum=2)
+    one = tmp_path / "one"
+    assert pretrain.main(tiny_pretrain_args(tmp_path / "data", one, batch_size=4, **steps)) == 0
+
+    two = tmp_path / "two"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "alignforge", "pretrain",
+           *tiny_pretrain_args(tmp_path / "data", two, batch_size=2, **steps)]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "4×2 accum×1 procs" not in res.stdout and "2×2 accum×2 procs" in res.stdout
+
+    a = load_file(str(one / "model" / "model.safetensors"))
+    b = load_file(str(two / "model" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        # Same global batch and gradient mean; only the float summation order differs.
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=f"{k} differs")
+    rows_a = [json.loads(x) for x in (one / "metrics.jsonl").read_text().splitlines()]
+    rows_b = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows_b] == [1, 2, 3, 4]  # rank 0 alone writes metrics
+    for ra, rb in zip(rows_a, rows_b):
+        assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5)
+        assert rb["tokens"] == ra["tokens"]
+    # held-out bits per byte: blocks sharded over ranks, sums all-reduced
+    assert rows_b[-1]["eval_bpb"] == pytest.approx(rows_a[-1]["eval_bpb"], rel=1e-5)
+    assert json.loads((two / "state" / "trainer.json").read_text())["world_size"] == 2
