@@ -67,6 +67,12 @@ def test_gz_is_reproducible_and_json_list_reads(tmp_path):
     assert (tmp_path / "a.jsonl.gz").read_bytes() == (tmp_path / "b.jsonl.gz").read_bytes()
     (tmp_path / "c.json").write_text(json.dumps([r.to_dict() for r in BY_KIND["ranking"]]))
     assert read_records(tmp_path / "c.json") == BY_KIND["ranking"]
+    write_records(tmp_path / "d.jsonl", BY_KIND["ranking"])
+    (tmp_path / "d.jsonl").rename(tmp_path / "d.json")  # JSON Lines under a .json name
+    assert read_records(tmp_path / "d.json") == BY_KIND["ranking"]
+    (tmp_path / "e.json").write_text('[{"text": "a"},\n {"text": ]')
+    with pytest.raises(RecordError, match=r"e\.json:2: not valid JSON: Expecting value \(column 11\); expected a JSON list"):
+        read_records(tmp_path / "e.json")
 
 
 def test_infer_kind_and_forced_kind():

@@ -468,16 +468,19 @@ def iter_raw(path: str | os.PathLike, bad_json: str = "raise") -> Iterator[tuple
         return
     if name.endswith(".json") and not name.endswith(".jsonl"):
         with _open_text(p) as f:
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as e:
-                # A JSON document is all or nothing: no line can be skipped, so this always raises.
-                raise RecordError(f"not valid JSON: {e.msg} (column {e.colno})", path=str(p), line=e.lineno) from None
-        if not isinstance(data, list):
-            raise RecordError(f"a .json file must hold a list of records, got a {type(data).__name__}", path=str(p))
-        for i, obj in enumerate(data, 1):
-            yield i, obj
-        return
+            head = f.read(4096).lstrip()
+        # Many datasets ship JSON Lines under a .json name; a JSON list starts with '['.
+        if head.startswith("["):
+            with _open_text(p) as f:
+                try:
+                    data = json.load(f)
+                except json.JSONDecodeError as e:
+                    # A JSON document is all or nothing: no line can be skipped, so this always raises.
+                    raise RecordError(f"not valid JSON: {e.msg} (column {e.colno}); expected a JSON list of "
+                                      f"records", path=str(p), line=e.lineno) from None
+            for i, obj in enumerate(data, 1):
+                yield i, obj
+            return
     with _open_text(p) as f:
         lineno = 0
         try:
