@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from alignforge.config import LoraSection
-from alignforge.models.heads import (init_from_causal_lm, last_token_index, load_scorer, save_scorer,
+from alignforge.models.heads import (init_from_causal_lm, last_token_index, load_scorer, positions_from_mask, save_scorer,
                                      sequence_scores, set_reward_normalization, token_scores)
 from alignforge.models.load import (apply_lora, build_model, frozen_copy, load_causal_lm,
                                     matmul_params, resolve_model_dir, save_model)
@@ -229,6 +229,14 @@ def test_scalar_head_scores_and_plain_transformers_reload(arch, our_tok, tmp_pat
     assert per_token.shape == (2, ids.shape[1], 3)
     torch.testing.assert_close(per_token[torch.arange(2), last], raw, rtol=1e-5, atol=1e-6)
 
+    # Left padding (as in rollouts of left-padded prompts) scores the same too.
+    tok.padding_side = "left"
+    left = tok(TEXTS, return_tensors="pt", padding=True)
+    tok.padding_side = "right"
+    with torch.no_grad():
+        torch.testing.assert_close(sequence_scores(rm, left["input_ids"], left["attention_mask"]),
+                                   raw, rtol=1e-5, atol=1e-6)
+
     # Save; plain transformers gives identical raw scores, our loader the same model.
     save_scorer(rm, tok, tmp_path / "rm" / "model")
     plain = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "rm" / "model")).eval()
@@ -237,6 +245,19 @@ def test_scalar_head_scores_and_plain_transformers_reload(arch, our_tok, tmp_pat
     ours, _ = load_scorer(tmp_path / "rm")
     with torch.no_grad():
         assert torch.equal(sequence_scores(ours.eval(), ids, mask), raw)
+
+
+def test_positions_and_pooled_index_by_hand():
+    class Cfg:
+        pad_token_id = 0
+
+    class M:
+        config = Cfg()
+
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    assert positions_from_mask(mask).tolist() == [[0, 1, 2, 2, 2], [0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
+    ids = torch.tensor([[5, 6, 7, 0, 0], [0, 0, 5, 6, 7], [5, 0, 6, 7, 8]])  # pad id inside row 3 too
+    assert last_token_index(M(), ids).tolist() == [2, 4, 4]
 
 
 def test_reward_normalisation_is_stored_and_applied(our_tok, tmp_path):

@@ -13,8 +13,10 @@ Pooling (transformers' rule, which we keep so both agree): the score is read at 
 token whose id is not ``config.pad_token_id``. With our tokenizer that is the ``<|end|>`` closing
 the answer. With a pad = eos tokenizer (GPT-2 fallback) the trailing eos counts as padding, so
 the score sits on the last content token — still after the whole response, only without eos.
-Pad on the right (``tokenizer.padding_side = "right"``): transformers derives positions from
-the sequence index, not the mask, so left padding shifts the positions the model sees.
+Either padding side works with ``sequence_scores`` / ``token_scores``: they pass position ids
+counted over real tokens only (``positions_from_mask``), so a left-padded rollout scores like
+the unpadded sequence. A bare ``rm(ids, attention_mask=mask)`` counts positions from the left
+edge, which agrees only for right padding — pad on the right when calling transformers directly.
 
 Reward normalisation (``set_reward_normalization``) is stored in ``config.json`` as
 ``reward_mean`` / ``reward_std`` (one per head). Plain transformers returns *raw* scores;
@@ -139,9 +141,20 @@ def last_token_index(model, input_ids):
     return idx.argmax(-1)
 
 
+def positions_from_mask(attention_mask):
+    """Position ids counting real tokens only: 0,1,2,… from the first attended token.
+
+    For right padding this equals the default ``arange``; for left padding it keeps the real
+    tokens at the positions they would have unpadded. Pads get position 0 (they are masked)."""
+    if attention_mask is None:
+        return None
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 def sequence_scores(model, input_ids, attention_mask=None, normalize: bool = True):
     """``(batch, n_heads)`` scores of whole sequences (one forward, the HF classifier's own)."""
-    raw = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    raw = model(input_ids=input_ids, attention_mask=attention_mask,
+                position_ids=positions_from_mask(attention_mask)).logits
     return _norm(_base(model), raw) if normalize else raw
 
 
@@ -152,7 +165,8 @@ def token_scores(model, input_ids, attention_mask=None, normalize: bool = False)
     Not normalised by default: a value model's targets are returns, not rewards.
     """
     base = _base(model)
-    hidden = base.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    hidden = base.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                             position_ids=positions_from_mask(attention_mask)).last_hidden_state
     out = base.score(hidden)
     return _norm(base, out) if normalize else out
 
