@@ -317,3 +317,33 @@ def test_records_format_parquet_and_unknown_format(tmp_path):
     path = _jsonl(tmp_path / "weird.jsonl", [[1, 2]])
     with pytest.raises(RecordError, match=rf"^{path}:1: expected a JSON object, got \[1, 2\]; cannot detect"):
         load_dataset_records(path)
+
+
+def test_kind_filter_max_records_and_data_section(tmp_path):
+    from alignforge.config import DataSection
+    from alignforge.data.formats import load_data_section
+
+    recs = [Demonstration(prompt=f"q{i}", response="a") for i in range(5)] + [Comparison(prompt="q", chosen="a", rejected="b")]
+    write_records(tmp_path / "mix.jsonl", recs)
+    report = ReadReport("mix")
+    assert load_dataset_records(tmp_path / "mix.jsonl", kind="comparison", report=report) == recs[5:]
+    assert report.dropped == {"demonstration records not asked for": 5}
+    assert load_dataset_records(tmp_path / "mix.jsonl", max_records=2) == recs[:2]
+    section = DataSection(train=str(tmp_path / "mix.jsonl"), max_records=3, format="records")
+    assert load_data_section(section, kind="demonstration") == recs[:3]
+    from alignforge.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"config key 'data\.eval' is not set; expected a records file"):
+        load_data_section(section, split="eval")
+
+
+def test_ultrafeedback_drops_and_identical_pairs():
+    notes: dict[str, int] = {}
+    with pytest.raises(Dropped, match="fewer than 2 non-empty completions"):
+        from_ultrafeedback({"instruction": "q", "completions": [{"response": "a", "overall_score": 3},
+                                                                {"response": " ", "overall_score": 9}]}, notes)
+    recs = from_ultrafeedback({"prompt": "q", "completions": [{"response": "a", "overall_score": 3},
+                                                              {"response": "a", "overall_score": 5},
+                                                              {"response": "b", "overall_score": 1}]}, notes)
+    assert [(r.chosen, r.rejected) for r in recs if isinstance(r, Comparison)] == [("a", "b"), ("a", "b")]
+    assert notes["ultrafeedback: identical pair left out"] == 1 and notes["ultrafeedback: empty completion left out"] == 1

@@ -597,3 +597,21 @@ def load_dataset_records(path: str | os.PathLike, format: str = "auto", on_bad: 
 
 def _rows(path: str, on_bad: str) -> Iterator[tuple[int, Any]]:
     return iter_raw(path, bad_json="raise" if on_bad == "error" else "yield")
+
+
+def load_data_section(data: Any, split: str = "train", kind: str | Iterable[str] | None = None,
+                      report: ReadReport | None = None) -> list[Record]:
+    """The records a stage's ``data`` config section names: ``data.train`` (or ``data.eval``), read
+    with ``data.format``, ``data.on_bad_record`` and, for the training split, ``data.max_records``.
+
+    Raises :class:`ConfigError` when the split's path is not set.
+    """
+    from alignforge.config import ConfigError
+
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    path = getattr(data, split)
+    if not path:
+        raise ConfigError(f"config key 'data.{split}' is not set; expected a records file or dataset directory")
+    return load_dataset_records(path, format=data.format, on_bad=data.on_bad_record, report=report, kind=kind,
+                                max_records=data.max_records if split == "train" else None)
