@@ -94,7 +94,7 @@ def test_kl_shaped_reinforce_converges_to_closed_form_optimum(beta, ref):
 
 def test_one_token_ppo_learns_best_arm_with_clipping_engaged():
     bandit = B.Bandit(torch.tensor(ARMS))
-    run = B.train_ppo(bandit, iterations=40, batch=64, epochs=4, minibatch=16, clip=0.2, lr=0.05, seed=0)
+    run = B.train_ppo(bandit, iterations=40, batch=64, epochs=4, minibatch=16, clip=0.2, lr=0.5, seed=0)
     assert run.probs[bandit.best_arm] > 0.95
     assert max(run.history["clip_frac"]) > 0.05
 
@@ -103,8 +103,8 @@ def test_ppo_clip_bounds_one_iteration_of_many_epochs():
     # 20 epochs on one batch: without clipping the policy collapses onto one arm; the clipped
     # surrogate has zero gradient once ρ leaves [1−ε, 1+ε], so the policy moves only a little.
     bandit = B.Bandit(torch.tensor(ARMS))
-    clipped = B.train_ppo(bandit, iterations=1, epochs=20, lr=0.1, clip=0.2, seed=0)
-    free = B.train_ppo(bandit, iterations=1, epochs=20, lr=0.1, clip=1e6, seed=0)
+    clipped = B.train_ppo(bandit, iterations=1, epochs=20, lr=1.0, clip=0.2, seed=0)
+    free = B.train_ppo(bandit, iterations=1, epochs=20, lr=1.0, clip=1e6, seed=0)
     assert clipped.history["kl_old"][0] < 0.1
     assert free.history["kl_old"][0] > 10 * clipped.history["kl_old"][0]
     assert free.history["clip_frac"][0] == 0.0

@@ -99,6 +99,13 @@ def gradient_estimates(theta: torch.Tensor, bandit: Bandit, baseline: float, bat
     return -thetas.grad  # the loss is −J, so its gradient is −∇J
 
 
+def sgd_step(theta: torch.Tensor, loss: torch.Tensor, lr: float) -> None:
+    """θ ← θ − lr·∇loss (the loss is −objective, so this is gradient *ascent* on the objective)."""
+    (grad,) = torch.autograd.grad(loss, theta)
+    with torch.no_grad():
+        theta -= lr * grad
+
+
 @dataclass
 class BanditRun:
     theta: torch.Tensor
@@ -111,7 +118,8 @@ class BanditRun:
 
 def train_reinforce(bandit: Bandit, steps: int = 300, batch: int = 16, lr: float = 0.5, baseline: str = "running",
                     kl_coef: float = 0.0, ref_logits: torch.Tensor | None = None, seed: int = 0) -> BanditRun:
-    """REINFORCE by plain SGD: θ ← θ + lr·ĝ.
+    """REINFORCE by plain SGD, θ ← θ + lr·ĝ (written out: ``torch.optim`` would add nothing here
+    but a multi-second first import).
 
     With ``kl_coef`` β > 0 the reward is shaped as in InstructGPT, R − β·(log π(a) − log π_ref(a))
     (``rl.per_token_rewards`` with one token). Its REINFORCE gradient is unbiased for
@@ -121,7 +129,6 @@ def train_reinforce(bandit: Bandit, steps: int = 300, batch: int = 16, lr: float
     K = bandit.means.numel()
     theta = torch.zeros(K, requires_grad=True)
     ref_logp = torch.log_softmax(torch.zeros(K) if ref_logits is None else ref_logits, -1)
-    opt = torch.optim.SGD([theta], lr=lr)
     running, n_seen = 0.0, 0
     run = BanditRun(theta, {"expected_reward": [], "p_best": [], "reward": []})
     for _ in range(steps):
@@ -135,9 +142,7 @@ def train_reinforce(bandit: Bandit, steps: int = 300, batch: int = 16, lr: float
                                          kl_coef=kl_coef)
         adv = baseline_advantages(shaped[:, 0], baseline, running)
         loss = reinforce_loss(logp, adv)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        sgd_step(theta, loss, lr)
         # The running mean is updated *after* the step so b never depends on this batch's actions.
         n_seen += batch
         running += (shaped.sum().item() - batch * running) / n_seen
@@ -150,7 +155,7 @@ def train_reinforce(bandit: Bandit, steps: int = 300, batch: int = 16, lr: float
 
 
 def train_ppo(bandit: Bandit, iterations: int = 40, batch: int = 64, epochs: int = 4, minibatch: int = 16,
-              clip: float = 0.2, lr: float = 0.05, seed: int = 0) -> BanditRun:
+              clip: float = 0.2, lr: float = 0.5, seed: int = 0) -> BanditRun:
     """One-token PPO: sample a batch with π_old, then several epochs of minibatch steps on the
     clipped surrogate (``losses.ppo_policy_loss``) over that same batch, advantages whitened.
 
@@ -159,7 +164,6 @@ def train_ppo(bandit: Bandit, iterations: int = 40, batch: int = 64, epochs: int
     gen = torch.Generator().manual_seed(seed)
     K = bandit.means.numel()
     theta = torch.zeros(K, requires_grad=True)
-    opt = torch.optim.Adam([theta], lr=lr)
     run = BanditRun(theta, {"expected_reward": [], "p_best": [], "clip_frac": [], "kl_old": []})
     for _ in range(iterations):
         with torch.no_grad():
@@ -174,9 +178,7 @@ def train_ppo(bandit: Bandit, iterations: int = 40, batch: int = 64, epochs: int
                 logp = torch.log_softmax(theta, -1)[actions[idx]]
                 loss, metrics = ppo_policy_loss(logp[:, None], old_logp[idx, None], adv[idx, None],
                                                 torch.ones(len(idx), 1), clip=clip)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+                sgd_step(theta, loss, lr)
                 clip_fracs.append(metrics["clip_frac"].item())
         with torch.no_grad():
             new_logp_all = torch.log_softmax(theta, -1)
