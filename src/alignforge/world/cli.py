@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Sequence
 
@@ -30,7 +31,9 @@ def _generate(cfg) -> None:
     out = cfg.out_dir()
     world = build_world(cfg)
     manifest = world.write(out)
-    save_config(cfg, out / "config.yaml")
+    # Without `out`: the folder a world was written to is not part of the world, and leaving it
+    # out keeps two generations with one seed byte-identical wherever they are written.
+    save_config(dataclasses.replace(cfg, out=None), out / "config.yaml")
     counts = ", ".join(f"{k} {v['records']}" for k, v in manifest["files"].items() if "records" in v)
     print(f"world (seed {cfg.seed}) written to {out}: {counts}")
 

@@ -63,7 +63,9 @@ class World:
             "prompts_train": (f"prompts_train{ext}", self.prompts["train"]),
             "prompts_test": (f"prompts_test{ext}", self.prompts["test"]),
         }
-        manifest = {"world": "alignforge.world", "config": to_dict(self.cfg), "files": {}}
+        config = to_dict(self.cfg)
+        config["out"] = None  # where it was written is not part of the world (byte-identical outputs)
+        manifest = {"world": "alignforge.world", "config": config, "files": {}}
         for key, (name, records) in files.items():
             manifest["files"][key] = {"path": name, "records": write_records(out / name, records)}
         atomic_write_text(out / "world.json", json.dumps(self.facts.to_dict(), indent=1, sort_keys=True) + "\n")
