@@ -103,6 +103,10 @@ def test_preset_model_round_trip_and_matmul_params(our_tok, tmp_path):
     with torch.no_grad():
         assert torch.equal(plain(ids).logits, model(ids).logits)
     assert torch.equal(build_model("tiny-1m", len(our_tok), seed=3).lm_head.weight, model.lm_head.weight)
+    # Special ids agree with our tokenizer, so HF generate stops on <|end|> and pads with <|pad|>.
+    for cfg in (model.config, model.generation_config, plain.generation_config):
+        assert (cfg.eos_token_id, cfg.pad_token_id, cfg.bos_token_id) == \
+            (our_tok.eos_token_id, our_tok.pad_token_id, None)
 
 
 @pytest.mark.parametrize("arch,expected", [("llama", 18432), ("gpt2", 16384), ("qwen2", 18432),

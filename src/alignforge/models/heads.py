@@ -36,8 +36,8 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from alignforge.models.load import (_default_dtype, quiet_transformers, resolve_model_dir,
-                                    save_model)
+from alignforge.models.load import (_default_dtype, quiet_transformers, resolve_device,
+                                    resolve_model_dir, save_model)
 
 
 def init_from_causal_lm(path: str | os.PathLike, n_heads: int = 1, head_names: Sequence[str] | None = None,
@@ -78,7 +78,7 @@ def init_from_causal_lm(path: str | os.PathLike, n_heads: int = 1, head_names: S
     with torch.no_grad():
         model.score.weight.copy_(torch.randn(model.score.weight.shape, generator=gen) * std)
     set_reward_normalization(model, [0.0] * n_heads, [1.0] * n_heads)
-    return model.to(device).train(), tok
+    return model.to(resolve_device(device)).train(), tok
 
 
 def load_scorer(path: str | os.PathLike, device: str = "cpu", dtype=None):
@@ -94,7 +94,7 @@ def load_scorer(path: str | os.PathLike, device: str = "cpu", dtype=None):
     if model.config.pad_token_id is None:
         raise ValueError(f"{model_dir}/config.json has no pad_token_id; a scalar-head model needs one "
                          "to find the last real token (build it with init_from_causal_lm)")
-    return model.to(device), ensure_chat_template(load_tokenizer(model_dir))
+    return model.to(resolve_device(device)), ensure_chat_template(load_tokenizer(model_dir))
 
 
 def save_scorer(model, tokenizer, path: str | os.PathLike) -> Path:

@@ -46,7 +46,12 @@ PRESETS: dict[str, Preset] = {
 
 
 def preset_config(name: str, vocab_size: int, **overrides):
-    """A ``transformers.LlamaConfig`` for a named preset."""
+    """A ``transformers.LlamaConfig`` for a named preset.
+
+    Special ids default to alignforge's tokenizer (``models.tokenizer``: pad ``<|pad|>`` = 0,
+    eos ``<|end|>`` = 1, no bos) — LlamaConfig's own defaults (bos 1, eos 2) would make
+    ``generate`` stop on ``<|system|>``. Pass ``pad_token_id=…, eos_token_id=…`` for another tokenizer.
+    """
     from transformers import LlamaConfig
 
     if name not in PRESETS:
@@ -65,6 +70,9 @@ def preset_config(name: str, vocab_size: int, **overrides):
         rope_theta=10000.0,
         attention_bias=False,
         mlp_bias=False,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=None,
     )
     kw.update(overrides)
     return LlamaConfig(**kw)
@@ -165,11 +173,20 @@ def _default_dtype(dtype):
     return dtype
 
 
+def resolve_device(device: str = "cpu") -> str:
+    """``"auto"`` → ``"cuda"`` when a GPU is visible, else ``"cpu"``; anything else unchanged."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def load_causal_lm(path: str | os.PathLike, device: str = "cpu", dtype=None,
                    tokenizer: str | os.PathLike | None = None):
     """``(model, tokenizer)`` from a stage folder or a local HF causal-LM directory.
 
-    The model is in train mode on ``device`` in ``dtype`` (default fp32). The tokenizer comes from
+    The model is in train mode on ``device`` (``"auto"``: CUDA if present) in ``dtype`` (default fp32). The tokenizer comes from
     ``tokenizer`` if given, else from the model directory, and always has a chat template and a
     pad token (``ensure_chat_template``); ``model.config.pad_token_id`` is set to match when the
     checkpoint had none. Nothing is downloaded.
@@ -196,7 +213,7 @@ def load_causal_lm(path: str | os.PathLike, device: str = "cpu", dtype=None,
     gen = getattr(model, "generation_config", None)
     if gen is not None and gen.pad_token_id is None:
         gen.pad_token_id = tok.pad_token_id
-    return model.to(device).train(), tok
+    return model.to(resolve_device(device)).train(), tok
 
 
 def unwrap(model):
