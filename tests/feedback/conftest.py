@@ -25,6 +25,16 @@ PASSWORD = "correct horse battery"
 XSS = '<script>window.__pwned = 1; document.title = "PWNED"</script><img src=x onerror="window.__pwned = 2">'
 
 
+@pytest.fixture(autouse=True)
+def cheap_argon2(monkeypatch):
+    """Test accounts hash with argon2id at minimal cost: production cost (64 MiB, 3 passes) spent on
+    every seeded user would dominate these tests on a shared 2-core machine. Verification reads the
+    cost from the hash itself, so servers started by the tests stay fast too."""
+    from argon2 import PasswordHasher
+
+    monkeypatch.setattr(service, "_hasher", PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
+
+
 def csrf_of(html: str) -> str:
     m = re.search(r'name="csrf" value="([^"]+)"', html)
     assert m, "page has no CSRF field"
@@ -148,3 +158,27 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+PG_URL = os.environ.get("ALIGNFORGE_TEST_PG_URL")
+
+
+@pytest.fixture
+def pg_url() -> str:
+    """A PostgreSQL database with a fresh feedback schema (tables dropped first)."""
+    if not PG_URL:
+        pytest.skip("ALIGNFORGE_TEST_PG_URL is not set: no PostgreSQL server "
+                    "(run `eval \"$(bash scripts/ci-services.sh)\"` to start one)")
+    return PG_URL
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def any_db(request, tmp_path) -> str:
+    """A seeded database URL: SQLite file, and PostgreSQL where ALIGNFORGE_TEST_PG_URL is set."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'feedback.db'}"
+        seed(url)
+    else:
+        url = request.getfixturevalue("pg_url")
+        seed(url, fresh=True)
+    return url

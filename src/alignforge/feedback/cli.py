@@ -14,12 +14,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import os
 import sys
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 DEFAULT_DB = "sqlite:///feedback.db"
+
+
+class CliError(Exception):
+    """A usage problem: printed as one line, exit status 2."""
 
 
 def _password(args: argparse.Namespace, who: str) -> str:
@@ -29,23 +34,30 @@ def _password(args: argparse.Namespace, who: str) -> str:
     if sys.stdin.isatty():
         first = getpass.getpass(f"password for {who}: ")
         if getpass.getpass("again: ") != first:
-            raise SystemExit("alignforge feedback: error: the passwords differ")
+            raise CliError("the passwords differ")
         return first
-    raise SystemExit(f"alignforge feedback: error: no password: set ${args.password_env} or run in a terminal")
+    raise CliError(f"no password: set ${args.password_env} or run in a terminal")
 
 
-def _session(args: argparse.Namespace, need_schema: bool = True):
+@contextlib.contextmanager
+def _session(args: argparse.Namespace, need_schema: bool = True) -> Iterator[Any]:
+    """A database session for one command; closed (and the engine's connections released) after it,
+    so a SQLite write lock never outlives the command."""
     from sqlalchemy import inspect
 
     from alignforge.feedback.db import create_schema, make_engine, make_sessionmaker
 
     engine = make_engine(args.db)
-    if need_schema and not inspect(engine).has_table("labels"):
-        raise SystemExit(f"alignforge feedback: error: {args.db} has no feedback schema; run "
-                         f"`alignforge feedback init --db {args.db}` first")
-    if not need_schema:
-        create_schema(engine)
-    return make_sessionmaker(engine)()
+    try:
+        if need_schema and not inspect(engine).has_table("labels"):
+            raise CliError(f"{args.db} has no feedback schema; run "
+                           f"`alignforge feedback init --db {args.db}` first")
+        if not need_schema:
+            create_schema(engine)
+        with make_sessionmaker(engine)() as s:
+            yield s
+    finally:
+        engine.dispose()
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -55,22 +67,22 @@ def cmd_init(args: argparse.Namespace) -> int:
     from alignforge.feedback.app import session_secret
     from alignforge.feedback.db import User, make_sessionmaker
 
-    s = _session(args, need_schema=False)
-    session_secret(make_sessionmaker(s.get_bind()))  # the cookie-signing key, made once, now
-    if s.scalar(select(User).where(User.username == args.admin)) is None:
-        service.create_user(s, args.admin, _password(args, args.admin), role="admin")
-        print(f"created admin {args.admin!r} in {args.db}")
-    else:
-        print(f"{args.db}: schema ready; admin {args.admin!r} already exists")
+    with _session(args, need_schema=False) as s:
+        session_secret(make_sessionmaker(s.get_bind()))  # the cookie-signing key, made once, now
+        if s.scalar(select(User).where(User.username == args.admin)) is None:
+            service.create_user(s, args.admin, _password(args, args.admin), role="admin")
+            print(f"created admin {args.admin!r} in {args.db}")
+        else:
+            print(f"{args.db}: schema ready; admin {args.admin!r} already exists")
     return 0
 
 
 def cmd_adduser(args: argparse.Namespace) -> int:
     from alignforge.feedback import service
 
-    s = _session(args)
-    service.create_user(s, args.username, _password(args, args.username), role=args.role)
-    print(f"created {args.role} {args.username!r}")
+    with _session(args) as s:
+        service.create_user(s, args.username, _password(args, args.username), role=args.role)
+        print(f"created {args.role} {args.username!r}")
     return 0
 
 
@@ -78,22 +90,22 @@ def cmd_import(args: argparse.Namespace) -> int:
     from alignforge.data.records import ReadReport, read_records
     from alignforge.feedback import service
 
-    s = _session(args)
-    report = ReadReport(args.file)
-    records = read_records(args.file, kind="candidates", on_bad=args.on_bad, report=report)
-    try:
-        project = service.get_project(s, args.project)
-        for key, have, want in (("task", project.task, args.task), ("per-item", project.per_item, args.per_item)):
-            if want is not None and have != want:
-                raise service.Invalid(f"--{key}: project {project.name!r} has {key} {have!r}, not {want!r}")
-    except service.NotFound:
-        guidelines = open(args.guidelines, encoding="utf-8").read() if args.guidelines else ""
-        project = service.create_project(s, args.project, args.task or "comparison", args.per_item or 1,
-                                         ask_hhh=not args.no_hhh, guidelines=guidelines)
-    result = service.import_candidates(s, project, records, batch=args.batch or os.path.basename(args.file),
-                                       seed=args.seed)
-    print(report.summary())
-    print(f"project {project.name!r} ({project.task}, {project.per_item} per item): {result.summary()}")
+    with _session(args) as s:
+        report = ReadReport(args.file)
+        records = read_records(args.file, kind="candidates", on_bad=args.on_bad, report=report)
+        try:
+            project = service.get_project(s, args.project)
+            for key, have, want in (("task", project.task, args.task), ("per-item", project.per_item, args.per_item)):
+                if want is not None and have != want:
+                    raise service.Invalid(f"--{key}: project {project.name!r} has {key} {have!r}, not {want!r}")
+        except service.NotFound:
+            guidelines = open(args.guidelines, encoding="utf-8").read() if args.guidelines else ""
+            project = service.create_project(s, args.project, args.task or "comparison", args.per_item or 1,
+                                             ask_hhh=not args.no_hhh, guidelines=guidelines)
+        result = service.import_candidates(s, project, records, batch=args.batch or os.path.basename(args.file),
+                                           seed=args.seed)
+        print(report.summary())
+        print(f"project {project.name!r} ({project.task}, {project.per_item} per item): {result.summary()}")
     return 0
 
 
@@ -102,7 +114,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from alignforge.feedback.app import create_app
 
-    _session(args).close()  # fail early, with the hint, on a database without the schema
+    with _session(args):  # fail early, with the hint, on a database without the schema
+        pass
     app = create_app(args.db, https_only=args.https_only)
     print(f"alignforge feedback: serving {args.db} on http://{args.host}:{args.port}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
@@ -114,14 +127,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     from alignforge.feedback import service
     from alignforge.feedback.db import TASKS
 
-    s = _session(args)
-    project = service.get_project(s, args.project) if args.project else None
-    records = service.export_records(s, project, args.task or TASKS)
-    n = write_records(args.out, records)
-    kinds = {}
-    for r in records:
-        kinds[r.kind] = kinds.get(r.kind, 0) + 1
-    print(f"wrote {n} records to {args.out} ({', '.join(f'{v} {k}' for k, v in sorted(kinds.items())) or 'none'})")
+    with _session(args) as s:
+        project = service.get_project(s, args.project) if args.project else None
+        records = service.export_records(s, project, args.task or TASKS)
+        n = write_records(args.out, records)
+        kinds = {}
+        for r in records:
+            kinds[r.kind] = kinds.get(r.kind, 0) + 1
+        print(f"wrote {n} records to {args.out} ({', '.join(f'{v} {k}' for k, v in sorted(kinds.items())) or 'none'})")
     return 0
 
 
@@ -131,13 +144,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     from alignforge.feedback import service
     from alignforge.feedback.db import Project
 
-    s = _session(args)
-    for project in s.scalars(select(Project).order_by(Project.id)).all():
-        prog = service.project_progress(s, project)
-        print(f"{project.name} [{project.task}, {project.per_item}/item]: {prog.labels}/{prog.slots} labels "
-              f"({prog.percent:.1f}%), {prog.items} items")
-        for key, value in service.project_agreement(s, project).items():
-            print(f"  {key}: {'-' if value is None else round(value, 4)}")
+    with _session(args) as s:
+        for project in s.scalars(select(Project).order_by(Project.id)).all():
+            prog = service.project_progress(s, project)
+            print(f"{project.name} [{project.task}, {project.per_item}/item]: {prog.labels}/{prog.slots} labels "
+                  f"({prog.percent:.1f}%), {prog.items} items")
+            for key, value in service.project_agreement(s, project).items():
+                print(f"  {key}: {'-' if value is None else round(value, 4)}")
     return 0
 
 
@@ -197,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         return int(args.fn(args) or 0)
-    except (Invalid, NotFound, RecordError, ValueError) as e:
+    except (CliError, Invalid, NotFound, RecordError, ValueError) as e:
         print(f"alignforge feedback {args.command}: error: {e}", file=sys.stderr)
         return 2
 
