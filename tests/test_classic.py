@@ -204,6 +204,9 @@ def test_bad_maps_and_improper_policies_raise_clear_errors():
         GridWorld(["S?G"])
     with pytest.raises(ValueError, match="goal"):
         GridWorld(["S.."])
+    with pytest.raises(ValueError, match="unknown gridworld map 'rooms'; expected one of room, cliff"):
+        GridWorld("rooms")
+    assert GridWorld("S.#\n..G").n_states == 5
     world = GridWorld("room")
     with pytest.raises(ValueError, match=r"never reaches a terminal state from cells \(row, col\) \[\(0, 0\)"):
         policy_evaluation(world, np.zeros(world.n_states, dtype=int))  # always "up"

@@ -61,7 +61,11 @@ def kl_regularised_optimum(ref_logits: torch.Tensor, means: torch.Tensor, beta: 
 
 
 def reinforce_loss(logp: torch.Tensor, rewards: torch.Tensor, baseline: torch.Tensor | float = 0.0) -> torch.Tensor:
-    """−mean[log π(a)·(R − b)]; its gradient is the REINFORCE estimate of −∇J (b must not depend on a)."""
+    """−mean[log π(a)·(R − b)]; its gradient is the REINFORCE estimate of −∇J (b must not depend on a).
+
+    The mean runs over the last dim (the pulls of one batch); leading dims (independent batches,
+    see :func:`gradient_estimates`) are summed, so each batch's gradient stays separate.
+    """
     advantages = (rewards - baseline).detach()
     return -(logp * advantages).mean(-1).sum()
 

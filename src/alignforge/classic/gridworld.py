@@ -47,11 +47,18 @@ class GridWorld:
     P: np.ndarray = field(init=False, repr=False)          # [S, A, S'] transition probabilities
     R: np.ndarray = field(init=False, repr=False)          # [S, A] expected immediate reward
     terminal: np.ndarray = field(init=False, repr=False)   # [S] bool
+    arrival: np.ndarray = field(init=False, repr=False)    # [S] extra reward for entering s (goal/pit)
     start: int = field(init=False)
 
     def __post_init__(self):
         if isinstance(self.grid, str):
-            self.grid = MAPS[self.grid] if self.grid in MAPS else self.grid.strip().splitlines()
+            if self.grid in MAPS:
+                self.grid = MAPS[self.grid]
+            elif "\n" in self.grid.strip():
+                self.grid = self.grid.strip().splitlines()
+            else:
+                raise ValueError(f"unknown gridworld map {self.grid!r}; expected one of {', '.join(MAPS)}, "
+                                 "a multi-line string or a list of rows")
         widths = {len(row) for row in self.grid}
         if len(widths) != 1:
             raise ValueError(f"gridworld rows must have equal length, got lengths {sorted(widths)}")
@@ -82,14 +89,13 @@ class GridWorld:
         a_idx = np.arange(A)[None, :]
         for turn, prob in ((0, 1.0 - self.slip), (1, self.slip / 2), (3, self.slip / 2)):
             np.add.at(self.P, (s_idx, a_idx, succ[:, (np.arange(A) + turn) % A]), prob)
-        arrival = np.where(kinds == "G", self.goal_reward, np.where(kinds == "X", self.pit_reward, 0.0))
-        self.R = -self.step_cost + self.P @ arrival
+        self.arrival = np.where(kinds == "G", self.goal_reward, np.where(kinds == "X", self.pit_reward, 0.0))
+        self.R = -self.step_cost + self.P @ self.arrival
         # Terminal states absorb with zero reward, so V(terminal) = 0 under any γ.
         self.P[self.terminal] = 0.0
         for s in np.flatnonzero(self.terminal):
             self.P[s, :, s] = 1.0
         self.R[self.terminal] = 0.0
-        self._arrival = arrival
         self._cdf = np.cumsum(self.P, axis=-1)
 
     @property
@@ -104,7 +110,7 @@ class GridWorld:
         """Sample one transition: (next state, reward, episode over)."""
         s2 = int(np.searchsorted(self._cdf[s, a], rng.random(), side="right"))
         s2 = min(s2, self.n_states - 1)  # guards the cdf's last entry rounding below 1
-        return s2, -self.step_cost + self._arrival[s2], bool(self.terminal[s2])
+        return s2, float(-self.step_cost + self.arrival[s2]), bool(self.terminal[s2])
 
     def reachable(self) -> np.ndarray:
         """[S] bool: states some policy can reach from the start (graph search on P > 0)."""

@@ -131,7 +131,7 @@ def sample_episodes(world: GridWorld, policy: np.ndarray, n: int, rng: np.random
             break
         a = np.minimum((pi_cdf[s] < rng.random(n)[:, None]).sum(1), world.n_actions - 1)
         s2 = np.minimum((P_cdf[s, a] < rng.random(n)[:, None]).sum(1), world.n_states - 1)
-        r = -world.step_cost + world._arrival[s2]
+        r = -world.step_cost + world.arrival[s2]
         for key, value in (("states", s), ("actions", a), ("rewards", np.where(alive, r, 0.0)), ("mask", alive)):
             cols[key].append(value)
         # Finished episodes keep stepping in place but are masked out (padding, as in an LM batch).
