@@ -13,7 +13,7 @@ import torch
 
 from alignforge.config import RuntimeSection, TrainSection
 from alignforge.train import checkpoint as ckpt
-from alignforge.train.loop import make_optimizer, make_scheduler, optimizer_step
+from alignforge.train.loop import lr_factor, make_optimizer, make_scheduler, optimizer_step
 from alignforge.train.tracking import MetricsLogger, read_metrics
 
 T = TrainSection(lr=1e-2, warmup_steps=2, max_steps=10)
@@ -50,7 +50,7 @@ def test_round_trip_restores_everything(tmp_path):
     st = ckpt.load_state(tmp_path, model=model2, optimizer=opt2, scheduler=sched2)
     assert (st.step, st.data, st.metrics_offset, st.extra) == (3, {"epoch": 1, "offset": 7}, 42, {"elapsed_s": 1.5})
     assert sched2.last_epoch == 3 and sched2.get_last_lr() == lr_at_3
-    assert opt2.param_groups[0]["lr"] == lr_at_3[0] == pytest.approx(T.lr)  # warmup over at step 2
+    assert opt2.param_groups[0]["lr"] == lr_at_3[0] == pytest.approx(T.lr * lr_factor(3, T))
     assert (random.random(), np.random.rand()) == (expect_py, expect_np)
     _train_step(model2, opt2, sched2)
     for a, b in zip(expect, model2.parameters()):
