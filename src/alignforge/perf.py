@@ -77,8 +77,8 @@ class Throughput:
     n_matmul_params: int
     peak_flops: float | None = None
     flops_per_token: float | None = None
-    _t_start: float = field(default_factory=time.perf_counter, repr=False)
-    _t_window: float = field(default_factory=time.perf_counter, repr=False)
+    _t_start: float = field(default=0.0, repr=False)
+    _t_window: float = field(default=0.0, repr=False)
     _paused_at: float | None = field(default=None, repr=False)
     _paused_total: float = field(default=0.0, repr=False)
     _paused_window: float = field(default=0.0, repr=False)
@@ -88,6 +88,7 @@ class Throughput:
     def __post_init__(self) -> None:
         if self.flops_per_token is None:
             self.flops_per_token = train_flops(self.n_matmul_params, 1)
+        self._t_start = self._t_window = time.perf_counter()
 
     def add(self, tokens: int) -> None:
         self.tokens += int(tokens)
