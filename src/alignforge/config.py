@@ -453,3 +453,80 @@ class SFTConfig(StageConfig):
     data: DataSection = section(DataSection, "demonstrations (prompt + response, or message lists)")
     train: TrainSection = section(TrainSection, "optimisation")
     sft: SFTSection = section(SFTSection, "SFT specifics: masking, batching, eval samples")
+
+
+@dataclass
+class SamplingSection:
+    temperature: float = option(1.0, "sampling temperature (0 = greedy)")
+    top_p: float = option(1.0, "nucleus sampling mass (1 = off)")
+    top_k: int = option(0, "top-k sampling (0 = off)")
+    max_new_tokens: int = option(64, "longest response, in tokens")
+
+
+@dataclass
+class CollectSection:
+    world: Optional[str] = option(None, "world folder (manifest.json) whose judge/annotators label the samples; "
+                                        "default: the folder holding data.train")
+    k: int = option(4, "responses sampled per prompt (K)")
+    prompts: Optional[int] = option(None, "label at most this many training prompts (default: all)")
+    eval_prompts: int = option(200, "held-out prompts (from data.eval) for annotator- and gold-labelled eval pairs")
+    pool: Literal["default", "length_biased"] = option("default", "simulated annotator pool preset")
+    labels: list[str] = option(doc="label kinds to write: comparison, ranking, rating",
+                               factory=lambda: ["comparison", "ranking", "rating"])
+    pairs_per_prompt: int = option(2, "pairwise comparisons per prompt (distinct candidate pairs, each by a random annotator)")
+    reference_policies: list[str] = option(doc="world reference policies (oracle, demonstrator, noisy, random) that "
+                                               "add one candidate each beside the K samples", factory=list)
+    round: int = option(0, "collection round, recorded as provenance (iterated RLHF)")
+    batch_size: int = option(64, "prompts per sampling batch")
+    length_probe_pad_words: int = option(20, "filler words of the padded wrong answers in length_probe.jsonl")
+
+
+@dataclass
+class CollectConfig(StageConfig):
+    """Sample K responses per prompt from a policy and label them with simulated annotators."""
+
+    stage_name: typing.ClassVar[str] = "collect"
+    model: ModelSection = section(ModelSection, "the policy: model.init = a stage folder or a local HF model")
+    data: DataSection = section(DataSection, "data.train: prompts to label; data.eval: held-out prompts "
+                                             "(default: prompts_test beside data.train)")
+    sampling: SamplingSection = section(SamplingSection, "how the policy samples")
+    collect: CollectSection = section(CollectSection, "annotation")
+
+
+@dataclass
+class RewardSection:
+    heads: list[str] = option(doc="scalar heads: one overall reward, or e.g. [helpful, honest, harmless] "
+                                  "(trained from the ratings' separate axes)", factory=lambda: ["reward"])
+    combine: dict[str, float] = option(doc="weights of the heads in the overall reward (default: equal weights "
+                                           "summing to 1)", factory=dict)
+    safety_head: Optional[str] = option(None, "Llama-2 safety gate: when this head's (normalised) score is below "
+                                              "safety_threshold the reward is that score alone")
+    safety_threshold: float = option(0.0, "the safety gate's threshold (normalised scale)")
+    kinds: list[str] = option(doc="record kinds to learn from: comparison, ranking, rating",
+                              factory=lambda: ["comparison", "ranking", "rating"])
+    margins: Optional[list[float]] = option(None, "Llama-2 margin per strength level 0..3, e.g. [0, 0.33, 0.67, 1] "
+                                                  "(null = no margin)")
+    ranking_weight: Literal["per_prompt", "per_pair"] = option("per_prompt", "per_prompt: a ranking's C(K,2) pairs "
+                                                               "share one prompt's weight (InstructGPT); per_pair: 1 each")
+    ratings: Literal["pairs", "regression"] = option("pairs", "Likert ratings → pairs between responses to one "
+                                                     "prompt (ties dropped), or regression on likert - 4")
+    eval_fraction: float = option(0.1, "prompts held out from data.train when data.eval is not set")
+    gold_eval: Optional[str] = option(None, "gold-labelled comparisons (collect's gold_eval.jsonl) for gold accuracy")
+    length_probe: Optional[str] = option(None, "comparisons (short right answer chosen, padded wrong rejected) "
+                                               "for the length-bias rate (collect's length_probe.jsonl)")
+    normalize_on: Optional[str] = option(None, "reference-policy samples (candidates/comparisons/demonstrations) "
+                                               "whose mean score becomes 0; default: the training responses")
+    normalize_std: bool = option(False, "also scale scores so the reference samples have std 1")
+    max_norm_samples: int = option(1024, "score at most this many responses for the normalisation")
+    epochs: Optional[float] = option(1.0, "passes over the training pairs; sets train.max_steps when given")
+
+
+@dataclass
+class RewardConfig(StageConfig):
+    """Reward model: Bradley-Terry (+margins), rankings, Likert, helpful/honest/harmless heads."""
+
+    stage_name: typing.ClassVar[str] = "reward"
+    model: ModelSection = section(ModelSection, "backbone: model.init = an SFT stage folder or a local HF causal LM")
+    data: DataSection = section(DataSection, "preference records: comparisons, rankings, ratings")
+    train: TrainSection = section(TrainSection, "optimisation")
+    reward: RewardSection = section(RewardSection, "reward-model specifics")
