@@ -288,7 +288,7 @@ def test_two_process_gloo_equals_one_process(models, tmp_path):
     common = dict(max_steps=4, eval_every=2, batch_size=2)
     assert sft.main(_args(models["llama"], data, one, grad_accum=2, **common)) == 0
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "alignforge", "sft", *_args(models["llama"], data, two, grad_accum=1, **common)]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

@@ -208,15 +208,18 @@ def run(cfg: SFTConfig) -> Path:
     def evaluate() -> dict[str, float]:
         if eval_plan is None:
             return {}
-        was_training = model.training
-        model.eval()
+        # The unwrapped model: a DDP forward may sync buffers with the other ranks, and ranks
+        # score different numbers of eval batches, so that would deadlock.
+        inner = dist.unwrap(model)
+        was_training = inner.training
+        inner.eval()
         nll, count = 0.0, 0
         with torch.no_grad():
             for i in range(dist.rank(), len(eval_plan.batches), world):
                 with ctx:
-                    s, n = lm_loss(model, eval_plan.batches[i].to(device), attention)
+                    s, n = lm_loss(inner, eval_plan.batches[i].to(device), attention)
                 nll, count = nll + float(s), count + n
-        model.train(was_training)
+        inner.train(was_training)
         nll, count = dist.all_reduce_sum(nll), dist.all_reduce_sum(count)
         loss = nll / max(count, 1)
         # bits per byte of the held-out responses (the EOS target counts, it stands for no bytes)
