@@ -128,6 +128,7 @@ def create_app(db_url: str, secret: Optional[str] = None, https_only: bool = Fal
         # lock (BEGIN IMMEDIATE), and the handler may first read an upload or open its own session.
         s.expunge(user)
         s.rollback()
+        request.state.user = user  # for the error pages' navigation bar
         return user
 
     def current_user(request: Request, user: Optional[User] = Depends(optional_user)) -> User:
@@ -154,7 +155,8 @@ def create_app(db_url: str, secret: Optional[str] = None, https_only: bool = Fal
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if "text/html" not in request.headers.get("accept", ""):
             return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
-        return render(request, "error.html", status=exc.status_code, code=exc.status_code, message=exc.detail)
+        return render(request, "error.html", getattr(request.state, "user", None), status=exc.status_code,
+                      code=exc.status_code, message=exc.detail)
 
     def not_found_or_forbidden(e: Exception) -> HTTPException:
         return HTTPException(403 if isinstance(e, service.Forbidden) else 404, str(e))
