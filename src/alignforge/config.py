@@ -530,3 +530,87 @@ class RewardConfig(StageConfig):
     data: DataSection = section(DataSection, "preference records: comparisons, rankings, ratings")
     train: TrainSection = section(TrainSection, "optimisation")
     reward: RewardSection = section(RewardSection, "reward-model specifics")
+
+
+@dataclass
+class DPOSection:
+    loss: Literal["sigmoid", "ipo", "hinge"] = option("sigmoid", "sigmoid = DPO (with label_smoothing > 0: "
+                                                      "conservative DPO), ipo = IPO, hinge = SLiC")
+    beta: float = option(0.1, "β: strength of the implicit KL to the reference (higher = stay closer)")
+    label_smoothing: float = option(0.0, "conservative DPO: assumed share of flipped labels ε (sigmoid loss only)")
+    reference_free: bool = option(False, "drop the reference log-probs (π_ref ≡ uniform): no reference model at all")
+    ref_cache: Literal["memory", "disk", "off"] = option("disk", "reference log-probs: computed once in a pre-pass and "
+                                                         "kept in memory / also on disk (keyed by data + reference "
+                                                         "weights); off = the naive reference forward every step")
+    cache_dir: Optional[str] = option(None, "where ref_cache=disk stores them (default <out>/ref_cache)")
+    packing: bool = option(True, "pack chosen+rejected examples into rows of train.seq_len (no padding waste); "
+                                 "false = one example per row, padded to the longest in the micro-batch")
+    attention: Literal["mask", "position_ids"] = option("mask", "how packing is told to the model (see sft.attention)")
+    epochs: Optional[float] = option(None, "passes over the training pairs; sets train.max_steps when given")
+    kinds: list[str] = option(doc="record kinds to learn from: comparison, ranking, rating",
+                              factory=lambda: ["comparison", "ranking", "rating"])
+    eval_fraction: float = option(0.05, "held-out share of the pairs when data.eval is not given")
+    max_eval_pairs: int = option(256, "evaluate on at most this many held-out pairs")
+    kl_prompts: int = option(32, "held-out prompts sampled (T = 1) at each eval for KL(π‖π_ref); 0 = off")
+    kl_max_new_tokens: int = option(64, "new tokens per KL sample")
+
+    def validate(self) -> None:
+        if self.beta <= 0:
+            raise ConfigError(f"config key 'dpo.beta': expected > 0, got {self.beta}")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ConfigError(f"config key 'dpo.label_smoothing': expected 0 <= ε < 0.5, got {self.label_smoothing}")
+        if self.label_smoothing and self.loss != "sigmoid":
+            raise ConfigError("config key 'dpo.label_smoothing' applies to dpo.loss=sigmoid only")
+
+
+@dataclass
+class DPOConfig(StageConfig):
+    """Direct preference optimisation (DPO, IPO, conservative DPO, SLiC hinge) on preference pairs."""
+
+    stage_name: typing.ClassVar[str] = "dpo"
+    model: ModelSection = section(ModelSection, "the policy: model.init = an SFT stage folder or a local HF model")
+    ref: RefSection = section(RefSection, "the reference (default: the policy's init)")
+    data: DataSection = section(DataSection, "preference records (comparisons, rankings, ratings) or HH-RLHF")
+    train: TrainSection = section(TrainSection, "optimisation")
+    dpo: DPOSection = section(DPOSection, "loss, β, reference cache, eval")
+
+
+@dataclass
+class ScorerSection:
+    init: Optional[str] = option(None, "reward model: a `alignforge reward` stage folder or scalar-head HF dir")
+    head: str = option("0", "which head scores (an index or a head name, e.g. helpful)")
+    batch_size: int = option(32, "responses scored per forward")
+
+
+@dataclass
+class RSFTSection:
+    rounds: int = option(2, "rejection-sampling rounds (each samples from the latest policy)")
+    n: int = option(8, "responses sampled per prompt; the best-scoring one is kept")
+    prompts_per_round: int = option(256, "training prompts sampled (without replacement per round) each round")
+    min_score: Optional[float] = option(None, "keep a best response only if its score reaches this (null = always)")
+    epochs: float = option(1.0, "SFT passes over each round's kept responses")
+    accumulate: bool = option(False, "train each round on the best responses of all rounds so far (Llama-2 "
+                                     "keeps the top samples across iterations), not only this round's")
+    scorer: Literal["reward", "gold"] = option("reward", "reward = reward.init; gold = the world's gold judge, "
+                                               "an oracle ablation run through `python -m alignforge.eval.oracle rsft`")
+    batching: Literal["pack", "sorted", "pad"] = option("pack", "how SFT micro-batches are built (see sft.batching)")
+    sample_batch_size: int = option(64, "sequences per sampling batch")
+
+    def validate(self) -> None:
+        if self.rounds < 1 or self.n < 1 or self.prompts_per_round < 1:
+            raise ConfigError("config keys 'rsft.rounds', 'rsft.n', 'rsft.prompts_per_round': expected >= 1")
+        if self.epochs <= 0:
+            raise ConfigError(f"config key 'rsft.epochs': expected > 0, got {self.epochs}")
+
+
+@dataclass
+class RSFTConfig(StageConfig):
+    """Rejection-sampling (best-of-n) fine-tuning: sample n, keep the best by reward, SFT on it; repeat."""
+
+    stage_name: typing.ClassVar[str] = "rsft"
+    model: ModelSection = section(ModelSection, "the policy: model.init = an SFT stage folder or a local HF model")
+    reward: ScorerSection = section(ScorerSection, "the reward model that picks the best of n")
+    data: DataSection = section(DataSection, "data.train: prompts (prompt records, or any records with a prompt)")
+    sampling: SamplingSection = section(SamplingSection, "how the policy samples its n candidates")
+    train: TrainSection = section(TrainSection, "optimisation (the SFT loss on the kept responses)")
+    rsft: RSFTSection = section(RSFTSection, "rounds, n, selection")
