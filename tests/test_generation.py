@@ -367,3 +367,49 @@ def test_generate_text_without_template_encodes_plain_text():
     assert len(gen.sequences[0]) <= 5 and gen.texts is not None
     with pytest.raises(ValueError, match="no chat_template"):
         encode_prompts(tok, [[{"role": "user", "content": "hi"}]])
+
+
+# ------------------------------------------------------------------------------ wrappers and modes
+
+
+def test_lora_wrapped_llama_takes_fast_path_and_matches_its_forward():
+    peft = pytest.importorskip("peft", reason="peft extra not installed")
+    base = tiny_random_model("llama", vocab_size=V, seed=5)
+    peaked(base, 5)
+    model = peft.get_peft_model(base, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                       lora_dropout=0.0))
+    with torch.no_grad():  # LoRA B starts at zero; make the adapters matter
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+    assert _fast_path_supported(model)
+    ps = prompts()
+    gen = generate(model, ps, SamplingParams(temperature=0.9, max_new_tokens=8, seed=0), eos_token_id=None,
+                   pad_token_id=PAD, backend="fast")
+    for i, p in enumerate(ps):
+        assert torch.allclose(gen.logprobs[i], ref_logprobs(model, p, gen.sequences[i], 0.9), atol=1e-4)
+
+
+def test_dropout_off_while_sampling_and_mode_restored():
+    model = tiny_random_model("gpt2", vocab_size=V, seed=2)  # GPT-2 has dropout 0.1 in train mode
+    peaked(model, 2)
+    ps, sp = prompts(), SamplingParams(temperature=0, max_new_tokens=6)
+    ref = generate(model, ps, sp, eos_token_id=None, pad_token_id=PAD)
+    model.train()
+    gen = generate(model, ps, sp, eos_token_id=None, pad_token_id=PAD)
+    assert model.training
+    assert torch.equal(gen.response_ids, ref.response_ids)
+    assert not gen.response_logprobs.is_inference()  # usable in autograd code afterwards
+
+
+def test_eos_as_list_or_tensor_and_prompts_as_tensors():
+    model, ps = model_for("llama"), prompts(4)
+    sp = SamplingParams(temperature=0, max_new_tokens=10)
+    free = generate(model, ps, sp, eos_token_id=None, pad_token_id=PAD)
+    stops = [free.sequences[0][1], free.sequences[2][3]]
+    a = generate(model, ps, sp, eos_token_id=stops, pad_token_id=PAD)
+    b = generate(model, [torch.tensor(p) for p in ps], sp, eos_token_id=torch.tensor(stops), pad_token_id=PAD)
+    c = generate(model, ps, sp, eos_token_id=torch.tensor(stops[0]), pad_token_id=PAD)
+    assert a.sequences == b.sequences
+    assert a.finish_reason[0] == "stop" and a.finish_reason[2] == "stop"
+    assert c.sequences[0] == free.sequences[0][: free.sequences[0].index(stops[0]) + 1]

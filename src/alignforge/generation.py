@@ -28,6 +28,7 @@ Two interchangeable backends do the forward passes:
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -143,9 +144,10 @@ def _sample_next(logits: torch.Tensor, params: SamplingParams, generator) -> tup
         logp = logits.log_softmax(-1)
         tok = logits.argmax(-1)
     else:
-        logp = (logits / params.temperature).log_softmax(-1)
+        logp = (logits if params.temperature == 1 else logits / params.temperature).log_softmax(-1)
         kept = truncate_logits(logp, params.top_k, params.top_p)
-        tok = _sample_categorical(kept.softmax(-1), generator)
+        # exp, not softmax: the sampler inverts an unnormalised CDF, and exp(-inf) = 0.
+        tok = _sample_categorical(kept.exp(), generator)
     return tok, logp.gather(1, tok[:, None]).squeeze(1)
 
 
@@ -317,6 +319,20 @@ def _stop_string_hits(tokenizer, out_tok, rows, live, t, stop_strings, window) -
     return hits.to(live.device)
 
 
+@contextmanager
+def _eval_mode(models):
+    """Dropout off while sampling (log-probs must match an eval-mode forward, e.g. PPO's old
+    log-probs); each model's train/eval mode is restored afterwards."""
+    was_training = [m.training for m in models]
+    for m in models:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(models, was_training):
+            m.train(mode)
+
+
 def generate(
     model,
     prompt_ids: Sequence[Sequence[int]],
@@ -365,12 +381,18 @@ def generate(
     ids = torch.full((B, P), pad_token_id, dtype=torch.long)
     key_ok = torch.zeros(B, P, dtype=torch.bool)
     for i, p in enumerate(prompt_ids):  # left padding: every prompt ends at column P-1
-        ids[i, P - len(p):] = torch.tensor(list(p), dtype=torch.long)
+        ids[i, P - len(p):] = torch.as_tensor(p, dtype=torch.long).cpu()
         key_ok[i, P - len(p):] = True
     ids, key_ok = ids.to(device), key_ok.to(device)
     positions = (key_ok.long().cumsum(1) - 1).clamp(min=0)
 
-    stops = [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    if eos_token_id is None:
+        stops = []
+    elif isinstance(eos_token_id, (list, tuple, set, torch.Tensor)) and not (
+            isinstance(eos_token_id, torch.Tensor) and eos_token_id.dim() == 0):
+        stops = [int(t) for t in eos_token_id]
+    else:
+        stops = [int(eos_token_id)]
     stop_ids = torch.tensor(sorted(set(stops) | set(params.stop_token_ids)), dtype=torch.long, device=device)
     if generator is None and params.seed is not None:
         generator = torch.Generator(device=device).manual_seed(params.seed)
@@ -384,7 +406,7 @@ def generate(
     live = torch.ones(B, dtype=torch.bool, device=device)  # row in the batch and not finished
     next_pos = positions[:, -1] + 1
 
-    with torch.inference_mode():
+    with torch.inference_mode(), _eval_mode(models):
         decoders = [_decoder(m, B, P + N, backend) for m in models]
         logits = [d.forward(ids, positions, key_ok) for d in decoders]
         for t in range(N):
