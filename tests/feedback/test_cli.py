@@ -58,6 +58,8 @@ def test_cli_import_label_export(tmp_path, monkeypatch, capsys):
     assert alignforge(["feedback", "status", "--db", db]) == 0
     status = capsys.readouterr().out
     assert "hh [comparison, 1/item]: 4/6 labels (66.7%)" in status and "pairwise_agreement: -" in status
+    assert alignforge(["feedback", "release", "--db", db, "--older-than-hours", "0", "--project", "hh"]) == 0
+    assert "released 0 open assignments" in capsys.readouterr().out
 
 
 def test_cli_help_and_unknown_project(tmp_path, capsys):

@@ -256,6 +256,17 @@ def test_admin_pages_users_projects_upload(make_client, projects):
                    files={"file": ("round2.jsonl", good)})
     assert r.status_code == 400 and "task: expected one of" in r.text
     assert admin.get("/admin/export?task=nope", headers=HTML).status_code == 400
+    # Release abandoned assignments: admins only, CSRF-checked.
+    ann = make_client("ann0")
+    open_task(ann, projects["rating"])
+    r = ann.post(f"/admin/projects/{projects['rating']}/release", data={"csrf": csrf_of(ann.get("/tasks").text),
+                                                                       "hours": "0"})
+    assert r.status_code == 403
+    assert admin.post(f"/admin/projects/{projects['rating']}/release", data={"hours": "0"}).status_code == 403
+    r = admin.post(f"/admin/projects/{projects['rating']}/release", data={"csrf": token, "hours": "0"})
+    assert r.status_code == 200 and "Released 1 open assignment." in r.text
+    assert admin.post(f"/admin/projects/{projects['rating']}/release", data={"csrf": token, "hours": "x"},
+                      headers=HTML).status_code == 400
     assert admin.get("/admin/export").status_code == 200
 
 

@@ -180,3 +180,23 @@ def test_accounts(S):
                          (("fred", "short"), "at least 8"), (("fred", "password123", "root"), "role")):
             with pytest.raises(service.Invalid, match=msg):
                 service.create_user(s, *bad)
+
+
+def test_release_stale_assignments(S):
+    with S() as s:
+        p = service.create_project(s, "rel", "comparison", per_item=1)
+        service.import_candidates(s, p, candidates(2, 2))
+        a0, a1 = users(s, "ann0", "ann1")
+        done = service.next_assignment(s, p, a0)
+        service.submit_label(s, done.id, a0, {"preference": "a0"}, "kept")
+        left = service.next_assignment(s, p, a0)  # ann0 opens the second item and walks away
+        assert service.next_assignment(s, p, a1) is None
+        assert service.release_stale(s, older_than_s=3600) == 0  # not old enough
+        assert service.release_stale(s, older_than_s=0) == 1     # the submitted one keeps its slot
+        taken = service.next_assignment(s, p, a1)
+        assert taken.item_id == left.item_id
+        with pytest.raises(service.NotFound):
+            service.submit_label(s, left.id, a0, {"preference": "a0"}, "late")
+        service.submit_label(s, taken.id, a1, {"preference": "b1"}, "ann1")
+        assert s.scalar(select(func.count(Label.id))) == 2
+        assert [it.n_assigned for it in s.scalars(select(Item).order_by(Item.id)).all()] == [1, 1]

@@ -258,7 +258,10 @@ def create_app(db_url: str, secret: Optional[str] = None, https_only: bool = Fal
             assignment = service.get_assignment(s, aid, user)
             seconds = (utcnow() - assignment.created_at).total_seconds()
             label, _created = service.submit_label(s, aid, user, form, str(form.get("idem", "")), seconds)
-        except (service.Forbidden, service.NotFound) as e:
+        except service.NotFound:
+            raise HTTPException(404, f"no assignment {aid} (an admin may have released it after a long "
+                                     f"pause): take the next task from your task list") from None
+        except service.Forbidden as e:
             raise not_found_or_forbidden(e) from None
         except service.Invalid as e:
             return task_page(request, s, user, s.get(type(assignment), aid), error=str(e), values=form, status=400)
@@ -319,6 +322,19 @@ def create_app(db_url: str, secret: Optional[str] = None, https_only: bool = Fal
             return fail(str(e))
         return RedirectResponse(f"/admin/projects/{project.id}?imported={report.items}", status_code=303)
 
+    @app.post("/admin/projects/{pid}/release")
+    def admin_release(pid: int, form: dict = Depends(checked_form), user: User = Depends(admin_user),
+                      s: Session = Depends(get_db)) -> Response:
+        project = s.get(Project, pid)
+        if project is None:
+            raise HTTPException(404, f"no project {pid}")
+        try:
+            hours = float(str(form.get("hours", "")))
+        except ValueError:
+            raise HTTPException(400, f"hours: expected a number, got {form.get('hours')!r}") from None
+        released = service.release_stale(s, hours * 3600, project)
+        return RedirectResponse(f"/admin/projects/{pid}?released={released}", status_code=303)
+
     @app.get("/admin/projects/{pid}")
     def admin_project(request: Request, pid: int, user: User = Depends(admin_user),
                       s: Session = Depends(get_db)) -> Response:
@@ -328,7 +344,7 @@ def create_app(db_url: str, secret: Optional[str] = None, https_only: bool = Fal
         progress = service.project_progress(s, project)
         agreement = service.project_agreement(s, project)
         return render(request, "admin_project.html", user, project=project, progress=progress, agreement=agreement,
-                      imported=request.query_params.get("imported"))
+                      imported=request.query_params.get("imported"), released=request.query_params.get("released"))
 
     @app.get("/admin/export")
     def admin_export(project: Optional[int] = None, task: Optional[str] = None, user: User = Depends(admin_user),

@@ -1,4 +1,4 @@
-"""``alignforge feedback init|adduser|import|serve|export|status``.
+"""``alignforge feedback init|adduser|import|serve|export|status|release``.
 
     alignforge feedback init    --db sqlite:///feedback.db --admin alice     # password: prompt or $ALIGNFORGE_PASSWORD
     alignforge feedback adduser bob --db sqlite:///feedback.db               # an annotator
@@ -6,6 +6,7 @@
     alignforge feedback serve   --db sqlite:///feedback.db --port 8000
     alignforge feedback export  --db sqlite:///feedback.db --out prefs.jsonl   # → alignforge reward data.train=prefs.jsonl
     alignforge feedback status  --db sqlite:///feedback.db                   # progress + agreement
+    alignforge feedback release --older-than-hours 24                         # free abandoned assignments
 
 ``--db`` defaults to ``$ALIGNFORGE_FEEDBACK_DB``, else ``sqlite:///feedback.db``; a PostgreSQL URL
 (``postgresql://user:pass@host/db``) works everywhere a SQLite one does.
@@ -154,6 +155,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_release(args: argparse.Namespace) -> int:
+    from alignforge.feedback import service
+
+    with _session(args) as s:
+        project = service.get_project(s, args.project) if args.project else None
+        n = service.release_stale(s, args.older_than_hours * 3600, project)
+        print(f"released {n} open assignments older than {args.older_than_hours} h")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alignforge feedback", description="human-feedback web app")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -200,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only these tasks (repeatable)")
 
     add("status", cmd_status, "print progress and agreement per project")
+
+    p = add("release", cmd_release, "give back the slots of assignments opened long ago and never submitted")
+    p.add_argument("--older-than-hours", type=float, required=True)
+    p.add_argument("--project", default=None, help="only this project (default: all)")
     return parser
 
 

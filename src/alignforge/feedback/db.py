@@ -87,7 +87,10 @@ class Item(Base):
 
 class Assignment(Base):
     __tablename__ = "assignments"
-    __table_args__ = (UniqueConstraint("item_id", "user_id", name="uq_assignment_item_user"),)
+    # AUTOINCREMENT: SQLite would otherwise reuse a released assignment's id, and a form left
+    # open for the released one would then post to a different item.
+    __table_args__ = (UniqueConstraint("item_id", "user_id", name="uq_assignment_item_user"),
+                      {"sqlite_autoincrement": True})
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id"), index=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)

@@ -12,6 +12,7 @@ rules live in one place and are tested directly:
 
 from __future__ import annotations
 
+import datetime as dt
 import random
 import re
 from collections import defaultdict
@@ -21,14 +22,14 @@ from typing import Any, Iterable, Mapping, Optional
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy import and_, delete, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from alignforge.data.records import (FLAGS, Candidates, Comparison, Ranking, Rating, Record)
 from alignforge.feedback.agreement import (krippendorff_alpha, pairwise_agreement,
                                            ranking_agreement)
-from alignforge.feedback.db import ROLES, TASKS, Assignment, Item, Label, Project, User
+from alignforge.feedback.db import ROLES, TASKS, Assignment, Item, Label, Project, User, utcnow
 
 # Pairwise choice on one 9-point scale: A better by strength 3..0, a tie, B better by 0..3.
 # Strength levels follow Llama-2 (design §3): 0 negligibly, 1 slightly, 2 better, 3 significantly.
@@ -277,6 +278,23 @@ def get_assignment(s: Session, assignment_id: int, user: User) -> Assignment:
     if assignment.user_id != user.id and not user.is_admin:
         raise Forbidden("this assignment belongs to another annotator")
     return assignment
+
+
+def release_stale(s: Session, older_than_s: float, project: Optional[Project] = None) -> int:
+    """Give back the slots of assignments opened more than ``older_than_s`` seconds ago and never
+    submitted (an annotator who left): the items become available to others. Returns how many."""
+    cutoff = utcnow() - dt.timedelta(seconds=older_than_s)
+    q = select(Assignment).where(Assignment.done.is_(False), Assignment.created_at < cutoff)
+    if project is not None:
+        q = q.where(Assignment.project_id == project.id)
+    released = 0
+    for a in s.scalars(q).all():
+        # Conditional on still being open: a submission that committed meanwhile keeps its slot.
+        if s.execute(delete(Assignment).where(Assignment.id == a.id, Assignment.done.is_(False))).rowcount:
+            s.execute(update(Item).where(Item.id == a.item_id).values(n_assigned=Item.n_assigned - 1))
+            released += 1
+    s.commit()
+    return released
 
 
 # ---------------------------------------------------------------------------------------------
