@@ -129,9 +129,9 @@ class AnnotatorPoolConfig:
     annotators: int = option(8, "pool size; each label records the annotator id (a0, a1, ...)")
     noise: float = option(1.3, "mean std of an annotator's utility noise, in gold-reward units (reward is -3..3)")
     noise_spread: float = option(0.3, "annotator noise scales are spread uniformly by ± this fraction")
-    length_bias: float = option(0.04, "mean utility added per response word (a liking for long answers; "
-                                      "humans share a mild one, which is also why they agree with each other "
-                                      "more than independent noise would allow)")
+    length_bias: float = option(0.01, "mean utility added per response word (a liking for long answers; "
+                                      "humans share a mild one, kept below the gold judge's padding penalty "
+                                      "so the default pool does not reward padding)")
     length_bias_spread: float = option(0.01, "std of the per-annotator length bias")
     word_bias: dict[str, float] = option(doc="utility added per occurrence of a word (lower-case)", factory=dict)
     bt_scale: float = option(1.5, "Bradley-Terry / Plackett-Luce sharpness: P(a over b) = sigmoid(scale * (u_a - u_b))")
@@ -153,7 +153,8 @@ class AnnotatorPoolConfig:
                 raise ConfigError(f"config key '{name}': expected a probability 0-1")
 
 
-#: Preset pools. ``default`` is calibrated to ~73% agreement (InstructGPT's inter-labeller rate);
+#: Preset pools. ``default`` is calibrated to 70-80% agreement with gold and between annotators
+#: (InstructGPT's inter-labeller rate is ~73%);
 #: ``length_biased`` adds a strong liking for long answers, so a reward model fit to it is hackable
 #: by padding (the designed failure the gold judge exposes).
 ANNOTATOR_PRESETS: dict[str, AnnotatorPoolConfig] = {
