@@ -336,3 +336,62 @@ def test_lambda_returns_one_step_by_hand_and_unbiased_for_every_lambda():
 def test_learners_reject_unknown_method():
     with pytest.raises(ValueError, match="q_learning, sarsa"):
         T.train_tabular(GridWorld("room"), "td_lambda")
+
+
+# ---------------------------------------------------------------------------------------------
+# PPO with a critic on the gridworld (actor_critic.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_per_state_step_moves_each_value_toward_its_mean_return():
+    from alignforge.classic.actor_critic import per_state_step
+    from alignforge.losses import value_loss
+
+    V = torch.zeros(3, requires_grad=True)
+    states, mask = torch.tensor([[0, 0, 1, 2]]), torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    returns = torch.tensor([[2.0, 4.0, 6.0, 100.0]])  # the padded step (state 2) must not count
+    loss, _ = value_loss(V[states], torch.zeros(1, 4), returns, mask, clip=None)
+    per_state_step(V, loss, states, mask, lr=0.5)
+    # Halfway to each state's mean return: state 0 → ½·3, state 1 → ½·6, state 2 untouched.
+    assert V.detach().tolist() == pytest.approx([1.5, 3.0, 0.0])
+
+
+@pytest.mark.parametrize("lam,expected", [(1.0, [18.0, 19.0]), (0.0, [9.0, 19.0])])
+def test_gae_bootstraps_episodes_cut_off_at_max_steps(lam, expected):
+    from alignforge.classic.actor_critic import gae_with_truncation
+
+    world = GridWorld(["S...G"])
+    V = torch.tensor([0.0, 10.0, 20.0, 30.0, 0.0])  # deliberately wrong, to see where it enters
+    right = np.ones(world.n_states, dtype=int)
+    cut = T.sample_episodes(world, right, 1, np.random.default_rng(0), max_steps=2)
+    # Cut after 2 steps in cell 2: λ=1 → G_0 = −1 −1 + V(2) = 18, G_1 = −1 + V(2) = 19;
+    # λ=0 → G_t = r_t + V(s_{t+1}): G_0 = −1 + V(1) = 9, G_1 = 19.
+    adv, ret = gae_with_truncation(world, cut, V, gamma=1.0, lam=lam)
+    assert ret[0].tolist() == pytest.approx(expected)
+    assert adv[0].tolist() == pytest.approx([expected[0] - 0.0, expected[1] - 10.0])
+    # An episode that reaches G is not bootstrapped: with λ = 1 the returns are −4, −3, −2, −1.
+    full = T.sample_episodes(world, right, 1, np.random.default_rng(0), max_steps=10)
+    assert gae_with_truncation(world, full, V, 1.0, 1.0)[1][0].tolist() == pytest.approx([-4, -3, -2, -1])
+
+
+def test_ppo_with_tabular_critic_reaches_the_optimum():
+    from alignforge.classic.actor_critic import train_ppo_gridworld
+
+    world = GridWorld("room")
+    V_star = value_iteration(world)[0][world.start]
+    run = train_ppo_gridworld(world, iterations=30, seed=0)
+    h = run.history
+    assert h["value_start"][0] < V_star - 100  # the uniform policy wanders for hundreds of steps
+    assert h["value_start"][-1] > V_star - 0.5  # exact V^π of the final stochastic policy
+    assert h["explained_variance"][-1] > 0.9 and max(h["clip_frac"]) > 0.05
+    greedy = T.sample_episodes(world, run.policy.argmax(1), 1, np.random.default_rng(0), max_steps=50)
+    assert greedy.rewards.sum() == V_star  # the greedy path is a shortest one
+
+
+def test_ppo_with_tabular_critic_on_slippery_world():
+    from alignforge.classic.actor_critic import train_ppo_gridworld
+
+    world = GridWorld("room", slip=0.2)
+    V_star = value_iteration(world)[0][world.start]
+    run = train_ppo_gridworld(world, iterations=30, seed=0)
+    assert run.history["value_start"][-1] > V_star - 1.0

@@ -116,6 +116,7 @@ class Episodes:
     actions: np.ndarray   # [n, T]
     rewards: np.ndarray   # [n, T]
     mask: np.ndarray      # [n, T] bool, true on real steps
+    final: np.ndarray     # [n] state after the last step: terminal, unless cut off at max_steps
 
 
 def sample_episodes(world: GridWorld, policy: np.ndarray, n: int, rng: np.random.Generator,
@@ -137,7 +138,7 @@ def sample_episodes(world: GridWorld, policy: np.ndarray, n: int, rng: np.random
         # Finished episodes keep stepping in place but are masked out (padding, as in an LM batch).
         alive = alive & ~world.terminal[s2]
         s = s2
-    return Episodes(**{k: np.stack(v, axis=1) for k, v in cols.items()})
+    return Episodes(**{k: np.stack(v, axis=1) for k, v in cols.items()}, final=s)
 
 
 def monte_carlo_values(world: GridWorld, episodes: Episodes, gamma: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
