@@ -30,6 +30,10 @@ def demonstrator(world, seed: int = 0) -> Policy:
     return Demonstrator(world, seed=seed)
 
 
+def random_policy(world, seed: int = 0) -> Policy:
+    return RandomPolicy(world, seed)
+
+
 def vocabulary(world) -> list[str]:
     """The sorted words of the world's corpus and prompts (what the random policy draws from)."""
     words: set[str] = set()
@@ -101,7 +105,7 @@ def reference_policy(name: str, world, seed: int = 0) -> Policy:
     if name == "demonstrator":
         return demonstrator(world, seed)
     if name == "random":
-        return RandomPolicy(world, seed)
+        return random_policy(world, seed)
     if name == "noisy":
         return NoisyPolicy(world, seed)
     raise ValueError(f"unknown reference policy {name!r}; expected oracle, demonstrator, random or noisy")
