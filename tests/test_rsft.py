@@ -1,0 +1,156 @@
+"""``alignforge rsft`` (rejection-sampling fine-tuning) and the best-of-n helper, on tiny local models.
+
+A scorer is injected where a test needs to know which response is best (score = −words, so the
+shortest of n must be kept); the reward-model scorer is checked against a direct forward of the
+HF classifier; a tiny round end to end with a scalar-head reward model; resume after a round;
+the gold oracle is refused by the stage itself (import boundary) with a message naming the
+oracle runner.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from alignforge.config import ConfigError, RSFTConfig, load_config
+from alignforge.eval.scorers import RewardModelScorer, best_of_n, sample_and_score
+from alignforge.stages import rsft
+
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPTS = ["What is 2+3?", "Say yes.", "Where does the fox live?", "Name a colour.", "What is 4+4?",
+           "Hello there", "Count to three.", "Is the sky blue?"]
+TEXTS = ["It is 5.", "yes", "Near the silver river.", "red", "It is 8.", "Hello.", "1, 2, 3", "Yes, on a clear day."]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from alignforge.models.heads import init_from_causal_lm, save_scorer
+    from alignforge.models.load import save_model
+    from alignforge.models.tokenizer import train_tokenizer
+
+    root = tmp_path_factory.mktemp("rsft_models")
+    tok = train_tokenizer([p + " " + t for p, t in zip(PROMPTS, TEXTS)] * 8, vocab_size=320)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         max_position_embeddings=256, pad_token_id=tok.pad_token_id,
+                                         eos_token_id=tok.eos_token_id, bos_token_id=None))
+    save_model(model, tok, root / "policy")
+    rm, rm_tok = init_from_causal_lm(root / "policy", seed=1)
+    save_scorer(rm, rm_tok, root / "rm")
+    data = root / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    return {"policy": root / "policy", "rm": root / "rm", "data": data, "model": model, "tok": tok}
+
+
+def shortest(prompts, responses):
+    """A scorer with a known best: fewer words is better."""
+    return [-float(len(r.split())) for r in responses]
+
+
+def _args(tiny, out, **kw):
+    base = {"model.init": tiny["policy"], "reward.init": tiny["rm"], "data.train": tiny["data"], "out": out,
+            "runtime.threads": 1, "runtime.progress": False, "runtime.device": "cpu", "rsft.rounds": 2,
+            "rsft.n": 3, "rsft.prompts_per_round": 4, "sampling.max_new_tokens": 8, "train.seq_len": 64,
+            "train.batch_size": 2, "train.warmup_steps": 1, "train.log_every": 1, "train.lr": 3e-3}
+    base.update(kw)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def test_sample_and_score_and_best_of_n_pick_the_highest_score(tiny):
+    s = sample_and_score(tiny["model"], tiny["tok"], PROMPTS[:3], shortest, 4, max_new_tokens=10, seed=3)
+    assert len(s.texts) == 3 and all(len(t) == 4 for t in s.texts)
+    for texts, scores, k in zip(s.texts, s.scores, s.best()):
+        assert scores == [-float(len(t.split())) for t in texts]
+        assert scores[k] == max(scores)
+    again = sample_and_score(tiny["model"], tiny["tok"], PROMPTS[:3], shortest, 4, max_new_tokens=10, seed=3)
+    assert again.texts == s.texts  # deterministic for a seed
+    bon = best_of_n(tiny["model"], tiny["tok"], PROMPTS[:3], shortest, 4, max_new_tokens=10, seed=3)
+    assert bon == [t[k] for t, k in zip(s.texts, s.best())]
+
+
+def test_reward_model_scorer_equals_a_direct_classifier_forward(tiny):
+    from transformers import AutoModelForSequenceClassification
+
+    from alignforge.data.batching import encode_example
+
+    scorer = RewardModelScorer(str(tiny["rm"]), batch_size=3)
+    got = scorer(PROMPTS[:5], TEXTS[:5])
+    hf = AutoModelForSequenceClassification.from_pretrained(tiny["rm"] / "model" if (tiny["rm"] / "model").is_dir()
+                                                            else tiny["rm"]).eval()
+    want = []
+    with torch.no_grad():
+        for p, t in zip(PROMPTS[:5], TEXTS[:5]):
+            ids = torch.tensor([encode_example(scorer.tokenizer, p, t).input_ids])
+            want.append(float(hf(ids).logits[0, 0]))  # normalisation is (x - 0) / 1 at init
+    assert got == pytest.approx(want, abs=1e-5)
+
+
+def test_rsft_keeps_the_best_of_n_and_fine_tunes_on_it(tiny, tmp_path):
+    cfg = load_config(RSFTConfig, None, _args(tiny, tmp_path / "out"))
+    out = rsft.run(cfg, scorer=shortest)
+    for rnd in (0, 1):
+        demos = [json.loads(x) for x in (out / f"round{rnd}.jsonl").read_text().splitlines()]
+        assert len(demos) == 4
+        for d in demos:
+            assert d["round"] == rnd and d["source"] == "rsft" and d["sampling"]["n"] == 3
+            assert d["meta"]["score"] == -float(len(d["response"].split()))
+            assert d["meta"]["score"] >= d["meta"]["mean_score"]  # the best is at least the mean
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    rounds = [r for r in rows if "round" in r]
+    assert [r["round"] for r in rounds] == [0, 1]
+    assert all(r["score_best_mean"] >= r["score_mean"] for r in rounds)
+    assert all(r["loss"] > 0 for r in rows if "loss" in r)
+    from safetensors.torch import load_file
+
+    w = load_file(str(out / "model" / "model.safetensors"))
+    start = tiny["model"].state_dict()
+    assert max(float((w[k] - start[k]).abs().max()) for k in w if k in start) > 1e-4  # it trained
+
+
+def test_rsft_with_a_reward_model_runs_end_to_end_and_resumes_at_the_next_round(tiny, tmp_path, monkeypatch):
+    out = tmp_path / "rm"
+    args = _args(tiny, out, **{"rsft.rounds": 2, "rsft.min_score": -100.0})
+    calls = {"n": 0}
+    real = rsft.ckpt.save_state
+
+    def crash_after_first_round(*a, **kw):
+        real(*a, **kw)
+        calls["n"] += 1
+        raise KeyboardInterrupt("simulated crash after round 0")
+
+    monkeypatch.setattr(rsft.ckpt, "save_state", crash_after_first_round)
+    with pytest.raises(KeyboardInterrupt):
+        rsft.run(load_config(RSFTConfig, None, args))
+    monkeypatch.setattr(rsft.ckpt, "save_state", real)
+    first_round0 = (out / "round0.jsonl").read_text()
+    assert not (out / "round1.jsonl").exists()
+    rsft.run(load_config(RSFTConfig, None, args))  # resumes at round 1
+    assert (out / "round0.jsonl").read_text() == first_round0
+    assert (out / "round1.jsonl").is_file() and (out / "DONE").is_file()
+    # the resumed run equals an uninterrupted one
+    full = rsft.run(load_config(RSFTConfig, None, _args(tiny, tmp_path / "full", **{"rsft.min_score": -100.0})))
+    assert (full / "round1.jsonl").read_text() == (out / "round1.jsonl").read_text()
+
+
+def test_rsft_refuses_the_gold_judge_and_names_the_oracle_runner(tiny, tmp_path, capsys):
+    rc = rsft.main(_args(tiny, tmp_path / "o", **{"rsft.scorer": "gold"}))
+    err = capsys.readouterr().err
+    assert rc == 2 and "alignforge.eval.oracle rsft" in err
+    rc = rsft.main(_args(tiny, tmp_path / "o2", **{"reward.init": "null"}))
+    assert rc == 2 and "reward.init" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="rsft.rounds"):
+        load_config(RSFTConfig, None, ["rsft.rounds=0"])
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*/rsft*.yaml")))
+def test_shipped_rsft_configs_load_strictly(path):
+    cfg = load_config(RSFTConfig, path)
+    assert cfg.rsft.n >= 1
