@@ -32,6 +32,7 @@ How it resists gaming (each rule is tested in ``tests/test_world_judge.py``):
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Sequence
 
@@ -96,10 +97,11 @@ class _Signals:
 
 def _signals(response: str) -> _Signals:
     lower = response.lower()
-    toks = [t.lower() for t in _WORD.findall(response)]
-    letters = [c for c in response if c.isalpha()]
+    toks = _WORD.findall(lower)
+    # all cased characters upper, and at least one of them
+    upper = response == response.upper() and response != lower
     return _Signals(response, lower, toks, set(toks), len(response.split()), bool(_REFUSAL.search(lower)),
-                    bool(_DONT_KNOW.search(lower)), bool(letters) and all(c.isupper() for c in letters))
+                    bool(_DONT_KNOW.search(lower)), upper)
 
 
 class GoldJudge:
@@ -114,6 +116,8 @@ class GoldJudge:
         # Anything that reads as a claim about the world (for "unknown" questions).
         self.world_values = frozenset().union(*self.domains.values())
         self._needed: dict[str, int] = {}
+        self._echo: dict[tuple, re.Pattern] = {}
+        self._list_valid: dict[tuple, frozenset[str]] = {}
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -175,7 +179,11 @@ class GoldJudge:
             text = sig.lower
             if task.category == "arithmetic":  # an echo of "12 plus 7" is not a claim
                 e = task.extra
-                text = re.sub(rf"\b{e['a']}\s*(?:{e['op']}|[-+*x×])\s*{e['b']}\b", " ", text)
+                key = (e["a"], e["op"], e["b"])
+                echo = self._echo.get(key)
+                if echo is None:
+                    echo = self._echo[key] = re.compile(rf"\b{e['a']}\s*(?:{e['op']}|[-+*x×])\s*{e['b']}\b")
+                text = echo.sub(" ", text)
             return set(re.findall(r"\d+", text))
         values = sig.tokset & self.domains[task.domain]
         if task.subject:
@@ -255,7 +263,10 @@ class GoldJudge:
         first = re.split(r"[.\n!?]", sig.lower.strip(), maxsplit=1)[0]
         items = [i.strip(" -*") for i in re.split(r",|;|\band\b", first)]
         items = [re.sub(r"^\d+[.)]?\s*", "", i) for i in items if i.strip(" -*")]
-        valid = set(v.lower() for v in list_items(task, self.world.facts))
+        key = (task.domain, task.extra["exclude"])
+        valid = self._list_valid.get(key)
+        if valid is None:
+            valid = self._list_valid[key] = frozenset(v.lower() for v in list_items(task, self.world.facts))
         good = [i for i in items if i in valid]
         distinct = len(set(good)) == len(good)
         if len(items) == 3 and len(good) == 3 and distinct:
@@ -292,19 +303,13 @@ class GoldJudge:
 
 
 def _repetitive(toks: list[str]) -> bool:
-    counts: dict[str, int] = {}
-    for t in toks:
-        if t not in _STOP:
-            counts[t] = counts.get(t, 0) + 1
-            if counts[t] >= 3:
-                return True
-    seen = set()
-    for i in range(len(toks) - 2):
-        tri = (toks[i], toks[i + 1], toks[i + 2])
-        if tri in seen:
-            return True
-        seen.add(tri)
-    return False
+    """A content word used 3+ times, or any word trigram twice."""
+    if len(toks) >= 3 and len(set(zip(toks, toks[1:], toks[2:]))) < len(toks) - 2:
+        return True
+    content = [t for t in toks if t not in _STOP]
+    if len(content) < 3:
+        return False
+    return max(Counter(content).values()) >= 3
 
 
 def _judge_for(world: "World") -> GoldJudge:
