@@ -135,6 +135,20 @@ def test_judge_cli_prints_category_means(tmp_path, capsys):
     assert f"{means['all']['reward']:.3f}" in text
 
 
+def test_judge_cli_scores_every_response_of_multi_response_records(tmp_path, capsys):
+    out = _generate(tmp_path, "w", 0)
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(
+        '{"prompt": "What is 2 plus 3?", "chosen": "5", "rejected": "6"}\n'
+        '{"prompt": "What is 2 plus 3?", "responses": ["5", "6", "7"], "ranking": [0, 1, 2]}\n'
+        '{"prompt": "What is 2 plus 3?", "response": "5", "likert": 7}\n')
+    capsys.readouterr()
+    assert world_main(["judge", str(mixed), "--world", str(out)]) == 0
+    text = capsys.readouterr().out
+    # 6 responses: three "5" (3.0) and three wrong (0.0) -> mean 1.5
+    assert re.search(r"^arithmetic\s+6\s+1\.500", text, re.M), text
+
+
 def test_judge_cli_errors_name_the_file(tmp_path, capsys):
     out = _generate(tmp_path, "w", 0)
     bad = tmp_path / "bad.jsonl"

@@ -55,13 +55,13 @@ def _world_for(args, overrides: list[str]):
 
 def _judge(argv: Sequence[str]) -> int:
     from alignforge.config import ConfigError
-    from alignforge.data.records import Candidates, Comparison, RecordError, read_records, write_records
+    from alignforge.data.records import Candidates, Comparison, Ranking, RecordError, read_records, write_records
     from alignforge.world.judge import category_means, judge_batch
 
     parser = argparse.ArgumentParser(prog="alignforge world judge",
                                      description="score (prompt, response) records with the gold judge")
-    parser.add_argument("file", help="records with prompt+response (demonstration/rating), or comparisons "
-                                     "(both sides are scored)")
+    parser.add_argument("file", help="records with prompt+response (demonstration/rating), or comparisons, "
+                                     "rankings, candidates (every response is scored)")
     parser.add_argument("--world", default=None, help="a folder written by `alignforge world generate`")
     parser.add_argument("--config", default=None)
     parser.add_argument("--seed", type=int, default=None)
@@ -75,7 +75,7 @@ def _judge(argv: Sequence[str]) -> int:
         for rec in records:
             if isinstance(rec, Comparison):
                 pairs = [(rec.prompt, rec.chosen), (rec.prompt, rec.rejected)]
-            elif isinstance(rec, Candidates):
+            elif isinstance(rec, (Candidates, Ranking)):
                 pairs = [(rec.prompt, r) for r in rec.responses]
             elif hasattr(rec, "response"):
                 pairs = [(rec.prompt, rec.response)]
