@@ -93,22 +93,28 @@ def create_user(s: Session, username: str, password: str, role: str = "annotator
 
 
 def authenticate(s: Session, username: str, password: str) -> Optional[User]:
-    """The active user with this password, or None. Unknown users cost the same time (no oracle)."""
-    user = s.scalar(select(User).where(User.username == username))
-    if user is None or not user.active:
+    """The active user with this password, or None. Unknown users cost the same time (no oracle).
+
+    The (deliberately slow) hash check runs outside any transaction: on SQLite a transaction holds
+    the write lock, and every other annotator's submission would wait for each login.
+    """
+    row = s.execute(select(User.id, User.password_hash, User.active).where(User.username == username)).first()
+    s.rollback()
+    if row is None or not row.active:
         try:
             _hasher.verify(_DUMMY_HASH, password or "")
         except VerificationError:
             pass
         return None
     try:
-        _hasher.verify(user.password_hash, password or "")
+        _hasher.verify(row.password_hash, password or "")
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return None
-    if _hasher.check_needs_rehash(user.password_hash):
-        user.password_hash = hash_password(password)
+    if _hasher.check_needs_rehash(row.password_hash):
+        new_hash = hash_password(password)
+        s.execute(update(User).where(User.id == row.id).values(password_hash=new_hash))
         s.commit()
-    return user
+    return s.get(User, row.id)
 
 
 def set_active(s: Session, user_id: int, active: bool) -> User:
@@ -271,11 +277,11 @@ def next_assignment(s: Session, project: Project, user: User) -> Optional[Assign
 
 
 def get_assignment(s: Session, assignment_id: int, user: User) -> Assignment:
-    """The assignment, if it is the user's own (admins may look at any)."""
+    """The assignment, if it is the user's own (admins included: nobody sees another's open task)."""
     assignment = s.get(Assignment, assignment_id)
     if assignment is None:
         raise NotFound(f"assignment {assignment_id}")
-    if assignment.user_id != user.id and not user.is_admin:
+    if assignment.user_id != user.id:
         raise Forbidden("this assignment belongs to another annotator")
     return assignment
 

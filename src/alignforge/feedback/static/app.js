@@ -33,7 +33,9 @@
     }
 
     document.addEventListener("keydown", function (ev) {
-      if (ev.ctrlKey || ev.metaKey || ev.altKey || typing(document.activeElement)) return;
+      var el = document.activeElement;
+      if (ev.ctrlKey || ev.metaKey || ev.altKey || typing(el)) return;
+      if (ev.key === "Enter" && el && (el.tagName === "A" || el.tagName === "BUTTON")) return;  // their own Enter
       var key = ev.key.toLowerCase();
       if (key === "enter") {
         ev.preventDefault();
