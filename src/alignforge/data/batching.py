@@ -356,7 +356,10 @@ def make_batches(examples: Sequence[Example], *, seq_len: int, batch_size: int, 
     * ``pad``: one example a row in (shuffled) data order, padded to the longest in the batch
       (the naive baseline, kept to measure what the others save).
 
-    ``shuffle`` shuffles the data (``pad``) and the order of batches (all modes) with ``seed``.
+    Every mode fills the same token budget, ``batch_size × seq_len`` positions a batch (for
+    ``sorted``/``pad``: as many rows as fit once padded to the batch's longest), so a step costs
+    about the same compute whatever the mode and tokens/s compare honestly. ``shuffle`` shuffles
+    the data (``pad``) and the order of batches (all modes) with ``seed``.
     """
     rng = random.Random(seed)
     idx = list(range(len(examples)))
@@ -371,10 +374,19 @@ def make_batches(examples: Sequence[Example], *, seq_len: int, batch_size: int, 
             idx.sort(key=lambda i: len(examples[i]))
         elif shuffle:
             rng.shuffle(idx)
+        budget = batch_size * seq_len
+        groups, group, longest = [], [], 0
         for i in idx:
-            if len(examples[i]) > seq_len:
-                raise ValueError(f"example {i} has {len(examples[i])} tokens, more than seq_len={seq_len}")
-        groups = [[[i] for i in idx[j:j + batch_size]] for j in range(0, len(idx), batch_size)]
+            n = len(examples[i])
+            if n > seq_len:
+                raise ValueError(f"example {i} has {n} tokens, more than seq_len={seq_len}")
+            if group and (len(group) + 1) * max(longest, n) > budget:
+                groups.append(group)
+                group, longest = [], 0
+            group.append([i])
+            longest = max(longest, n)
+        if group:
+            groups.append(group)
     else:
         raise ValueError(f"batching mode must be 'pack', 'sorted' or 'pad', got {mode!r}")
     if shuffle:

@@ -298,8 +298,8 @@ def run(cfg: SFTConfig) -> Path:
 
     # --- outputs: HF model (LoRA merged) + tokenizer, resolved config, DONE ---
     logger.close()
+    total = meter.total()  # before saving the model: throughput is training time only
     ckpt.save_model_dir(out / ckpt.MODEL, model, tok)
-    total = meter.total()
     if dist.is_main():
         print(f"sft: done at step {step} ({stopped}); {total['tokens_per_s']:.0f} tokens/s"
               + (f", MFU {total['mfu']:.1%}" if "mfu" in total else "") + f" → {out / ckpt.MODEL}")
