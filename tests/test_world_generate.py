@@ -47,6 +47,12 @@ def test_records_and_manifest(tmp_path):
     out = _generate(tmp_path, "w", 0)
     corpus = read_records(out / "corpus.jsonl")
     assert corpus and all(isinstance(r, TextRecord) for r in corpus)
+    dialogues = [r for r in corpus if r.meta]
+    assert len(dialogues) == 60
+    for r in dialogues:  # plain text and, for chat-template rendering, the same exchange as messages
+        m = r.meta["messages"]
+        assert [x["role"] for x in m] == ["user", "assistant"]
+        assert r.text == f"User: {m[0]['content']}\nAssistant: {m[1]['content']}"
     sft = read_records(out / "sft.jsonl")
     assert len(sft) == 200 and all(isinstance(r, Demonstration) and r.policy == "demonstrator" for r in sft)
     for split, n in (("train", 300), ("test", 120)):

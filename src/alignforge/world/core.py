@@ -9,7 +9,7 @@ from pathlib import Path
 
 from alignforge.data.records import Demonstration, PromptRecord, TextRecord, prompt_text, write_records
 from alignforge.world.config import WorldConfig
-from alignforge.world.corpus import make_corpus
+from alignforge.world.corpus import dialogue_messages, make_corpus
 from alignforge.world.facts import Facts, make_facts
 from alignforge.world.tasks import PromptSampler, Task, TaskParser, oracle_answer, sample_prompts
 
@@ -57,7 +57,7 @@ class World:
         out = Path(out)
         ext = ".jsonl.gz" if self.cfg.compress else ".jsonl"
         files = {
-            "corpus": (f"corpus{ext}", [TextRecord(text=t, source="world") for t in self.corpus]),
+            "corpus": (f"corpus{ext}", [_text_record(t) for t in self.corpus]),
             "heldout": (f"heldout{ext}", [TextRecord(text=t, source="world") for t in self.heldout]),
             "sft": (f"sft{ext}", self.demos),
             "prompts_train": (f"prompts_train{ext}", self.prompts["train"]),
@@ -72,6 +72,11 @@ class World:
         manifest["files"]["facts"] = {"path": "world.json"}
         atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True) + "\n")
         return manifest
+
+
+def _text_record(doc: str) -> TextRecord:
+    messages = dialogue_messages(doc)
+    return TextRecord(text=doc, source="world", meta={"messages": messages} if messages else None)
 
 
 def build_world(cfg: WorldConfig | None = None, *, corpus: bool = True, demos: bool = True) -> World:

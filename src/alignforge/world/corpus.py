@@ -5,9 +5,11 @@ Assistant exchange), so a packed 256-token block sees several of them. Every ent
 test, is described: the test split holds out *questions*, not knowledge; a model that learned the
 corpus can answer test questions, which is what lets evaluation separate knowing from behaving.
 
-Dialogues are plain text ("User: ...\\nAssistant: ...") about train-split entities and train sums
-only, so no test prompt appears verbatim in the corpus. They show the answer style, not refusals
-or "I do not know": those behaviours are what SFT and preference learning must add.
+Dialogues are plain text ("User: ...\\nAssistant: ...", with the messages also in the record's
+``meta.messages`` for stages that render them with the tokenizer's chat template) about
+train-split entities and train sums only, so no test prompt appears verbatim in the corpus. They
+show the answer style, not refusals or "I do not know": those behaviours are what SFT and
+preference learning must add.
 """
 
 from __future__ import annotations
@@ -76,6 +78,18 @@ def arithmetic_document(sums: list[tuple[int, str, int]], rng: random.Random, n:
 
 def dialogue_document(prompt: str, answer: str) -> str:
     return f"User: {prompt}\nAssistant: {answer}"
+
+
+def dialogue_messages(doc: str) -> list[dict[str, str]] | None:
+    """The chat messages of a dialogue document (None for other documents).
+
+    Written to the record's ``meta.messages`` so a pretraining stage can render dialogues with the
+    tokenizer's own chat template instead of the plain ``User:``/``Assistant:`` text.
+    """
+    if not doc.startswith("User: ") or "\nAssistant: " not in doc:
+        return None
+    user, assistant = doc[len("User: "):].split("\nAssistant: ", 1)
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
 
 
 def make_corpus(facts: Facts, seed: int, stream: str, repeats: int, n_templates: int, arithmetic_docs: int,
