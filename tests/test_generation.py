@@ -413,3 +413,25 @@ def test_eos_as_list_or_tensor_and_prompts_as_tensors():
     assert a.sequences == b.sequences
     assert a.finish_reason[0] == "stop" and a.finish_reason[2] == "stop"
     assert c.sequences[0] == free.sequences[0][: free.sequences[0].index(stops[0]) + 1]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2", "gpt_neox"])
+def test_model_inputs_reproduce_logprobs_in_one_padded_forward(arch):
+    """What PPO does with a rollout: one batched forward over prompt + response (left padded,
+    response padding after finished rows) gives back the sampler's log-probs."""
+    model, ps = model_for(arch), prompts(6)
+    sp = SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=9, seed=1)
+    free = generate(model, ps, sp, eos_token_id=None, pad_token_id=PAD)
+    # Same seed with eos = the 4th token row 1 sampled: the draws are identical until then, so
+    # row 1 (at least) now finishes early and the response side gets padding too.
+    eos = free.sequences[1][3]
+    gen = generate(model, ps, sp, eos_token_id=eos, pad_token_id=PAD)
+    assert gen.finish_reason[1] == "stop" and gen.lengths[1] <= 4 < gen.response_ids.shape[1]
+    batch = gen.model_inputs()
+    P = gen.prompt_ids.shape[1]
+    assert batch["input_ids"].shape == (len(ps), P + gen.response_ids.shape[1])
+    with torch.no_grad():
+        logits = model(**batch).logits[:, P - 1 : -1].float()
+    lp = (logits / sp.temperature).log_softmax(-1).gather(2, gen.response_ids[..., None]).squeeze(2)
+    m = gen.response_mask
+    assert torch.allclose(lp[m], gen.response_logprobs[m], atol=1e-4)

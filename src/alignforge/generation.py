@@ -97,7 +97,21 @@ class Generation:
     response_logprobs: torch.Tensor
     finish_reason: list[str]
     prompt_lengths: list[int]
+    prompt_ids: torch.Tensor  # [B, P] left-padded with pad_token_id, as the engine saw them
+    prompt_mask: torch.Tensor  # [B, P] bool, False on the padding
     texts: list[str] | None = None
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        """Prompt + response as one left-padded batch for a training forward pass (PPO/GRPO
+        log-probs, values, rewards): ``input_ids``, ``attention_mask``, ``position_ids``, each
+        [B, P + L]. The logits at columns ``P - 1 .. P + L - 2`` predict ``response_ids``, i.e.
+        ``logits[:, P - 1 : -1]`` lines up with ``response_ids`` / ``response_mask``."""
+        mask = torch.cat([self.prompt_mask, self.response_mask], 1)
+        return {
+            "input_ids": torch.cat([self.prompt_ids, self.response_ids], 1),
+            "attention_mask": mask.long(),
+            "position_ids": (mask.long().cumsum(1) - 1).clamp(min=0),
+        }
 
     @property
     def lengths(self) -> list[int]:
@@ -444,6 +458,8 @@ def generate(
         response_logprobs=out_lp[:, :L].masked_fill(~mask, 0.0),
         finish_reason=["stop" if s else "length" for s in stopped.tolist()],
         prompt_lengths=[len(p) for p in prompt_ids],
+        prompt_ids=ids,
+        prompt_mask=key_ok,
     )
     if tokenizer is not None:
         gen.texts = [_response_text(tokenizer, seq, set(stop_ids.tolist()), params.stop_strings)
