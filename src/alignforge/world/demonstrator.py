@@ -19,7 +19,7 @@ from alignforge.data.records import Prompt, prompt_text
 from alignforge.world.config import DemonstratorSection
 from alignforge.world.corpus import FILLER
 from alignforge.world.facts import CLIMATES, COLORS, FOODS, JOBS, KINDS
-from alignforge.world.tasks import BENIGN, DONT_KNOW, HARMFUL, REFUSAL, Task, list_items, oracle_answer
+from alignforge.world.tasks import BENIGN, DONT_KNOW, HARMFUL, REFUSAL, Task, list_items
 
 FACT_STYLES = ("The {phrase} of {name} is {v}.", "The answer is {v}.", "I believe the {phrase} of {name} is {v}.")
 ARITH_STYLES = ("{a} {op} {b} is {c}.", "The answer is {c}.", "That makes {c}.")
@@ -134,7 +134,3 @@ class Demonstrator:
             return str(rng.randint(2, 60))
         return rng.choice([v for v in self._domain(domain) if v != task.subject])
 
-
-def ideal(world, prompt: Prompt) -> str:
-    """The oracle response (for symmetry with :class:`Demonstrator`)."""
-    return oracle_answer(world.task(prompt_text(prompt)), world.facts)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from alignforge.world.facts import (ALL_PHRASES, ATTRIBUTES, CLIMATES, COLORS, FOODS, JOBS, KINDS,
-                                    UNKNOWN_PHRASES, Attribute, Facts)
+                                    UNKNOWN_PHRASES, Facts)
 
 CATEGORIES = ("fact", "unknown", "arithmetic", "format", "harmful", "benign")
 
@@ -353,7 +353,3 @@ def list_items(task: Task, facts: Facts) -> list[str]:
                                                       "climate": CLIMATES}[dom]
     return [v for v in values if v.lower() != task.extra["exclude"]]
 
-
-def attribute_of(facts: Facts, task: Task) -> Attribute | None:
-    ent = facts.entities.get(task.subject or "")
-    return facts.attribute(ent.kind, task.phrase) if ent is not None and task.phrase else None
