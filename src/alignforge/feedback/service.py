@@ -445,7 +445,8 @@ def label_to_record(label: Label, item: Item, project: Project, annotator: str) 
     meta = dict(prov.pop("meta", None) or {})
     meta.update({"project": project.name, "batch": item.batch, "item": item.id,
                  "candidates_id": prov.pop("id", None), "candidate_indices": indices,
-                 "submitted_at": label.created_at.isoformat() + "Z" if label.created_at else None})
+                 "submitted_at": label.created_at.isoformat() + "Z" if label.created_at else None,
+                 "seconds": round(label.seconds, 1) if label.seconds is not None else None})
     common = dict(id=f"{project.name}/label-{label.id}", annotator=annotator,
                   source=prov.pop("source", None) or f"feedback:{project.name}", meta=meta,
                   category=prov.get("category"), policy=prov.get("policy"), round=prov.get("round"),
