@@ -119,15 +119,31 @@ class LengthFit:
         return self.intercept + self.slope * length
 
 
-def length_fit(rewards: Sequence[float], lengths: Sequence[float]) -> LengthFit:
-    """Ordinary least squares of gold reward on response length (words or tokens)."""
+def length_fit(rewards: Sequence[float], lengths: Sequence[float], groups: Sequence[object] | None = None) -> LengthFit:
+    """Least-squares slope of gold reward on response length (words or tokens).
+
+    ``groups`` (e.g. the prompt of each response, when several policies answered the same
+    prompts): the slope is fitted *within* groups (reward and length centred per group), so
+    that prompt types with naturally longer answers (a refusal vs a one-word answer) do not
+    pass for a length effect. The intercept is then the pooled mean at the pooled mean length.
+    """
     y, x = _as_array(rewards, "length_fit(rewards)"), _as_array(lengths, "length_fit(lengths)")
     if x.size != y.size:
         raise ValueError(f"length_fit: {y.size} rewards but {x.size} lengths")
-    if x.size < 2 or np.ptp(x) == 0:
+    xc, yc = x - x.mean(), y - y.mean()
+    if groups is not None:
+        if len(groups) != x.size:
+            raise ValueError(f"length_fit: {len(groups)} groups for {x.size} responses")
+        keys = [repr(g) for g in groups]
+        for k in set(keys):
+            sel = np.array([kk == k for kk in keys])
+            xc[sel] = x[sel] - x[sel].mean()
+            yc[sel] = y[sel] - y[sel].mean()
+    denom = float((xc * xc).sum())
+    if x.size < 2 or denom == 0:
         return LengthFit(float(y.mean()), 0.0, int(x.size))  # no length variation: nothing to control
-    slope, intercept = np.polyfit(x, y, 1)
-    return LengthFit(float(intercept), float(slope), int(x.size))
+    slope = float((xc * yc).sum() / denom)
+    return LengthFit(float(y.mean() - slope * x.mean()), slope, int(x.size))
 
 
 def length_controlled(rewards: Sequence[float], lengths: Sequence[float], fit: LengthFit, at_length: float, *,

@@ -17,8 +17,8 @@ What is measured, on the world's test prompts:
   mean helpful / honest / harmless, the rate of every InstructGPT flag, mean length in words;
 * against a baseline (SFT) on the same prompts: the win-rate (ties = ½) and the reward
   difference, both with paired-bootstrap CIs; the share of the SFT→oracle gap closed;
-* length-controlled reward: one least-squares line gold ≈ a + b·words pooled over every policy
-  compared, each policy's rewards moved to the baseline's mean length (length is the designed
+* length-controlled reward: one least-squares slope of gold on words, fitted within prompts over
+  every policy compared, each policy's rewards moved to the baseline's mean length (length is the designed
   hack: a policy that only writes longer answers gains nothing here);
 * KL(π ‖ π_ref) on the T = 1 samples when a reference model is given (:mod:`alignforge.eval.kl`).
 
@@ -203,8 +203,10 @@ def compare(evals: Sequence[PolicyEval], *, baseline: str | None = None, oracle:
         for e in have[1:]:
             if [r["prompt"] for r in e.rows[mode]] != first:
                 raise ValueError(f"compare: {e.name} was evaluated on other prompts than {have[0].name}")
+        # One line for all policies, fitted within prompts (see metrics.length_fit).
         fit = length_fit(np.concatenate([e.values(mode) for e in have]),
-                         np.concatenate([e.values(mode, "words") for e in have]))
+                         np.concatenate([e.values(mode, "words") for e in have]),
+                         groups=[i for _ in have for i in range(len(first))])
         at = float(by_name[baseline].values(mode, "words").mean()) if baseline else float(
             np.mean([e.values(mode, "words").mean() for e in have]))
         section: dict[str, Any] = {"length_fit": {"intercept": fit.intercept, "slope_per_word": fit.slope,
