@@ -302,3 +302,29 @@ def test_guidelines_healthz_nothing_left(make_client, Session):
     assert c1.get("/projects/999/next", headers=HTML).status_code == 404
     with Session() as s:
         assert s.scalar(select(func.count(Label.id))) == 1
+
+
+def test_failed_logins_are_throttled(Session, db_url):
+    from fastapi.testclient import TestClient
+
+    from alignforge.feedback.app import LoginThrottle, create_app
+
+    app = create_app(db_url, throttle=LoginThrottle(max_failures=3, window_s=60))
+    with TestClient(app) as c:
+        assert [login(c, "ann0", "guess").status_code for _ in range(3)] == [401, 401, 401]
+        r = login(c, "ann0", PASSWORD)  # even the right password waits now
+        assert r.status_code == 429 and "Too many failed attempts" in r.text
+        assert login(c, "ann1", PASSWORD).status_code == 303  # another account is not locked out
+    throttle = LoginThrottle(max_failures=2, window_s=0.2)
+    key = ("1.2.3.4", "x")
+    throttle.failed(key)
+    throttle.failed(key)
+    assert throttle.retry_after(key) is not None
+    import time
+
+    time.sleep(0.25)
+    assert throttle.retry_after(key) is None  # the window passed
+    throttle.failed(key)
+    throttle.succeeded(key)
+    throttle.failed(key)
+    assert throttle.retry_after(key) is None  # a success resets the count

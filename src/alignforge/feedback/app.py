@@ -22,6 +22,8 @@ import hmac
 import os
 import secrets
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 from urllib.parse import quote
@@ -48,6 +50,42 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
 
+class LoginThrottle:
+    """Failed logins per (client address, username) in a sliding window: past the limit, /login answers
+    429 until the window has passed, so passwords cannot be guessed at full speed. In memory, per
+    server process (what one process serving a labelling team needs); a restart forgets it."""
+
+    def __init__(self, max_failures: int = 10, window_s: float = 300.0):
+        self.max_failures, self.window_s = max_failures, window_s
+        self._failures: dict[tuple[str, str], list[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, key: tuple[str, str], now: float) -> list[float]:
+        times = [t for t in self._failures.get(key, []) if now - t < self.window_s]
+        if times:
+            self._failures[key] = times
+        else:
+            self._failures.pop(key, None)
+        return times
+
+    def retry_after(self, key: tuple[str, str]) -> Optional[int]:
+        """Seconds until another attempt is allowed, or None when it is allowed now."""
+        now = time.monotonic()
+        with self._lock:
+            times = self._recent(key, now)
+            if len(times) < self.max_failures:
+                return None
+            return max(1, int(self.window_s - (now - times[0])) + 1)
+
+    def failed(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            self._failures.setdefault(key, []).append(time.monotonic())
+
+    def succeeded(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            self._failures.pop(key, None)
+
+
 class LoginRequired(Exception):
     def __init__(self, next_url: str = "/"):
         self.next_url = next_url
@@ -68,12 +106,14 @@ def session_secret(Session_: Any) -> str:
         return row.value
 
 
-def create_app(db_url: str, secret: Optional[str] = None, https_only: bool = False) -> FastAPI:
+def create_app(db_url: str, secret: Optional[str] = None, https_only: bool = False,
+               throttle: Optional[LoginThrottle] = None) -> FastAPI:
     """The app for one database. ``alignforge feedback serve`` runs it under uvicorn."""
     engine = make_engine(db_url)
     Session_ = make_sessionmaker(engine)
     app = FastAPI(title="alignforge feedback", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine, app.state.Session = engine, Session_
+    throttle = throttle or LoginThrottle()
     app.add_middleware(SessionMiddleware, secret_key=secret or session_secret(Session_),
                        session_cookie=SESSION_COOKIE, max_age=14 * 24 * 3600, same_site="lax",
                        https_only=https_only)
@@ -184,10 +224,18 @@ def create_app(db_url: str, secret: Optional[str] = None, https_only: bool = Fal
 
     @app.post("/login")
     def login(request: Request, form: dict = Depends(checked_form), s: Session = Depends(get_db)) -> Response:
-        user = service.authenticate(s, str(form.get("username", "")), str(form.get("password", "")))
+        username = str(form.get("username", ""))
         nxt = safe_next(str(form.get("next", "/")))
+        key = (request.client.host if request.client else "?", username.lower())
+        wait = throttle.retry_after(key)
+        if wait is not None:
+            return render(request, "login.html", status=429, next=nxt,
+                          error=f"Too many failed attempts: try again in {wait} s.")
+        user = service.authenticate(s, username, str(form.get("password", "")))
         if user is None:
+            throttle.failed(key)
             return render(request, "login.html", status=401, next=nxt, error="Wrong username or password.")
+        throttle.succeeded(key)
         request.session.clear()  # a fresh session (and CSRF token) on every login
         request.session.update(uid=user.id, epoch=user.session_epoch, csrf=secrets.token_urlsafe(32))
         return RedirectResponse(nxt, status_code=303)
