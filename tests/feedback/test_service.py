@@ -200,3 +200,41 @@ def test_release_stale_assignments(S):
         service.submit_label(s, taken.id, a1, {"preference": "b1"}, "ann1")
         assert s.scalar(select(func.count(Label.id))) == 2
         assert [it.n_assigned for it in s.scalars(select(Item).order_by(Item.id)).all()] == [1, 1]
+
+
+def test_export_feeds_the_reward_stages_pair_expansion(S, tmp_path):
+    """What `alignforge reward` does with an export: data/preferences.expand_preferences."""
+    from alignforge.data.preferences import PairStats, expand_preferences
+
+    with S() as s:
+        a0, a1 = users(s, "ann0", "ann1")
+        rate = service.create_project(s, "rate", "rating", per_item=2, ask_hhh=False)
+        service.import_candidates(s, rate, [Candidates(prompt="q", responses=["short", "long answer"])])
+        likert = {("ann0", "short"): 6, ("ann1", "short"): 4, ("ann0", "long answer"): 2, ("ann1", "long answer"): 2}
+        for u in (a0, a1):
+            while (a := service.next_assignment(s, rate, u)) is not None:
+                service.submit_label(s, a.id, u, {"likert": str(likert[(u.username, a.item.responses[0])])},
+                                     f"r{a.id}")
+        rank = service.create_project(s, "rank", "ranking", per_item=1)
+        service.import_candidates(s, rank, [Candidates(prompt="k", responses=["x", "y", "z"])])
+        a = service.next_assignment(s, rank, a0)
+        form = {f"rank_{d}": str(1 + "xyz".index(a.item.responses[d])) for d in range(3)}  # x > y > z
+        service.submit_label(s, a.id, a0, form, "rank")
+        comp = service.create_project(s, "comp", "comparison", per_item=2)
+        service.import_candidates(s, comp, [Candidates(prompt="c", responses=["good", "bad"])])
+        for u, pref in ((a0, "good"), (a1, "tie")):
+            a = service.next_assignment(s, comp, u)
+            choice = "tie" if pref == "tie" else ("a2" if a.item.responses[0] == "good" else "b2")
+            service.submit_label(s, a.id, u, {"preference": choice}, f"c{u.id}")
+        path = tmp_path / "prefs.jsonl"
+        write_records(path, service.export_records(s))
+    stats = PairStats()
+    pairs = expand_preferences(read_records(path), stats)
+    got = sorted((p.prompt, p.chosen, p.rejected, p.strength, round(p.weight, 4), p.source) for p in pairs)
+    assert got == sorted([
+        ("q", "short", "long answer", 2, 1.0, "rating"),        # means 5 vs 2: gap 3 -> strength 2
+        ("k", "x", "y", None, 0.3333, "ranking"), ("k", "x", "z", None, 0.3333, "ranking"),
+        ("k", "y", "z", None, 0.3333, "ranking"),
+        ("c", "good", "bad", 2, 1.0, "comparison"),
+    ])
+    assert (stats.comparisons, stats.ties_dropped, stats.rankings, stats.ratings) == (2, 1, 1, 4)
