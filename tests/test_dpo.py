@@ -289,3 +289,34 @@ def test_dpo_config_is_strict_and_errors_are_clear(tiny, tmp_path, capsys):
 def test_shipped_dpo_configs_load_strictly(path):
     cfg = load_config(DPOConfig, path)
     assert cfg.dpo.beta > 0
+
+
+@pytest.mark.slow
+def test_two_process_gloo_equals_one_process(tiny, tmp_path):
+    """End to end through the CLI: torchrun 2×(grad_accum 1) ≡ 1×(grad_accum 2) — the reference
+    pre-pass is sharded over the ranks and summed, the weight normaliser is global, metrics gathered."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    data = _write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = {"train.max_steps": 3, "train.eval_every": 3, "dpo.kl_prompts": 2}
+    assert dpo.main(_args(tiny, data, one, **common, **{"train.grad_accum": 2})) == 0
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "alignforge", "dpo", *_args(tiny, data, two, **common, **{"train.grad_accum": 1})]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    a, b = load_file(str(one / "model" / "model.safetensors")), load_file(str(two / "model" / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    ra = [json.loads(x) for x in (one / "metrics.jsonl").read_text().splitlines()]
+    rb = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rb] == [1, 2, 3]
+    for key in ("loss", "reward_margin", "reward_accuracy", "eval_loss", "eval_reward_accuracy"):
+        assert rb[-1][key] == pytest.approx(ra[-1][key], rel=1e-4, abs=1e-6)
+    ca, cb = (torch.load(next((d / "ref_cache").glob("ref-*.pt")), weights_only=True) for d in (one, two))
+    torch.testing.assert_close(ca["chosen"], cb["chosen"], atol=1e-5, rtol=1e-5)
