@@ -12,7 +12,7 @@ from alignforge.data.records import FLAGS, parse_record
 from alignforge.feedback import service
 from alignforge.feedback.app import SESSION_COOKIE
 from alignforge.feedback.db import Label
-from conftest import PASSWORD, XSS, candidates, csrf_of, hidden, login
+from feedback_helpers import PASSWORD, XSS, candidates, csrf_of, hidden, login
 
 HTML = {"accept": "text/html"}
 

@@ -18,7 +18,7 @@ import pytest
 from alignforge.data.records import FLAGS, Candidates, parse_record
 from alignforge.feedback import service
 from alignforge.feedback.db import make_engine, make_sessionmaker
-from conftest import ARTIFACTS, PASSWORD, XSS, Server, seed
+from feedback_helpers import ARTIFACTS, PASSWORD, XSS, Server, seed
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 

@@ -9,7 +9,7 @@ from alignforge.cli import main as alignforge
 from alignforge.data.records import read_records, write_records
 from alignforge.feedback import service
 from alignforge.feedback.db import make_engine, make_sessionmaker
-from conftest import PASSWORD, candidates
+from feedback_helpers import PASSWORD, candidates
 
 
 def test_cli_import_label_export(tmp_path, monkeypatch, capsys):

@@ -14,7 +14,7 @@ import pytest
 from alignforge.data.formats import from_hh_rlhf
 from alignforge.data.records import Candidates, RecordError, parse_record
 from alignforge.feedback import service
-from conftest import csrf_of, hidden
+from feedback_helpers import csrf_of, hidden
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 HH = SHARED / "hh-rlhf-harmless-base-test.jsonl.gz"

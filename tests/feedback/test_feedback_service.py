@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from alignforge.data.records import Candidates, read_records, write_records
 from alignforge.feedback import service
 from alignforge.feedback.db import Assignment, Item, Label, User, make_engine, make_sessionmaker
-from conftest import candidates
+from feedback_helpers import candidates
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from alignforge.feedback import service
 from alignforge.feedback.db import Assignment, Item, Label, make_engine, make_sessionmaker
-from conftest import PASSWORD, Server, candidates, csrf_of, hidden, seed
+from feedback_helpers import PASSWORD, Server, candidates, csrf_of, hidden, seed
 
 httpx = pytest.importorskip("httpx")
 
