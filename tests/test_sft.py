@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -290,8 +291,17 @@ def test_two_process_gloo_equals_one_process(models, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "alignforge", "sft", *_args(models["llama"], data, two, grad_accum=1, **common)]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    # Own session: on a timeout the whole group (torchrun and both workers) is killed, not only
+    # torchrun — orphaned workers would keep eating the CI's cores.
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail("2-process SFT did not finish in 240 s:\n" + output[-3000:])
+    assert proc.returncode == 0, output[-3000:]
     a, b = load_file(str(one / "model" / "model.safetensors")), load_file(str(two / "model" / "model.safetensors"))
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
@@ -299,3 +309,13 @@ def test_two_process_gloo_equals_one_process(models, tmp_path):
     assert [r["step"] for r in rb] == [1, 2, 3, 4]
     assert [r["loss"] for r in rb] == pytest.approx([r["loss"] for r in ra], rel=1e-4)
     assert rb[-1]["eval_loss"] == pytest.approx(ra[-1]["eval_loss"], rel=1e-4)
+
+
+def test_split_eval_is_seeded_disjoint_and_capped():
+    recs = list(range(100))
+    train, held = sft.split_eval(recs, 0.2, seed=1)
+    assert len(held) == 20 and sorted(train + held) == recs
+    assert sft.split_eval(recs, 0.2, seed=1) == (train, held)
+    train, held = sft.split_eval(recs, 0.2, seed=1, max_eval=5)
+    assert len(held) == 5 and len(train) == 95   # the cap keeps the rest for training
+    assert sft.split_eval(recs, 0.0, seed=1) == (recs, [])

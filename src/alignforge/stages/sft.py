@@ -68,13 +68,16 @@ def read_demonstrations(path: str, cfg: SFTConfig, limit: int | None = None) -> 
     return records  # type: ignore[return-value]
 
 
-def split_eval(records: list, fraction: float, seed: int) -> tuple[list, list]:
-    """A seeded held-out share of the training records (used when data.eval is not given)."""
-    if fraction <= 0 or len(records) < 2:
+def split_eval(records: list, fraction: float, seed: int, max_eval: int | None = None) -> tuple[list, list]:
+    """A seeded held-out share of the training records (used when data.eval is not given),
+    at most ``max_eval`` of them: the rest stay in training rather than being thrown away."""
+    if fraction <= 0 or len(records) < 2 or max_eval == 0:
         return records, []
     idx = list(range(len(records)))
     random.Random(seed).shuffle(idx)
     n_eval = min(len(records) - 1, max(1, round(fraction * len(records))))
+    if max_eval is not None:
+        n_eval = min(n_eval, max_eval)
     held = set(idx[:n_eval])
     return [r for i, r in enumerate(records) if i not in held], [records[i] for i in sorted(held)]
 
@@ -158,7 +161,7 @@ def run(cfg: SFTConfig) -> Path:
     if cfg.data.eval:
         train_recs, eval_recs = records, read_demonstrations(cfg.data.eval, cfg)
     else:
-        train_recs, eval_recs = split_eval(records, scfg.eval_fraction, cfg.seed)
+        train_recs, eval_recs = split_eval(records, scfg.eval_fraction, cfg.seed, scfg.max_eval_examples)
     eval_recs = eval_recs[:scfg.max_eval_examples]
     train_ex, _, train_stats, _ = encode_all(tok, train_recs, cfg)
     eval_ex, eval_kept, _, eval_bytes = encode_all(tok, eval_recs, cfg)
