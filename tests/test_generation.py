@@ -435,3 +435,12 @@ def test_model_inputs_reproduce_logprobs_in_one_padded_forward(arch):
     lp = (logits / sp.temperature).log_softmax(-1).gather(2, gen.response_ids[..., None]).squeeze(2)
     m = gen.response_mask
     assert torch.allclose(lp[m], gen.response_logprobs[m], atol=1e-4)
+
+
+def test_mixture_and_pad_errors_are_clear():
+    model = model_for("llama")
+    other = tiny_random_model("llama", vocab_size=V + 8, seed=1)
+    with pytest.raises(ValueError, match="vocabularies differ"):
+        generate(model, [[4, 5]], eos_token_id=None, pad_token_id=PAD, mixture=(other, 0.5))
+    with pytest.raises(ValueError, match="pad_token_id must be a token id"):
+        generate(model, [[4, 5]], eos_token_id=None, pad_token_id=None)

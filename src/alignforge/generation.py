@@ -376,6 +376,9 @@ def generate(
     for i, p in enumerate(prompt_ids):
         if len(p) == 0:
             raise ValueError(f"generate: prompt {i} has no tokens; every prompt needs at least one (e.g. BOS)")
+    if not isinstance(pad_token_id, int):
+        raise ValueError(f"generate: pad_token_id must be a token id, got {pad_token_id!r} (a model without "
+                         "a pad token, like GPT-2, can pad with its eos id: padding is masked anyway)")
     if params.stop_strings and tokenizer is None:
         raise ValueError("generate: SamplingParams.stop_strings needs tokenizer= to decode the text")
     models = [model]
@@ -401,14 +404,8 @@ def generate(
     ids, key_ok = ids.to(device), key_ok.to(device)
     positions = (key_ok.long().cumsum(1) - 1).clamp(min=0)
 
-    if eos_token_id is None:
-        stops = []
-    elif isinstance(eos_token_id, (list, tuple, set, torch.Tensor)) and not (
-            isinstance(eos_token_id, torch.Tensor) and eos_token_id.dim() == 0):
-        stops = [int(t) for t in eos_token_id]
-    else:
-        stops = [int(eos_token_id)]
-    stop_ids = torch.tensor(sorted(set(stops) | set(params.stop_token_ids)), dtype=torch.long, device=device)
+    stops = set(torch.as_tensor([] if eos_token_id is None else eos_token_id).flatten().tolist())
+    stop_ids = torch.tensor(sorted(stops | set(params.stop_token_ids)), dtype=torch.long, device=device)
     if generator is None and params.seed is not None:
         generator = torch.Generator(device=device).manual_seed(params.seed)
     window = max((len(s) for s in params.stop_strings), default=0) + 8
@@ -424,6 +421,9 @@ def generate(
     with torch.inference_mode(), _eval_mode(models):
         decoders = [_decoder(m, B, P + N, backend) for m in models]
         logits = [d.forward(ids, positions, key_ok) for d in decoders]
+        if mixture is not None and logits[0].shape[-1] != logits[1].shape[-1]:
+            raise ValueError(f"generate(mixture=...): policy and reference vocabularies differ "
+                             f"({logits[0].shape[-1]} vs {logits[1].shape[-1]} logits); they must share a tokenizer")
         for t in range(N):
             if mixture is None:
                 mixed = logits[0]
