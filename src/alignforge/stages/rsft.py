@@ -96,6 +96,8 @@ def run(cfg: RSFTConfig, scorer: Scorer | None = None) -> Path:
         return out
     if cfg.force:
         ckpt.clear(out)
+    if scorer is None and cfg.rsft.scorer == "gold":
+        reward_scorer(cfg, device)  # raises: the oracle is injected by alignforge.eval.oracle, never built here
     if not cfg.data.train:
         raise ConfigError("rsft needs data.train (prompts)")
     if not cfg.model.init:
