@@ -444,3 +444,13 @@ def test_mixture_and_pad_errors_are_clear():
         generate(model, [[4, 5]], eos_token_id=None, pad_token_id=PAD, mixture=(other, 0.5))
     with pytest.raises(ValueError, match="pad_token_id must be a token id"):
         generate(model, [[4, 5]], eos_token_id=None, pad_token_id=None)
+
+
+def test_nan_logits_raise_instead_of_sampling_garbage():
+    from alignforge.generation import _sample_next
+
+    logits = torch.zeros(3, 5)
+    logits[1, 2] = float("nan")
+    for sp in (SamplingParams(), SamplingParams(temperature=0)):
+        with pytest.raises(FloatingPointError, match=r"rows \[1\]"):
+            _sample_next(logits, sp, torch.Generator().manual_seed(0))

@@ -162,7 +162,13 @@ def _sample_next(logits: torch.Tensor, params: SamplingParams, generator) -> tup
         kept = truncate_logits(logp, params.top_k, params.top_p)
         # exp, not softmax: the sampler inverts an unnormalised CDF, and exp(-inf) = 0.
         tok = _sample_categorical(kept.exp(), generator)
-    return tok, logp.gather(1, tok[:, None]).squeeze(1)
+    lp = logp.gather(1, tok[:, None]).squeeze(1)
+    # NaN/inf logits make every log-prob of the row NaN; the sampler would then return an
+    # arbitrary token silently, so stop here (one check of B numbers per step).
+    if torch.isnan(lp).any():
+        bad = torch.nonzero(torch.isnan(lp)).flatten().tolist()
+        raise FloatingPointError(f"generate: the model produced NaN/inf logits (batch rows {bad[:8]})")
+    return tok, lp
 
 
 def _sample_categorical(probs: torch.Tensor, generator) -> torch.Tensor:
