@@ -153,11 +153,10 @@ def encode_example(tokenizer, prompt: Prompt, response: str, *, max_len: Optiona
     fewer than ``min_prompt_tokens`` prompt tokens is dropped (and counted in ``stats``).
     ``train_on_prompt``: also put loss on the prompt tokens (prompt masking off).
     """
-    p_ids = _fit(prompt_ids(tokenizer, prompt), response_ids(tokenizer, response), max_len,
-                 min_prompt_tokens, stats)
+    r_ids = response_ids(tokenizer, response)
+    p_ids = _fit(prompt_ids(tokenizer, prompt), r_ids, max_len, min_prompt_tokens, stats)
     if p_ids is None:
         return None
-    r_ids = response_ids(tokenizer, response)
     # The very first token is never a target (nothing predicts it).
     mask = [0] + [int(train_on_prompt)] * (len(p_ids) - 1) + [1] * len(r_ids)
     if stats is not None:
