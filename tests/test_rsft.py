@@ -154,3 +154,28 @@ def test_rsft_refuses_the_gold_judge_and_names_the_oracle_runner(tiny, tmp_path,
 def test_shipped_rsft_configs_load_strictly(path):
     cfg = load_config(RSFTConfig, path)
     assert cfg.rsft.n >= 1
+
+
+def test_oracle_runner_injects_the_gold_judge(tiny, tmp_path):
+    """`python -m alignforge.eval.oracle rsft --world DIR ...`: the kept responses are scored by gold."""
+    from alignforge.config import load_config as load
+    from alignforge.eval.oracle import GoldScorer, load_world, main, make_scorer
+    from alignforge.world import WorldConfig, build_world
+    from alignforge.world.judge import gold_rewards
+
+    wdir = tmp_path / "world"
+    build_world(load(WorldConfig, None, ["prompts.test=20", "prompts.train=20", "prompts.sft=5"]),
+                corpus=False).write(wdir)
+    world = load_world(wdir)
+    prompts = [p.prompt for p in world.prompts["train"][:6]]
+    assert isinstance(make_scorer(f"gold:{wdir}"), GoldScorer)
+    assert make_scorer(f"gold:{wdir}")(prompts, [world.oracle(p) for p in prompts]) == \
+        gold_rewards(prompts, [world.oracle(p) for p in prompts], world)
+    args = _args(tiny, tmp_path / "gold", **{"data.train": wdir / "prompts_train.jsonl", "rsft.rounds": 1,
+                                            "reward.init": "null"})
+    assert main(["rsft", "--world", str(wdir), *args]) == 0
+    demos = [json.loads(x) for x in (tmp_path / "gold" / "round0.jsonl").read_text().splitlines()]
+    assert len(demos) == 4
+    assert [d["meta"]["score"] for d in demos] == pytest.approx(
+        gold_rewards([d["prompt"] for d in demos], [d["response"] for d in demos], world))
+    assert "scorer: gold" in (tmp_path / "gold" / "config.yaml").read_text()
