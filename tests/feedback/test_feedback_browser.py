@@ -85,7 +85,7 @@ def login(drv, base: str, username: str) -> None:
     drv.find_element(By.ID, "username").send_keys(username)
     drv.find_element(By.ID, "password").send_keys(PASSWORD)
     drv.find_element(By.ID, "login-submit").click()
-    assert drv.find_element(By.ID, "whoami").text.startswith(username)
+    assert wait_for(drv, "whoami").text.startswith(username)
 
 
 def wait_for(drv, element_id: str):
@@ -115,14 +115,14 @@ def test_annotate_in_a_real_browser(driver, server):
     driver.find_element(By.ID, "username").send_keys("ann0")
     driver.find_element(By.ID, "password").send_keys("wrong password")
     driver.find_element(By.ID, "login-submit").click()
-    assert "Wrong username or password" in driver.page_source
+    assert "Wrong username or password" in wait_for(driver, "login-error").text
     login(driver, base, "ann0")
     assert "/tasks" in driver.current_url
     shot(driver, "02-tasks")
 
     # --- rating: the response and the prompt are XSS payloads; they must show as text ----------
     driver.find_element(By.LINK_TEXT, "Start").click()
-    assert driver.find_element(By.ID, "response-0").text == XSS
+    assert wait_for(driver, "response-0").text == XSS
     assert ("Say " + XSS) in driver.find_element(By.ID, "prompt").text
     assert not driver.find_elements(By.CSS_SELECTOR, "main img")  # no <img> element was created
     nothing_ran(driver)
@@ -142,7 +142,7 @@ def test_annotate_in_a_real_browser(driver, server):
     # --- comparison: key 7 = B slightly better; a double click stores one label -----------------
     driver.get(base + "/tasks")
     driver.find_element(By.CSS_SELECTOR, "a[href$='/next']").click()
-    a_text, b_text = driver.find_element(By.ID, "response-0").text, driver.find_element(By.ID, "response-1").text
+    a_text, b_text = wait_for(driver, "response-0").text, driver.find_element(By.ID, "response-1").text
     assert {a_text, b_text} == {"4", "22 " + XSS}
     nothing_ran(driver)
     keys(driver, "7")
@@ -156,6 +156,7 @@ def test_annotate_in_a_real_browser(driver, server):
     # --- ranking: press 3, 1, 2 (best to worst) ----------------------------------------------
     driver.get(base + "/tasks")
     driver.find_element(By.CSS_SELECTOR, "a[href$='/next']").click()
+    wait_for(driver, "rank-0")
     shown = [driver.find_element(By.ID, f"response-{i}").text for i in range(3)]
     keys(driver, "3", "1", "2")
     assert [Select(driver.find_element(By.ID, f"rank-{i}")).first_selected_option.text for i in range(3)] == ["2", "3", "1"]
@@ -172,12 +173,14 @@ def test_annotate_in_a_real_browser(driver, server):
     assert "403" in driver.find_element(By.TAG_NAME, "h1").text
     shot(driver, "08-forbidden")
     driver.find_element(By.ID, "logout").click()
+    wait_for(driver, "login-form")
     assert "/login" in driver.current_url
 
     # --- admin: progress, agreement, users, and the export holds exactly those three labels ----
     login(driver, base, "admin")
     shot(driver, "09-admin-projects")
     driver.find_element(By.LINK_TEXT, "rate-xss").click()
+    wait_for(driver, "agreement")  # the project page has loaded
     assert "1 of 1 labels" in driver.find_element(By.ID, "progress").text
     shot(driver, "10-admin-project")
     driver.get(base + "/admin/users")

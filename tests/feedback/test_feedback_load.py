@@ -69,7 +69,7 @@ class Annotator(threading.Thread):
                     r = self.request(c, "GET", f"/projects/{self.pid}/next", follow_redirects=True)
                     if "All done" in r.text:
                         return
-                    aid = int(re.search(r"/a/(\d+)", str(r.url)).group(1))
+                    aid = int(re.search(r'action="/a/(\d+)"', r.text).group(1))
                     form = {"csrf": csrf_of(r.text), "idem": hidden(r.text, "idem"), "likert": str(1 + aid % 7)}
                     sends = 2 if n % 10 == 0 else 1
                     for _ in range(sends):

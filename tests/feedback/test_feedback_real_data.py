@@ -7,6 +7,7 @@ import gzip
 import html
 import itertools
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -49,7 +50,7 @@ def test_hh_pairs_label_and_export(Session, make_client):
     picks = []
     for n in range(8):
         r = c.get(f"/projects/{pid}/next")
-        aid = int(str(r.url).rsplit("/", 1)[1].split("?")[0])
+        aid = int(re.search(r'action="/a/(\d+)"', r.text).group(1))
         page = r.text
         # The multi-turn prompt and both responses are on the page, escaped.
         shown = [html.unescape(t) for t in
