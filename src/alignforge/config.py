@@ -614,3 +614,121 @@ class RSFTConfig(StageConfig):
     sampling: SamplingSection = section(SamplingSection, "how the policy samples its n candidates")
     train: TrainSection = section(TrainSection, "optimisation (the SFT loss on the kept responses)")
     rsft: RSFTSection = section(RSFTSection, "rounds, n, selection")
+
+
+@dataclass
+class ValueSection:
+    init: Optional[str] = option(None, "value model: a scalar-head dir (default: reward.init, InstructGPT) or a causal "
+                                       "LM whose backbone gets a zero head; null with no reward.init = model.init")
+    lr: Optional[float] = option(None, "value-model learning rate (default: train.lr)")
+
+
+@dataclass
+class KLSection:
+    coef: float = option(0.05, "β: per-token penalty −β·KL(π‖π_ref) (PPO/RLOO reward) or KL loss weight (GRPO)")
+    estimator: Literal["k1", "k2", "k3"] = option("k1", "per-token KL estimator (Schulman): k1 = log π/π_ref, k3 = "
+                                                  "(r−1) − log r (≥ 0)")
+    target: Optional[float] = option(None, "adaptive controller (Ziegler et al.): target KL per response in nats; "
+                                           "null = fixed β")
+    horizon: int = option(10000, "adaptive controller horizon, in rollout samples")
+
+    def validate(self) -> None:
+        if self.coef < 0:
+            raise ConfigError(f"config key 'kl.coef': expected >= 0, got {self.coef}")
+        if self.target is not None and self.target <= 0:
+            raise ConfigError(f"config key 'kl.target': expected > 0 (or null), got {self.target}")
+
+
+@dataclass
+class RolloutSection:
+    prompts: int = option(64, "prompts per rollout (one PPO step / one REINFORCE step)")
+    batch_size: int = option(64, "sequences per generation / scoring forward")
+    reuse_logprobs: bool = option(True, "use the sampling engine's log-probs as the old log-probs when exact "
+                                        "(top_k = 0, top_p = 1); false = recompute with a forward")
+    missing_eos_penalty: Optional[float] = option(None, "subtract this from the score of a response that hit "
+                                                        "max_new_tokens without an eos (null = no penalty)")
+    score_clip: Optional[float] = option(None, "clip the reward-model score to ±this (null = no clipping)")
+    whiten_rewards: bool = option(False, "rescale per-token rewards by their batch std (mean kept)")
+
+
+@dataclass
+class PPOSection:
+    epochs: int = option(4, "PPO epochs over each rollout")
+    minibatch_size: int = option(16, "sequences per minibatch (one optimizer step each)")
+    clip: float = option(0.2, "policy ratio clip ε")
+    value_clip: Optional[float] = option(0.2, "value clip around the rollout's values (null = unclipped)")
+    vf_coef: float = option(0.1, "value-loss weight")
+    gamma: float = option(1.0, "discount (1 for language: one episode per response)")
+    lam: float = option(0.95, "GAE λ")
+    whiten_advantages: bool = option(True, "normalise advantages over the rollout (mean 0, std 1)")
+    ptx_coef: float = option(0.0, "PPO-ptx: weight γ of the pretraining LM loss mixed in (0 = off)")
+    ptx_data: Optional[str] = option(None, "PPO-ptx text records (JSONL/Parquet text records)")
+    ptx_batch_size: int = option(4, "PPO-ptx blocks of train.seq_len tokens per minibatch")
+    steps: int = option(20, "PPO steps (rollouts); each makes epochs × prompts/minibatch_size optimizer steps")
+    eval_prompts: int = option(64, "data.eval prompts for the eval-time proxy reward / KL (0 = off)")
+    eval_world: Optional[str] = option(None, "world folder: gold reward per category at eval time (through "
+                                             "alignforge.eval); null = no gold metrics")
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.minibatch_size < 1 or self.steps < 1:
+            raise ConfigError("config keys 'ppo.epochs', 'ppo.minibatch_size', 'ppo.steps': expected >= 1")
+        if not 0 < self.clip < 1:
+            raise ConfigError(f"config key 'ppo.clip': expected 0 < ε < 1, got {self.clip}")
+        if self.ptx_coef and not self.ptx_data:
+            raise ConfigError("config key 'ppo.ptx_coef' > 0 needs ppo.ptx_data (text records)")
+
+
+@dataclass
+class PPOConfig(StageConfig):
+    """PPO from a reward model with per-token KL to the SFT policy (InstructGPT), optional PPO-ptx."""
+
+    stage_name: typing.ClassVar[str] = "ppo"
+    model: ModelSection = section(ModelSection, "the policy: model.init = an SFT stage folder or a local HF model")
+    ref: RefSection = section(RefSection, "the frozen reference for the KL (default: the policy's init = SFT)")
+    reward: ScorerSection = section(ScorerSection, "the frozen reward model (reward.init)")
+    value: ValueSection = section(ValueSection, "the value model (critic)")
+    data: DataSection = section(DataSection, "data.train: prompts; data.eval: held-out prompts for eval")
+    sampling: SamplingSection = section(SamplingSection, "how rollouts sample (temperature is also the training "
+                                                          "temperature of the log-probs)")
+    train: TrainSection = section(TrainSection, "optimisation (train.max_steps is set from ppo.steps)")
+    kl: KLSection = section(KLSection, "KL to the reference: β, estimator, adaptive controller")
+    rollout: RolloutSection = section(RolloutSection, "rollout size, log-prob reuse, score shaping")
+    ppo: PPOSection = section(PPOSection, "PPO: epochs, minibatches, clipping, GAE, ptx, eval")
+
+
+@dataclass
+class ReinforceSection:
+    algorithm: Literal["reinforce", "rloo", "grpo"] = option("grpo", "reinforce: moving-average baseline; rloo: "
+                                                             "leave-one-out baseline; grpo: group-normalised "
+                                                             "advantages, KL as a loss term")
+    k: int = option(4, "samples per prompt (rloo/grpo need >= 2)")
+    epochs: int = option(1, "passes over each rollout (1 = on-policy: the ratio is 1, clipping inactive)")
+    minibatch_size: int = option(32, "sequences per minibatch (whole groups; one optimizer step each)")
+    clip: float = option(0.2, "ratio clip ε (matters when epochs > 1)")
+    scale_advantages: bool = option(True, "grpo: divide by the group std (false = Dr. GRPO)")
+    baseline_decay: float = option(0.9, "reinforce: moving-average baseline decay")
+    steps: int = option(20, "REINFORCE steps (rollouts)")
+    eval_prompts: int = option(64, "data.eval prompts for the eval-time proxy reward / KL (0 = off)")
+    eval_world: Optional[str] = option(None, "world folder: gold reward per category at eval time (null = off)")
+
+    def validate(self) -> None:
+        if self.algorithm != "reinforce" and self.k < 2:
+            raise ConfigError(f"config key 'reinforce.k': {self.algorithm} needs >= 2 samples per prompt, got {self.k}")
+        if self.k < 1 or self.epochs < 1 or self.minibatch_size < 1 or self.steps < 1:
+            raise ConfigError("config keys 'reinforce.k/epochs/minibatch_size/steps': expected >= 1")
+
+
+@dataclass
+class ReinforceConfig(StageConfig):
+    """REINFORCE with a baseline, RLOO, GRPO: critic-free policy gradient from a reward model."""
+
+    stage_name: typing.ClassVar[str] = "reinforce"
+    model: ModelSection = section(ModelSection, "the policy: model.init = an SFT stage folder or a local HF model")
+    ref: RefSection = section(RefSection, "the frozen reference for the KL (default: the policy's init)")
+    reward: ScorerSection = section(ScorerSection, "the frozen reward model (reward.init)")
+    data: DataSection = section(DataSection, "data.train: prompts; data.eval: held-out prompts for eval")
+    sampling: SamplingSection = section(SamplingSection, "how rollouts sample")
+    train: TrainSection = section(TrainSection, "optimisation (train.max_steps is set from reinforce.steps)")
+    kl: KLSection = section(KLSection, "KL to the reference: in the reward (reinforce/rloo) or the loss (grpo)")
+    rollout: RolloutSection = section(RolloutSection, "rollout size (prompts; × k samples), log-prob reuse, scores")
+    reinforce: ReinforceSection = section(ReinforceSection, "algorithm, k, baseline")
