@@ -37,31 +37,30 @@ def _read_texts(path: str, cfg: PretrainConfig, limit: int | None = None) -> lis
     return texts[:limit] if limit is not None else texts
 
 
-def _tokenizer(cfg: PretrainConfig, texts: list[str], out: Path):
-    """model.tokenizer, else the one saved with model.init, else train one (saved in <out>/tokenizer)."""
+def _model_and_tokenizer(cfg: PretrainConfig, texts: list[str], out: Path):
+    """Continue from model.init (its tokenizer unless model.tokenizer is set), or a fresh preset
+    (+ model.overrides, seeded) with model.tokenizer, or a BPE trained here on the training text
+    (saved in <out>/tokenizer, so a resumed run reuses it rather than retraining)."""
+    from alignforge.models.load import load_causal_lm, quiet_transformers
     from alignforge.models.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 
-    source = cfg.model.tokenizer or cfg.model.init
-    if source:
-        return load_tokenizer(source)
-    saved = out / "tokenizer"
-    with dist.main_first():  # rank 0 trains and saves once; the others (and a resume) load it
-        if not (saved / "tokenizer.json").is_file():
-            save_tokenizer(train_tokenizer(texts, vocab_size=cfg.model.vocab_size), saved)
-    return load_tokenizer(saved)
-
-
-def _model(cfg: PretrainConfig, vocab_size: int):
-    """model.init (stage folder or HF dir), else a fresh preset (+ model.overrides), seeded."""
-    if cfg.model.init:
-        from transformers import AutoModelForCausalLM
-
-        root = Path(cfg.model.init)
-        path = root / "model" if (root / "model" / "config.json").is_file() else root
-        if not (path / "config.json").is_file():
-            raise ConfigError(f"model.init={cfg.model.init}: no config.json there or in its model/ folder")
-        return AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
-    return build_model(cfg.model.preset, vocab_size, seed=cfg.seed, **cfg.model.overrides)
+    try:
+        if cfg.model.init:
+            return load_causal_lm(cfg.model.init, device="cpu", tokenizer=cfg.model.tokenizer)
+        if cfg.model.tokenizer:
+            tok = load_tokenizer(cfg.model.tokenizer)
+    except FileNotFoundError as e:  # a wrong path in the config: one clear line, not a traceback
+        raise ConfigError(f"model.init={cfg.model.init!r} / model.tokenizer={cfg.model.tokenizer!r}: {e}") from None
+    if not cfg.model.tokenizer:
+        saved = out / "tokenizer"
+        with dist.main_first():  # rank 0 trains and saves once; the other ranks load it
+            if not (saved / "tokenizer.json").is_file():
+                save_tokenizer(train_tokenizer(texts, vocab_size=cfg.model.vocab_size), saved)
+        tok = load_tokenizer(saved)
+    ids = {"pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id}
+    with quiet_transformers():
+        model = build_model(cfg.model.preset, len(tok), seed=cfg.seed, **{**ids, **cfg.model.overrides})
+    return model, tok
 
 
 def run(cfg: PretrainConfig) -> Path:
@@ -81,7 +80,8 @@ def run(cfg: PretrainConfig) -> Path:
 
     # --- data: text → one token stream (documents joined by eos) → [n, seq_len+1] blocks ---
     texts = _read_texts(cfg.data.train, cfg, cfg.data.max_records)
-    tok = _tokenizer(cfg, texts, out)
+    seed_everything(dist.rank_seed(cfg.seed))
+    model, tok = _model_and_tokenizer(cfg, texts, out)
     eos = tok.eos_token_id
     encode = lambda ts: tok(ts, add_special_tokens=False)["input_ids"]  # noqa: E731
     blocks = pack_blocks(pack_stream(encode(texts), eos), tcfg.seq_len)
@@ -93,9 +93,7 @@ def run(cfg: PretrainConfig) -> Path:
     if len(blocks) == 0:
         raise ConfigError(f"data.train={cfg.data.train}: fewer than seq_len+1={tcfg.seq_len + 1} tokens")
 
-    # --- model, optimizer, schedule; then resume if a state exists ---
-    seed_everything(dist.rank_seed(cfg.seed))
-    model = _model(cfg, len(tok))
+    # --- optimizer, schedule; then resume if a state exists ---
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     n_matmul = matmul_params(model)
