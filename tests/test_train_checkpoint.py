@@ -112,8 +112,10 @@ def test_done_marker_and_clear(tmp_path):
     assert ckpt.is_done(tmp_path) and json.loads((tmp_path / "DONE").read_text()) == {"step": 3}
     (tmp_path / "state").mkdir()
     (tmp_path / "metrics.jsonl").write_text("{}\n")
-    ckpt.clear(tmp_path)
-    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "tokenizer").mkdir()
+    (tmp_path / "keep.txt").write_text("not ours")
+    ckpt.clear(tmp_path, also=("tokenizer",))
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 
 
 def test_metrics_truncated_to_the_checkpoint_offset(tmp_path):
@@ -147,3 +149,9 @@ def test_tensorboard_missing_is_a_clear_error(tmp_path):
         log.log(1, loss=1.0)
         log.close()
         assert any((tmp_path / "tb").iterdir())
+
+
+def test_metrics_file_shorter_than_the_checkpoint_is_refused(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')
+    with pytest.raises(RuntimeError, match="shorter"):
+        MetricsLogger(tmp_path, resume_offset=1000)

@@ -73,7 +73,7 @@ def run(cfg: PretrainConfig) -> Path:
             print(f"pretrain: {out} is finished (DONE); set force=true to recompute")
         return out
     if cfg.force:
-        ckpt.clear(out)
+        ckpt.clear(out, also=("tokenizer",))
     if not cfg.data.train:
         raise ConfigError("pretrain needs data.train (text records: JSONL with a 'text' field)")
     tcfg = cfg.train

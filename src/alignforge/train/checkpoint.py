@@ -209,14 +209,15 @@ def is_done(out_dir: str | Path) -> bool:
     return (Path(out_dir) / DONE).is_file()
 
 
-def clear(out_dir: str | Path) -> None:
-    """Forget a previous run in ``out_dir`` (``force=true``): DONE, model, state, metrics."""
+def clear(out_dir: str | Path, also: tuple[str, ...] = ()) -> None:
+    """Forget a previous run in ``out_dir`` (``force=true``): DONE, model, state, metrics, and
+    the folders named in ``also`` (e.g. a tokenizer the stage trained)."""
     if not dist.is_main():
         dist.barrier()
         return
     out_dir = Path(out_dir)
     (out_dir / DONE).unlink(missing_ok=True)
-    for name in (STATE, STATE + ".old", MODEL, MODEL + ".old"):
+    for name in (STATE, STATE + ".old", MODEL, MODEL + ".old", *also):
         shutil.rmtree(out_dir / name, ignore_errors=True)
     (out_dir / "metrics.jsonl").unlink(missing_ok=True)
     dist.barrier()

@@ -46,6 +46,10 @@ class MetricsLogger:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_offset is not None and self.path.exists():
+            if self.path.stat().st_size < resume_offset:  # never pad with NULs: keep what is there
+                raise RuntimeError(f"{self.path} is shorter ({self.path.stat().st_size} bytes) than at the "
+                                   f"checkpoint ({resume_offset}): it was edited or replaced; move it "
+                                   "away to resume, or start over with force=true")
             with open(self.path, "r+b") as f:
                 f.truncate(resume_offset)
         elif resume_offset is None and not append and self.path.exists():
