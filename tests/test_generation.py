@@ -454,3 +454,23 @@ def test_nan_logits_raise_instead_of_sampling_garbage():
     for sp in (SamplingParams(), SamplingParams(temperature=0)):
         with pytest.raises(FloatingPointError, match=r"rows \[1\]"):
             _sample_next(logits, sp, torch.Generator().manual_seed(0))
+
+
+def test_sliding_window_qwen2_takes_hf_path_and_keeps_its_window():
+    """Qwen2 with a sliding window on its upper layer: not the fast path (which has no windows),
+    and the generic path lets the model build its own windowed masks — checked against the
+    uncached forward, with sequences much longer than the window of 4."""
+    import transformers as tf
+
+    cfg = tf.Qwen2Config(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128,
+                         use_sliding_window=True, sliding_window=4, max_window_layers=1)
+    torch.manual_seed(0)
+    model = peaked(tf.Qwen2ForCausalLM(cfg).eval(), 4)
+    assert not _fast_path_supported(model)
+    ps = prompts(4)
+    gen = generate(model, ps, SamplingParams(temperature=0, max_new_tokens=10), eos_token_id=None, pad_token_id=PAD)
+    for i, p in enumerate(ps):
+        ref = ref_greedy(model, p, 10)
+        assert gen.sequences[i] == ref
+        assert torch.allclose(gen.logprobs[i], ref_logprobs(model, p, ref), atol=1e-4)

@@ -203,8 +203,9 @@ def _fast_path_supported(model) -> bool:
     base = _unwrap(model)
     if type(base).__name__ not in ("LlamaForCausalLM", "Qwen2ForCausalLM"):
         return False
-    attn = base.model.layers[0].self_attn
-    return getattr(attn, "sliding_window", None) is None and _rope_is_static(base.config)
+    # Qwen2 may give only its upper layers a sliding window: check every layer.
+    windowed = any(getattr(layer.self_attn, "sliding_window", None) is not None for layer in base.model.layers)
+    return not windowed and _rope_is_static(base.config)
 
 
 class _FastDecoder:
