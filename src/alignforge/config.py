@@ -732,3 +732,42 @@ class ReinforceConfig(StageConfig):
     kl: KLSection = section(KLSection, "KL to the reference: in the reward (reinforce/rloo) or the loss (grpo)")
     rollout: RolloutSection = section(RolloutSection, "rollout size (prompts; × k samples), log-prob reuse, scores")
     reinforce: ReinforceSection = section(ReinforceSection, "algorithm, k, baseline")
+
+
+@dataclass
+class EvalSection:
+    checkpoints: list[str] = option(doc="policies to evaluate: stage folders or local HF model dirs "
+                                        "(also settable as positional arguments)", factory=list)
+    names: Optional[list[str]] = option(None, "display names, one per checkpoint (default: the folder names)")
+    baseline: Optional[str] = option(None, "name of the policy the others are compared with (win-rate, reward "
+                                           "difference); default: 'sft' when present, else the last checkpoint")
+    judge: Literal["gold", "reward"] = option("gold", "gold = the world's hidden judge (needs eval.world); "
+                                                      "reward = the reward model reward.init (real data)")
+    world: Optional[str] = option(None, "a folder written by `alignforge world generate` (gold judge, test prompts, "
+                                        "held-out text)")
+    prompts: Optional[str] = option(None, "prompt records to answer (default: <world>/prompts_test.jsonl)")
+    heldout: Optional[str] = option(None, "text records for bits per byte (default: <world>/heldout.jsonl)")
+    references: list[str] = option(doc="world reference policies evaluated beside the checkpoints",
+                                   factory=lambda: ["oracle", "demonstrator", "random"])
+    max_prompts: Optional[int] = option(300, "answer at most this many prompts (null = all)")
+    samples: int = option(1, "sampled answers per prompt at `temperature` (the greedy answer is added)")
+    temperature: float = option(1.0, "sampling temperature of the T=1 mode")
+    max_new_tokens: int = option(48, "longest answer")
+    batch_size: int = option(64, "prompts per sampling batch")
+    kl: bool = option(True, "KL(π‖π_ref) on the sampled answers (needs ref.init or a baseline checkpoint)")
+
+    def validate(self) -> None:
+        if self.names is not None and len(self.names) != len(self.checkpoints):
+            raise ValueError(f"eval.names has {len(self.names)} entries for {len(self.checkpoints)} checkpoints")
+        if self.samples < 1:
+            raise ValueError(f"eval.samples must be >= 1, got {self.samples}")
+
+
+@dataclass
+class EvalConfig(StageConfig):
+    """Evaluate checkpoints: gold reward per category with CIs, win-rates, KL, bits per byte."""
+
+    stage_name: typing.ClassVar[str] = "eval"
+    eval: EvalSection = section(EvalSection, "what to evaluate and how")
+    ref: RefSection = section(RefSection, "reference for KL (default: the baseline checkpoint)")
+    reward: ScorerSection = section(ScorerSection, "reward model: its mean score is reported; judge=reward uses it")

@@ -1,0 +1,206 @@
+"""``alignforge eval``: evaluate one or more checkpoints with the one evaluation protocol (design §8).
+
+    alignforge eval runs/world/dpo runs/world/sft --world runs/world/world
+    alignforge eval runs/hf/dpo runs/hf/sft --judge reward reward.init=runs/hf/reward
+
+On the world (``judge: gold``): every checkpoint answers the test prompts (one sample at T = 1
+and the greedy answer); the hidden gold judge scores them; the world's reference policies
+(oracle, demonstrator, random) are scored on the same prompts. Reported per category: mean gold
+reward with 95% bootstrap CIs, helpful / honest / harmless, flag rates, words; against the
+baseline: win-rate (ties = ½) and reward difference with paired-bootstrap CIs, the share of the
+SFT→oracle gap closed, length-controlled reward; KL(π‖π_ref) on the samples; the reward model's
+mean score (when ``reward.init`` is set); held-out bits per byte.
+
+On real data (``judge: reward``): the reward model is the judge (win-rates judged by it), and
+the same table is printed without gold columns.
+
+Outputs: ``eval.json`` (everything above), ``samples.jsonl`` (every prompt's answers with their
+scores), ``report.md`` (the tables), and a printed table.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from alignforge.config import ConfigError, EvalConfig, save_config
+from alignforge.data.records import read_records, write_records
+from alignforge.io import atomic_write_text
+
+
+def _name_of(path: str) -> str:
+    p = Path(path.rstrip("/"))
+    return p.parent.name if p.name == "model" else p.name
+
+
+def _heldout_bpb(model, tok, texts: list[str], device) -> float:
+    """Bits per byte of held-out text (the same routine and token stream as ``pretrain``)."""
+    from alignforge.train.loop import bits_per_byte, heldout_nats, pack_stream
+
+    stream = pack_stream(tok(texts, add_special_tokens=False)["input_ids"], tok.eos_token_id)
+    nats, _ = heldout_nats(model, stream, 256, 16, device, list(tok.all_special_ids))
+    return bits_per_byte(nats, sum(len(t.encode("utf-8")) for t in texts))
+
+
+def run(cfg: EvalConfig) -> dict[str, Any]:
+    import torch
+
+    from alignforge.eval.protocol import compare, evaluate_policy, evaluate_reference, markdown
+    from alignforge.models.load import load_causal_lm
+    from alignforge.train.loop import apply_threads, resolve_device
+
+    ev = cfg.eval
+    if not ev.checkpoints:
+        raise ConfigError("eval needs at least one checkpoint (positional arguments or eval.checkpoints)")
+    apply_threads(cfg.runtime)
+    device = resolve_device(cfg.runtime)
+    out = cfg.out_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    names = ev.names or [_name_of(c) for c in ev.checkpoints]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"eval: two checkpoints share a name ({names}); set eval.names")
+    baseline = ev.baseline or ("sft" if "sft" in names else names[-1])
+    if baseline not in names:
+        raise ConfigError(f"eval.baseline={baseline!r} is not one of the checkpoints' names {names}")
+
+    # --- the judge and the prompts ---
+    world = None
+    if ev.judge == "gold":
+        if not ev.world:
+            raise ConfigError("eval.judge=gold needs eval.world (a folder from `alignforge world generate`)")
+        from alignforge.eval.oracle import load_world
+
+        world = load_world(ev.world)
+        judge: Any = world
+    else:
+        if not cfg.reward.init:
+            raise ConfigError("eval.judge=reward needs reward.init (a reward-model folder)")
+        from alignforge.eval.scorers import RewardModelScorer
+
+        judge = RewardModelScorer(cfg.reward.init, device=str(device), batch_size=cfg.reward.batch_size,
+                                  head=int(cfg.reward.head) if cfg.reward.head.isdigit() else cfg.reward.head)
+    prompts_path = ev.prompts or (str(Path(ev.world) / "prompts_test.jsonl") if ev.world else None)
+    if not prompts_path:
+        raise ConfigError("eval needs eval.prompts (prompt records) or eval.world")
+    prompts = read_records(prompts_path, kind="prompt")
+    if ev.max_prompts is not None:
+        prompts = prompts[: ev.max_prompts]
+    heldout_path = ev.heldout or (str(Path(ev.world) / "heldout.jsonl") if ev.world else None)
+    heldout = [r.text for r in read_records(heldout_path, kind="text")] if heldout_path else []
+
+    # --- the policies ---
+    evals, bpb = [], {}
+    loaded = {name: load_causal_lm(path, device=str(device)) for name, path in zip(names, ev.checkpoints)}
+    ref_model = None
+    if ev.kl:
+        ref_model = load_causal_lm(cfg.ref.init, device=str(device))[0] if cfg.ref.init else loaded[baseline][0]
+    for name in names:
+        model, tok = loaded[name]
+        print(f"eval: {name}: answering {len(prompts)} prompts ...", file=sys.stderr)
+        evals.append(evaluate_policy(model, tok, prompts, judge=judge, samples=ev.samples,
+                                     temperature=ev.temperature, max_new_tokens=ev.max_new_tokens, seed=cfg.seed,
+                                     ref=ref_model if (ref_model is not None and ref_model is not model) else None,
+                                     batch_size=ev.batch_size, name=name))
+        if heldout:
+            with torch.no_grad():
+                bpb[name] = _heldout_bpb(model, tok, heldout, device)
+    oracle = None
+    if world is not None:
+        from alignforge.world.policies import reference_policy
+
+        for ref_name in ev.references:
+            evals.append(evaluate_reference(reference_policy(ref_name, world, cfg.seed), prompts, judge=world,
+                                            name=ref_name))
+        oracle = "oracle" if "oracle" in ev.references else None
+
+    report = compare(evals, baseline=baseline, oracle=oracle, seed=cfg.seed)
+    report["bits_per_byte"] = bpb
+    report["judge"] = ev.judge
+    report["checkpoints"] = dict(zip(names, ev.checkpoints))
+    report["n_prompts"] = len(prompts)
+    if cfg.reward.init and ev.judge == "gold":
+        report["reward_model"] = _reward_model_means(cfg, evals, device)
+
+    # --- outputs ---
+    atomic_write_text(out / "eval.json", json.dumps(report, indent=1, default=float) + "\n")
+    rows = []
+    for e in evals:
+        for mode, mode_rows in e.rows.items():
+            for r in mode_rows:
+                rows.append({"policy": e.name, "mode": mode, **r})
+    write_records(out / "samples.jsonl", rows)
+    tables = [f"## {mode}\n\n{markdown(report, mode)}\n" for mode in ("sample", "greedy") if mode in report]
+    if bpb:
+        tables.append("held-out bits per byte: " + ", ".join(f"{k} {v:.3f}" for k, v in bpb.items()) + "\n")
+    atomic_write_text(out / "report.md", "\n".join(tables))
+    print_report(report)
+    return report
+
+
+def _reward_model_means(cfg: EvalConfig, evals, device) -> dict[str, float]:
+    from alignforge.eval.scorers import RewardModelScorer
+
+    scorer = RewardModelScorer(cfg.reward.init, device=str(device), batch_size=cfg.reward.batch_size)
+    out = {}
+    for e in evals:
+        rows = e.rows["sample"]
+        scores = scorer([r["prompt"] for r in rows], [r["response"] for r in rows])
+        out[e.name] = sum(scores) / max(len(scores), 1)
+    return out
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """The headline table: gold (or RM-judged) reward per policy, win-rate vs baseline, KL."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(Console().width, 150))  # a narrow pipe must not truncate the numbers
+    for mode in ("sample", "greedy"):
+        if mode not in report:
+            continue
+        sec = report[mode]
+        names = [n for n in report["policies"] if n in sec]
+        cats = list(sec[names[0]]["summary"])
+        t = Table(title=f"{report['judge']} reward by category ({mode}; 95% CI)")
+        t.add_column("policy")
+        for c in cats:
+            t.add_column(c, justify="right")
+        t.add_column(f"win vs {report['baseline']}", justify="right")
+        t.add_column("KL", justify="right")
+        for n in names:
+            cells = []
+            for c in cats:
+                r = sec[n]["summary"][c]["reward"]
+                cells.append(f"{r['value']:+.2f}" + (f" ±{(r['hi'] - r['lo']) / 2:.2f}" if c == "all" else ""))
+            w = sec[n].get("win_rate")
+            kl = (report.get("kl") or {}).get(n)
+            t.add_row(n, *cells, f"{w['value']:.2f} [{w['lo']:.2f},{w['hi']:.2f}]" if w else "—",
+                      f"{kl['kl']:.2f}" if kl else "—")
+        console.print(t)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from alignforge.cli import run_stage
+
+    # Sugar: bare positional paths are checkpoints; --judge/--world/--baseline set eval.* keys.
+    argv = list(argv or [])
+    checkpoints, rest = [], []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("--judge", "--world", "--baseline", "--prompts") and i + 1 < len(argv):
+            rest.append(f"eval.{a[2:]}={argv[i + 1]}")
+            i += 2
+            continue
+        if not a.startswith("-") and "=" not in a and not (i > 0 and argv[i - 1] in ("--config", "--out", "--seed",
+                                                                                     "--run")):
+            checkpoints.append(a)
+        else:
+            rest.append(a)
+        i += 1
+    if checkpoints:
+        rest.append("eval.checkpoints=[" + ",".join(json.dumps(c) for c in checkpoints) + "]")
+    return run_stage("eval", EvalConfig, run, rest)
