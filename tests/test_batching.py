@@ -180,6 +180,7 @@ def test_collate_and_4d_mask_by_hand():
     assert batch.segment_ids.tolist() == [[0, 0, 0, 1, 1, -1]]
     assert batch.loss_mask.tolist() == [[False, True, True, False, True, False]]
     assert (batch.real_tokens, batch.pad_tokens, batch.loss_tokens, batch.n_examples) == (5, 1, 3, 2)
+    assert collate([a, b], [[1], [0]], pad_id=0).example_ids == [1, 0]
     allowed = (batch.attention_mask_4d()[0, 0] == 0).int().tolist()
     assert allowed == [
         [1, 0, 0, 0, 0, 0],
@@ -231,14 +232,13 @@ def test_packed_logprobs_equal_unpacked(arch, attention):
     ref = torch.tensor([_alone(model, ex) for ex in examples], dtype=torch.float64)
     plan = make_batches(examples, seq_len=96, batch_size=2, pad_id=pad_id_of(tok), mode="pack", seed=3)
     assert any(b.n_examples > b.input_ids.shape[0] for b in plan.batches), "nothing was packed"
-    got = {}
+    packed = torch.zeros(len(examples), dtype=torch.float64)
     with torch.no_grad():
         for batch in plan.batches:
             lp = sequence_logprobs(model, batch, attention)
-            for s in range(batch.n_examples):
-                ids = batch.input_ids[batch.segment_ids == s].tolist()
-                got[tuple(ids)] = float(lp[s])
-    packed = torch.tensor([got[tuple(ex.input_ids)] for ex in examples], dtype=torch.float64)
+            for s, i in enumerate(batch.example_ids):  # segment s of this batch is examples[i]
+                assert batch.input_ids[batch.segment_ids == s].tolist() == examples[i].input_ids
+                packed[i] = float(lp[s])
     torch.testing.assert_close(packed, ref, rtol=1e-5, atol=1e-4)
 
 

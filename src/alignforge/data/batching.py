@@ -217,13 +217,16 @@ def encode_examples(tokenizer, pairs: Iterable[tuple[Prompt, str]], *, max_len: 
 class Batch:
     """Rows of one or more examples. ``segment_ids[b, t]`` is the index (into this batch's
     examples, ``0 .. n_examples-1``) of the example token ``t`` of row ``b`` belongs to, or -1
-    for padding. Padding sits at the end of a row."""
+    for padding. Padding sits at the end of a row. ``example_ids[s]`` is the index, in the list
+    given to :func:`collate` / :func:`make_batches`, of the example with segment id ``s`` — how
+    per-example outputs of a packed, shuffled batch map back to the data (e.g. DPO pairs)."""
 
     input_ids: torch.Tensor      # (B, L) long
     loss_mask: torch.Tensor      # (B, L) bool: token is a trained target
     position_ids: torch.Tensor   # (B, L) long, restarting at 0 for every example (and the padding tail)
     segment_ids: torch.Tensor    # (B, L) long
     n_examples: int
+    example_ids: list[int] = field(default_factory=list)
 
     @property
     def real_tokens(self) -> int:
@@ -239,7 +242,7 @@ class Batch:
 
     def to(self, device: Any) -> "Batch":
         return Batch(self.input_ids.to(device), self.loss_mask.to(device), self.position_ids.to(device),
-                     self.segment_ids.to(device), self.n_examples)
+                     self.segment_ids.to(device), self.n_examples, self.example_ids)
 
     def attention_mask_4d(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Block-diagonal causal additive mask (B, 1, L, L): 0 where allowed, dtype-min elsewhere.
@@ -296,7 +299,7 @@ def collate(examples: Sequence[Example], rows: Sequence[Sequence[int]], pad_id: 
             k += 1
             t += n
         pos[b, t:] = torch.arange(L - t)  # the padding tail: its own sequence (see attention_mask_4d)
-    return Batch(ids, mask, pos, seg, k)
+    return Batch(ids, mask, pos, seg, k, [i for row in rows for i in row])
 
 
 def pack(lengths: Sequence[int], seq_len: int) -> list[list[int]]:
