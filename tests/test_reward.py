@@ -239,3 +239,23 @@ def test_hh_rlhf_records_train(tiny, tmp_path):
     reward.run(cfg)
     res = json.loads((tmp_path / "hh" / "eval.json").read_text())
     assert res["eval_pairs"] >= 8 and 0.0 <= res["eval_accuracy"] <= 1.0 and res["pairs_from_comparison"] > 0
+
+
+def test_resume_after_a_stop_is_exact(tiny, tmp_path):
+    """A run stopped after its first step (time budget 0) and resumed equals an uninterrupted run."""
+    from safetensors.torch import load_file
+
+    common = ["reward.epochs=null", "train.max_steps=4", "train.save_every=2"]
+    run_reward(tiny, tmp_path / "full", *common)
+    run_reward(tiny, tmp_path / "cut", *common, "train.max_minutes=0")
+    assert json.loads((tmp_path / "cut" / "DONE").read_text())["step"] == 1
+    for name in ("DONE", "eval.json"):  # pretend the first run died after its checkpoint
+        (tmp_path / "cut" / name).unlink()
+    import shutil
+
+    shutil.rmtree(tmp_path / "cut" / "model")
+    res = run_reward(tiny, tmp_path / "cut", *common)
+    assert res["step"] == 4
+    a = load_file(tmp_path / "full" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "cut" / "model" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
