@@ -279,6 +279,24 @@ def load_config(cls: type, path: str | os.PathLike | None = None, overrides: lis
     return from_dict(cls, data)
 
 
+def build_config(cls: type, path: str | os.PathLike | None = None, values: dict[str, Any] | None = None) -> Any:
+    """File (optional) + typed values at dotted keys (``{"train.lr": 1e-3}``) → a validated config.
+
+    What ``pipeline`` and ``demo`` use: stages get config objects, never argument strings.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = load_yaml(path)
+        try:
+            from_dict(cls, data)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+    for key, value in (values or {}).items():
+        _field_type(cls, key)  # unknown keys fail here, naming the key and the valid ones
+        _set_dotted(data, key, value)
+    return from_dict(cls, data)
+
+
 def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     out = dict(a)
     for k, v in b.items():

@@ -24,7 +24,7 @@ USAGE = """usage: alignforge world generate [--config FILE] [--seed N] [--out DI
 The embedded synthetic assistant world. `alignforge world generate --help` lists every config key."""
 
 
-def _generate(cfg) -> None:
+def generate(cfg) -> None:
     from alignforge.config import save_config
     from alignforge.world.core import build_world
 
@@ -126,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     cmd, rest = argv[0], argv[1:]
     if cmd == "generate":
-        return run_stage("world generate", WorldConfig, _generate, rest)
+        return run_stage("world generate", WorldConfig, generate, rest)
     if cmd == "judge":
         return _judge(rest)
     if cmd == "examples":
