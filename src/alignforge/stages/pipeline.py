@@ -123,6 +123,10 @@ _REF = re.compile(r"\{([A-Za-z0-9_.-]+)\}")
 
 def _resolve(value: Any, refs: dict[str, str], where: str) -> Any:
     if isinstance(value, str):
+        whole = _REF.fullmatch(value)
+        if whole and whole.group(1) in ("round", "prev_round") and whole.group(1) in refs:
+            return int(refs[whole.group(1)])  # a round number is an int config value (e.g. collect.round)
+
         def sub(m: re.Match) -> str:
             if m.group(1) not in refs:
                 raise ConfigError(f"{where}: '{{{m.group(1)}}}' refers to no earlier step; known: {sorted(refs)}")
