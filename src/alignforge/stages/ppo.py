@@ -1,0 +1,264 @@
+"""``alignforge ppo``: PPO from a reward model with a per-token KL to the SFT policy (InstructGPT).
+
+Read top to bottom. Models: the policy (``model.init``, the SFT checkpoint), a frozen reference
+(``ref.init``, default a frozen copy of the policy as loaded = SFT), the frozen reward model
+(``reward.init``) and a separate value model (``value.init``, default initialised from the reward
+model, as InstructGPT does). One PPO step:
+
+1. **Rollout** (:func:`alignforge.rollout.make_rollout`): ``rollout.prompts`` prompts → one
+   response each from the KV-cached sampling engine → reward-model score → log π_ref and V(s_t)
+   in batched forwards. The engine's log-probs are the old log-probs when exact (no top-k/top-p).
+2. **Rewards**: r_t = −β·KL_t (estimator ``kl.estimator``) at every token, plus the score at the
+   last token (:func:`alignforge.rl.per_token_rewards`); β fixed or adaptive (``kl.target``).
+3. **Advantages**: GAE(γ, λ) on those rewards with the rollout's values, whitened over the batch.
+4. **Update**: ``ppo.epochs`` passes over shuffled minibatches of ``ppo.minibatch_size``
+   responses; each minibatch is one optimizer step on clipped policy loss + ``vf_coef`` × clipped
+   value loss (+ ``ptx_coef`` × LM loss on pretraining text: PPO-ptx). Policy and value gradients
+   are clipped separately to ``train.grad_clip`` (they are separate networks).
+5. **β update**, metrics (proxy reward, KL, entropy, clip fraction, value loss, explained
+   variance, response length, the time split generate / score / train), eval, checkpoint.
+
+Dropout is off in every forward (the models are kept in eval mode; gradients flow regardless): the
+old log-probs come from an eval-mode engine, so the first minibatch's ratio must be exactly 1.
+
+Exact resume: a step's rollout and minibatch order come from generators seeded by (seed, step),
+the prompt order from an ``EpochSampler`` whose position is saved, β and the ptx position too; the
+policy and value weights and their optimizer share one checkpoint (``state/``).
+
+Outputs: ``model/`` (the policy, HF format), ``value/``, ``metrics.jsonl``, ``samples.jsonl``,
+``config.yaml``, ``eval.json`` (gold protocol vs SFT when ``ppo.eval_world`` is set), ``DONE``.
+Distributed runs are not supported yet (one process; see docs/ppo.md).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from alignforge import rollout as R
+from alignforge.cli import run_stage
+from alignforge.config import ConfigError, PPOConfig, save_config
+from alignforge.data.batching import encode_prompt
+from alignforge.io import atomic_write_text
+from alignforge.losses import entropy_from_logits, masked_mean, ppo_policy_loss, value_loss
+from alignforge.models.load import matmul_params
+from alignforge.perf import Throughput
+from alignforge.rl import explained_variance, gae, per_token_rewards, whiten
+from alignforge.stages.sft import load_model
+from alignforge.train import checkpoint as ckpt
+from alignforge.train import distributed as dist
+from alignforge.train.loop import (EpochSampler, apply_threads, lm_loss, make_scheduler, optimizer_step,
+                                   pack_blocks, pack_stream, param_groups, resolve_device, seed_everything)
+from alignforge.train.tracking import MetricsLogger
+
+
+def ptx_blocks(cfg: PPOConfig, tok) -> torch.Tensor:
+    """PPO-ptx: the pretraining text packed into ``[N, seq_len + 1]`` blocks (inputs + next-token targets)."""
+    from alignforge.data.formats import load_dataset_records
+
+    records = load_dataset_records(cfg.ppo.ptx_data, format="auto", on_bad=cfg.data.on_bad_record, kind="text")
+    stream = pack_stream((tok(r.text, add_special_tokens=False)["input_ids"] for r in records), tok.eos_token_id)
+    blocks = pack_blocks(stream, cfg.train.seq_len + 1)
+    if len(blocks) == 0:
+        raise ConfigError(f"ppo.ptx_data={cfg.ppo.ptx_data}: not enough text for one block of "
+                          f"train.seq_len={cfg.train.seq_len} tokens")
+    return blocks
+
+
+def make_optimizer(policy, value, cfg: PPOConfig) -> torch.optim.Optimizer:
+    """One AdamW over both networks (one checkpoint, one schedule); the critic may have its own lr."""
+    t = cfg.train
+    groups = param_groups(policy, t.weight_decay)
+    for g in param_groups(value, t.weight_decay):
+        groups.append({**g, "lr": cfg.value.lr if cfg.value.lr is not None else t.lr})
+    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps, foreach=True)
+
+
+def run(cfg: PPOConfig, reward_fn: R.RewardFn | None = None) -> Path:
+    """Train; ``reward_fn`` (tests, oracle ablations run from alignforge.eval) replaces reward.init."""
+    out = cfg.out_dir()
+    apply_threads(cfg.runtime)
+    device = resolve_device(cfg.runtime)
+    if dist.world_size() > 1:
+        raise ConfigError("ppo runs in one process for now (no DDP rollouts yet); launch without torchrun")
+    if ckpt.is_done(out) and not cfg.force:
+        print(f"ppo: {out} is finished (DONE); set force=true to recompute")
+        return out
+    if cfg.force:
+        ckpt.clear(out)
+    if not cfg.data.train:
+        raise ConfigError("ppo needs data.train (prompt records)")
+    if not cfg.model.init:
+        raise ConfigError("ppo needs model.init (an SFT stage folder or a local HF model directory)")
+    tcfg, pcfg, rcfg = cfg.train, cfg.ppo, cfg.rollout
+    params = R.sampling_params(cfg)
+    T = params.temperature if params.temperature > 0 else 1.0
+
+    # --- models: policy (trained), reference + reward (frozen), value (trained) ---
+    seed_everything(cfg.seed)
+    policy, tok = load_model(cfg)
+    policy.to(device)
+    ref = R.load_reference(cfg, policy, device)
+    reward_model, head = (None, 0) if reward_fn is not None else R.load_reward(cfg, tok, device)
+    value = R.load_value(cfg, tok, device).to(device)
+    both = torch.nn.ModuleDict({"policy": policy, "value": value})  # one state for the checkpoint
+    both.eval()  # dropout off everywhere (see the module docstring)
+
+    # --- prompts (left-truncated so prompt + response fits train.seq_len) and optional ptx text ---
+    max_prompt = tcfg.seq_len - params.max_new_tokens
+    if max_prompt < 1:
+        raise ConfigError(f"train.seq_len={tcfg.seq_len} leaves no room for prompts with "
+                          f"sampling.max_new_tokens={params.max_new_tokens}")
+    prompts = R.read_prompts(cfg.data, "train")
+    prompt_ids = [encode_prompt(tok, p.prompt, max_prompt) for p in prompts]
+    eval_prompts = R.read_prompts(cfg.data, "eval")[:pcfg.eval_prompts] if cfg.data.eval and pcfg.eval_prompts else []
+    eval_ids = [encode_prompt(tok, p.prompt, max_prompt) for p in eval_prompts]
+    ptx = ptx_blocks(cfg, tok) if pcfg.ptx_coef > 0 else None
+
+    n_mb = math.ceil(rcfg.prompts / pcfg.minibatch_size)
+    tcfg.max_steps = pcfg.steps * pcfg.epochs * n_mb  # the lr schedule spans every optimizer step
+    optimizer = make_optimizer(policy, value, cfg)
+    scheduler = make_scheduler(optimizer, tcfg)
+    sampler = EpochSampler(len(prompts), cfg.seed)
+    kl_ctl = R.kl_controller(cfg.kl)
+    ptx_pos, step, elapsed_before = 0, 0, 0.0
+    resumed = ckpt.load_state(out, model=both, optimizer=optimizer, scheduler=scheduler)
+    if resumed is not None:
+        step, elapsed_before = resumed.step, float(resumed.extra.get("elapsed_s", 0.0))
+        sampler.load_state_dict(resumed.data["sampler"])
+        kl_ctl.value, ptx_pos = float(resumed.data["kl_coef"]), int(resumed.data["ptx_pos"])
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    n_matmul = matmul_params(policy)
+    print(f"ppo: {len(prompts)} prompts, {pcfg.steps} steps × {rcfg.prompts} rollouts × {pcfg.epochs} epochs of "
+          f"{n_mb} minibatches; β={kl_ctl.value} ({cfg.kl.estimator}{', adaptive' if cfg.kl.target else ''}); "
+          f"reward {'injected' if reward_fn else cfg.reward.init}; {n_matmul / 1e6:.2f}M matmul params on {device}"
+          + (f"; resuming at step {step}" if resumed else ""))
+    logger = MetricsLogger(out, cfg.runtime, total_steps=pcfg.steps,
+                           resume_offset=resumed.metrics_offset if resumed else None, description="ppo")
+    meter = Throughput(n_matmul)
+    t_start = time.perf_counter()
+    rkw = dict(reward_model=reward_model, reward_head=head, reward_fn=reward_fn, batch_size=rcfg.batch_size)
+
+    def evaluate(final: bool) -> dict[str, Any]:
+        row: dict[str, Any] = {}
+        if eval_ids:
+            row.update(R.proxy_eval(policy, ref, tok, eval_ids, params, seed=cfg.seed, **rkw))
+        if pcfg.eval_world and eval_prompts:
+            ev = R.gold_eval(policy, tok, eval_prompts, pcfg.eval_world, max_new_tokens=params.max_new_tokens,
+                             seed=cfg.seed)
+            row.update(R.gold_metrics(ev))
+            if final:
+                report = R.final_report(policy, ref, tok, eval_prompts, pcfg.eval_world,
+                                        max_new_tokens=params.max_new_tokens, seed=cfg.seed, name="ppo")
+                atomic_write_text(out / "eval.json", json.dumps(report, indent=1))
+        return row
+
+    while step < pcfg.steps:
+        # --- 1. rollout: sample, score, reference log-probs, values ---
+        idx = sampler.take(rcfg.prompts).tolist()
+        ro = R.make_rollout(policy, ref, tok, [prompt_ids[i] for i in idx], params,
+                            generator=R.step_generator(cfg.seed, step), value_model=value,
+                            reuse_logprobs=rcfg.reuse_logprobs, missing_eos_penalty=rcfg.missing_eos_penalty,
+                            score_clip=rcfg.score_clip, **rkw)
+        t_train = time.perf_counter()
+
+        # --- 2-3. per-token rewards (score − β·KL), GAE, whitened advantages ---
+        beta = kl_ctl.value
+        rewards, kl = per_token_rewards(ro.scores, ro.logprobs, ro.ref_logprobs, ro.mask, beta, cfg.kl.estimator)
+        if rcfg.whiten_rewards:
+            rewards = whiten(rewards, ro.mask, shift_mean=False)
+        ro.advantages, ro.returns = gae(rewards, ro.values, ro.mask, gamma=pcfg.gamma, lam=pcfg.lam)
+        if pcfg.whiten_advantages:
+            ro.advantages = whiten(ro.advantages, ro.mask)
+
+        # --- 4. PPO epochs over shuffled minibatches; one optimizer step per minibatch ---
+        mb_rng = R.step_generator(cfg.seed, step, salt=1)
+        sums: dict[str, float] = {}
+        n_updates, train_tokens = 0, 0
+        for _ in range(pcfg.epochs):
+            order = torch.randperm(len(ro), generator=mb_rng)
+            for j in range(0, len(ro), pcfg.minibatch_size):
+                mb = ro.select(order[j:j + pcfg.minibatch_size])
+                lp, logits = R.response_logprobs(policy, mb, T)
+                pg_loss, pg = ppo_policy_loss(lp, mb.logprobs, mb.advantages, mb.mask, clip=pcfg.clip)
+                v = R.response_values(value, mb)
+                vf_loss, vf = value_loss(v, mb.values, mb.returns, mb.mask, clip=pcfg.value_clip)
+                loss = pg_loss + pcfg.vf_coef * vf_loss
+                if ptx is not None:  # PPO-ptx: keep the pretraining distribution's likelihood (InstructGPT)
+                    rows = torch.arange(ptx_pos, ptx_pos + pcfg.ptx_batch_size) % len(ptx)
+                    ptx_pos += pcfg.ptx_batch_size
+                    ptx_loss = lm_loss(policy, ptx[rows, :-1].to(device), ptx[rows, 1:].to(device))
+                    loss = loss + pcfg.ptx_coef * ptx_loss
+                    sums["ptx_loss"] = sums.get("ptx_loss", 0.0) + float(ptx_loss.detach())
+                loss.backward()
+                # Separate networks, separate clipping: the critic's large early gradients must not
+                # shrink the policy's step (cleanrl clips one shared network; ours are two).
+                gp = torch.nn.utils.clip_grad_norm_(policy.parameters(), tcfg.grad_clip or float("inf"))
+                gv = torch.nn.utils.clip_grad_norm_(value.parameters(), tcfg.grad_clip or float("inf"))
+                optimizer_step(both, optimizer, scheduler, 0.0)
+                with torch.no_grad():
+                    ent = masked_mean(entropy_from_logits(logits.detach() / T), mb.mask)
+                for k, x in (("pg_loss", pg_loss), ("vf_loss", vf_loss), ("entropy", ent), ("clip_frac", pg["clip_frac"]),
+                             ("approx_kl", pg["approx_kl"]), ("ratio", pg["ratio"]), ("vf_clip_frac", vf["vf_clip_frac"]),
+                             ("grad_norm", gp), ("value_grad_norm", gv)):
+                    sums[k] = sums.get(k, 0.0) + float(x.detach() if torch.is_tensor(x) else x)
+                n_updates += 1
+                train_tokens += int(mb.attention_mask.sum())
+        kl_ctl.update(float((kl * ro.mask).sum(1).mean()), len(ro))
+        step += 1
+        t_train = time.perf_counter() - t_train
+
+        # --- 5. metrics, eval, checkpoint ---
+        meter.add(train_tokens)
+        logger.progress(step)
+        row: dict[str, Any] = {**R.rollout_stats(ro, kl), "kl_coef": beta, "score_shaped": float(ro.scores.mean()),
+                               **{k: v / n_updates for k, v in sums.items()},
+                               "explained_variance": explained_variance(ro.values, ro.returns, ro.mask),
+                               "value_mean": float(masked_mean(ro.values, ro.mask)),
+                               "advantage_mean": float(masked_mean(ro.advantages, ro.mask)),
+                               "lr": scheduler.get_last_lr()[0], "generate_s": ro.timings["generate_s"],
+                               "score_s": ro.timings["score_s"], "train_s": t_train,
+                               "rollout_tokens_per_s": float(ro.lengths.sum()) / max(ro.timings["generate_s"], 1e-9),
+                               "train_tokens_per_s": train_tokens / max(t_train, 1e-9)}
+        last = step == pcfg.steps
+        minutes = (elapsed_before + time.perf_counter() - t_start) / 60
+        out_of_time = tcfg.max_minutes is not None and minutes >= tcfg.max_minutes
+        if (tcfg.eval_every and step % tcfg.eval_every == 0) or last or out_of_time:
+            row.update(evaluate(final=last or out_of_time))
+            with open(out / "samples.jsonl", "a", encoding="utf-8") as f:
+                for i in range(min(4, len(ro))):
+                    f.write(json.dumps({"step": step, "prompt": prompts[idx[i]].prompt, "response": (ro.texts or [""])[i],
+                                        "score": float(ro.raw_scores[i])}) + "\n")
+        if step % tcfg.log_every == 0 or last or step == 1:
+            print(f"ppo: step {step}: score {row['score']:+.3f} kl {row['kl']:.3f} β {beta:.3g} len "
+                  f"{row['response_length']:.1f} clip {row['clip_frac']:.3f} ev {row['explained_variance']:.2f} "
+                  f"({row['generate_s']:.1f}s gen, {row['score_s']:.1f}s score, {t_train:.1f}s train)")
+        logger.log(step, **row)
+        if (tcfg.save_every and step % tcfg.save_every == 0) or last or out_of_time:
+            ckpt.save_state(out, model=both, optimizer=optimizer, scheduler=scheduler, step=step,
+                            data={"sampler": sampler.state_dict(), "kl_coef": kl_ctl.value, "ptx_pos": ptx_pos},
+                            metrics_offset=logger.offset(),
+                            extra={"elapsed_s": elapsed_before + time.perf_counter() - t_start})
+        if out_of_time and not last:
+            print(f"ppo: out of time after step {step} (train.max_minutes={tcfg.max_minutes})")
+            break
+
+    logger.close()
+    ckpt.save_model_dir(out / ckpt.MODEL, policy, tok)
+    ckpt.save_model_dir(out / "value", value, tok)
+    ckpt.mark_done(out, {"step": step, "kl_coef": kl_ctl.value, **meter.total()})
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_stage("ppo", PPOConfig, run, list(argv or []))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
