@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -259,3 +263,35 @@ def test_resume_after_a_stop_is_exact(tiny, tmp_path):
     a = load_file(tmp_path / "full" / "model" / "model.safetensors")
     b = load_file(tmp_path / "cut" / "model" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_two_process_gloo_equals_one_process(tiny, tmp_path):
+    """torchrun 2×(grad_accum 1) ≡ 1×(grad_accum 2): same global batches, same Σw normalisation."""
+    from safetensors.torch import load_file
+
+    args = [f"model.init={tiny / 'base'}", f"data.train={tiny / 'prefs.jsonl'}", "train.batch_size=8",
+            "train.seq_len=64", "reward.epochs=null", "train.max_steps=3", "train.warmup_steps=1",
+            "train.lr=3e-3", "runtime.progress=false", "runtime.threads=1"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert reward.main([*args, "train.grad_accum=2", f"out={one}"]) == 0
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "alignforge", "reward", *args, "train.grad_accum=1", f"out={two}"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # on a timeout the whole group is killed
+    try:
+        output, _ = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail("2-process reward did not finish in 240 s:\n" + output[-3000:])
+    assert proc.returncode == 0, output[-3000:]
+    a, b = load_file(str(one / "model" / "model.safetensors")), load_file(str(two / "model" / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    ra = [json.loads(x) for x in (one / "metrics.jsonl").read_text().splitlines()]
+    rb = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in rb if "loss" in r] == pytest.approx([r["loss"] for r in ra if "loss" in r], rel=1e-4)
+    assert json.loads((two / "eval.json").read_text())["eval_accuracy"] == json.loads(
+        (one / "eval.json").read_text())["eval_accuracy"]
