@@ -335,28 +335,33 @@ def test_geometric_mixture_matches_direct_computation(backend):
 # ------------------------------------------------------------------------------ text in, text out
 
 
-def test_generate_text_applies_chat_template_and_stops_at_end():
+def test_generate_text_applies_chat_template_and_stops_at_eos():
+    import copy
+
     tok = tiny_tokenizer("llama")  # alignforge's tokenizer: eos <|end|>, pad <|pad|>, chat template
+    assert tok.eos_token == "<|end|>" and tok.pad_token == "<|pad|>"
     model = peaked(tiny_random_model("llama", vocab_size=len(tok), seed=3), 3)
     prompts_ = ["Where does the heron live?", [{"role": "user", "content": "two plus two?"}]]
     ids = encode_prompts(tok, prompts_)
     direct = tok.apply_chat_template([{"role": "user", "content": prompts_[0]}], add_generation_prompt=True,
                                      tokenize=True)
     assert ids[0] == list(direct["input_ids"] if hasattr(direct, "keys") else direct)
+    assert tok.decode(ids[1]).endswith("<|assistant|>\n")  # the generation prompt is there
     free = generate(model, ids, SamplingParams(temperature=0, max_new_tokens=10), eos_token_id=None,
                     pad_token_id=tok.pad_token_id)
-    end_id = tok.convert_tokens_to_ids("<|end|>")
-    assert tok.eos_token_id == end_id
-    # Make <|end|> the greedy choice after 4 tokens of prompt 0 by using it as an extra stop id
-    # that the model does produce: stop on whatever token 4 is, and check the text drops it.
+    # A random model never says <|end|>; give a copy of the tokenizer, as its eos, the token the
+    # model does say 4th in answer 0 (the template writes '<|end|>' literally, so the prompt
+    # ids do not change) and check generate_text stops on the tokenizer's eos and drops it.
     stop = free.sequences[0][3]
-    gen = generate_text(model, tok, prompts_, SamplingParams(temperature=0, max_new_tokens=10,
-                                                             stop_token_ids=(stop,)))
+    tok2 = copy.deepcopy(tok)
+    tok2.eos_token = tok.convert_ids_to_tokens(stop)
+    assert encode_prompts(tok2, prompts_) == ids
+    gen = generate_text(model, tok2, prompts_, SamplingParams(temperature=0, max_new_tokens=10))
     assert isinstance(gen, Generation)
     cut = free.sequences[0].index(stop) + 1
     assert gen.sequences[0] == free.sequences[0][:cut] and gen.finish_reason[0] == "stop"
-    assert gen.texts[0] == tok.decode(free.sequences[0][: cut - 1], skip_special_tokens=True)
-    assert len(gen.texts) == 2 and all(isinstance(t, str) for t in gen.texts)
+    assert gen.texts[0] == tok2.decode(free.sequences[0][: cut - 1], skip_special_tokens=True)
+    assert len(gen.texts) == 2 and gen.prompt_lengths == [len(i) for i in ids]
 
 
 def test_generate_text_without_template_encodes_plain_text():
