@@ -16,6 +16,7 @@ turns the engine's batch compaction off (rows that finished keep riding along), 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import torch
@@ -43,6 +44,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-eos", action="store_true", help="skip the rows with stop tokens")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall")
+    ap.add_argument("--json", default=None, help="also write the rows here (for generated docs)")
     args = ap.parse_args(argv)
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     if args.threads:
@@ -61,6 +63,7 @@ def main(argv=None) -> int:
     print(header)
     print("-" * len(header))
     rng = torch.Generator().manual_seed(0)
+    rows = []
     for shape in args.shapes.split(","):
         B, N = (int(x) for x in shape.split("x"))
         lens = torch.randint(8, 25, (B,), generator=rng).tolist()
@@ -102,6 +105,16 @@ def main(argv=None) -> int:
             r_fast, r_hfb, r_hf = n_fast / t_fast, n_hfb / t_hfb, n_hf / t_hf
             print(f"{shape:>8} {'64' if eos else '-':>5} {r_fast:8.0f} {no_compact:>10} {r_hfb:14.0f} "
                   f"{r_hf:11.0f} {r_fast / r_hf:7.2f}x")
+            rows.append({"prompts": B, "new_tokens": N, "stop_ids": 64 if eos else 0, "engine_tok_s": r_fast,
+                         "engine_no_compact_tok_s": None if no_compact == "-" else float(no_compact),
+                         "engine_hf_forward_tok_s": r_hfb, "hf_generate_tok_s": r_hf,
+                         "speedup": r_fast / r_hf})
+    if args.json:
+        from alignforge.io import atomic_write_text
+
+        meta = {"preset": args.preset, "vocab": args.vocab, "threads": torch.get_num_threads(),
+                "clock": args.clock, "repeats": args.repeats, "torch": torch.__version__}
+        atomic_write_text(args.json, json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     return 0
 
 
