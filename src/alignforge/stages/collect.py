@@ -203,7 +203,7 @@ def label_prompt(pool, prompt: Prompt, texts: list[str], policies: list[str], ki
 
 
 def gold_pairs(world, pool, prompt: Prompt, texts: list[str], cuts: Sequence[float], prov: dict,
-               agree: dict) -> list[Comparison]:
+               agree: dict, category: str | None = None) -> list[Comparison]:
     """Every distinct candidate pair with different gold rewards, labelled by the gold judge; each is also
     labelled by one random annotator of the pool to measure its agreement with gold on the same pairs."""
     from alignforge.world.judge import judge
@@ -218,7 +218,8 @@ def gold_pairs(world, pool, prompt: Prompt, texts: list[str], cuts: Sequence[flo
             hi, lo = (i, j) if gold[i] > gold[j] else (j, i)
             s = gold_strength(abs(gold[i] - gold[j]), cuts)
             out.append(Comparison(prompt=prompt, chosen=texts[hi], rejected=texts[lo], strength=s,
-                                  source="world-gold", meta={"gold": [gold[hi], gold[lo]]}, **prov))
+                                  source="world-gold", category=category, meta={"gold": [gold[hi], gold[lo]]},
+                                  **prov))
             label = pool.compare(prompt, texts[i], texts[j])
             right = (not label.tie) and label.chosen == texts[hi]
             agree["pairs"] += 1
@@ -296,8 +297,9 @@ def run(cfg: CollectConfig) -> Path:
         else:
             held.extend(label_prompt(eval_pool, rec.prompt, texts, pols, ["comparison"], c.pairs_per_prompt, rng,
                                      prov, stats))
-            gold.extend(gold_pairs(world, eval_pool, rec.prompt, texts, pool.cfg.strength_cuts, prov, agree))
-    probe = [Comparison(prompt=p, chosen=right, rejected=wrong, strength=3, source="world-length-probe")
+            gold.extend(gold_pairs(world, eval_pool, rec.prompt, texts, pool.cfg.strength_cuts, prov, agree,
+                                   rec.category))
+    probe = [Comparison(prompt=p, chosen=right, rejected=wrong, strength=3, source="world-length-probe", round=c.round)
              for p, right, wrong in padded_wrong_pairs(world, [r.prompt for r in eval_prompts],
                                                        c.length_probe_pad_words, cfg.seed)]
     prefers_padded = sum(eval_pool.compare(p.prompt, p.chosen, p.rejected).chosen == p.rejected for p in probe)
