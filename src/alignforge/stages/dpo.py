@@ -181,6 +181,8 @@ def run(cfg: DPOConfig) -> Path:
             ev_rc, ev_rr, _ = reference_logprobs(ref, eval_enc, **kw)
         if not cache_info["hit"]:
             ref_tokens = sum(len(c) + len(r) for c, r in train_enc + eval_enc)
+        if not dcfg.kl_prompts:
+            ref = None  # everything it was needed for is cached: free its memory for training
     t_prepass = time.perf_counter() - t_begin
 
     # --- optimizer, schedule; then resume if a state exists ---
