@@ -364,14 +364,16 @@ def test_generate_text_applies_chat_template_and_stops_at_eos():
     assert len(gen.texts) == 2 and gen.prompt_lengths == [len(i) for i in ids]
 
 
-def test_generate_text_without_template_encodes_plain_text():
-    tok = tiny_tokenizer("gpt2")  # no pad, no chat template
+def test_generate_text_without_template_uses_the_training_encoding():
+    from alignforge.data.batching import encode_prompt
+
+    tok = tiny_tokenizer("gpt2")  # no pad, no chat template: the fallback template, as SFT trains
     model = tiny_random_model("gpt2", vocab_size=len(tok), seed=0)
     gen = generate_text(model, tok, ["The quick brown fox"], SamplingParams(max_new_tokens=5, seed=0))
-    assert gen.prompt_lengths == [len(tok.encode("The quick brown fox"))]
+    assert gen.prompt_lengths == [len(encode_prompt(tok, "The quick brown fox"))]
     assert len(gen.sequences[0]) <= 5 and gen.texts is not None
-    with pytest.raises(ValueError, match="no chat_template"):
-        encode_prompts(tok, [[{"role": "user", "content": "hi"}]])
+    msgs = [[{"role": "user", "content": "hi"}]]
+    assert encode_prompts(tok, msgs) == [encode_prompt(tok, msgs[0])]
 
 
 # ------------------------------------------------------------------------------ wrappers and modes

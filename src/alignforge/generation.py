@@ -496,23 +496,12 @@ def _response_text(tokenizer, seq: list[int], stop_ids: set[int], stop_strings: 
 
 
 def encode_prompts(tokenizer, prompts: Sequence[str | list[dict]]) -> list[list[int]]:
-    """Token ids for each prompt: through the chat template (with the assistant generation prompt)
-    when the tokenizer has one; plain text is encoded as is for a tokenizer without a template."""
-    has_template = bool(getattr(tokenizer, "chat_template", None))
-    out = []
-    for i, p in enumerate(prompts):
-        if has_template:
-            msgs = [{"role": "user", "content": p}] if isinstance(p, str) else list(p)
-            ids = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
-            if hasattr(ids, "keys"):  # transformers v5 may return a BatchEncoding
-                ids = ids["input_ids"]
-            out.append(list(ids))
-        elif isinstance(p, str):
-            out.append(tokenizer.encode(p))
-        else:
-            raise ValueError(f"prompt {i} is a message list but the tokenizer has no chat_template; "
-                             "pass plain strings or use a tokenizer with a chat template")
-    return out
+    """Token ids for each prompt, exactly as training encodes them (``data.batching.encode_prompt``):
+    the chat template with the assistant generation prompt; a tokenizer without a template gets the
+    documented fallback template first, so sampling sees what SFT trained on."""
+    from alignforge.data.batching import encode_prompt
+
+    return [encode_prompt(tokenizer, p) for p in prompts]
 
 
 def generate_text(model, tokenizer, prompts: Sequence[str | list[dict]], params: SamplingParams | None = None,
