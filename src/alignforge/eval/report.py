@@ -135,7 +135,7 @@ def write_report(root: Path, refs: dict[str, str], out: Path | None = None) -> P
         if not rows or not pk:
             continue
         fig, ax = plt.subplots(figsize=(5, 3.4))
-        ax.plot(*_series(rows, pk), label=f"proxy ({pk})")
+        ax.plot(*_series(rows, pk), ".-", label=f"proxy ({pk})")
         if gk:
             ax.plot(*_series(rows, gk), "o-", label=f"gold ({gk})")
         ax.set_xlabel("PPO step")
@@ -153,7 +153,7 @@ def write_report(root: Path, refs: dict[str, str], out: Path | None = None) -> P
         if not xs:
             continue
         fig, ax = plt.subplots(figsize=(3.4, 2.4))
-        ax.plot(xs, ys)
+        ax.plot(xs, ys, ".-")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         curves.append(f'<img src="{_png(fig)}">')

@@ -23,11 +23,12 @@ from alignforge.stages.pipeline import Pipeline, Step, run_pipeline
 
 def _sizes(quick: bool) -> dict[str, Any]:
     if quick:  # ~1-2 minutes on 2 cores: every stage runs, nothing converges
-        return dict(preset="tiny-1m", vocab=512, pre_steps=60, pre_min=0.5, sft_steps=40, sft_min=0.3, prompts=48,
-                    eval_prompts=32, rm_min=0.2, dpo_min=0.2, ppo_steps=2, ppo_prompts=16, rsft_prompts=16,
-                    rsft_n=2, eval_n=48, new_tokens=24, seq=128)
+        # Step-bounded (not time-bounded) so a loaded CI machine runs the same thing, only slower.
+        return dict(preset="tiny-1m", vocab=512, pre_steps=40, pre_min=10.0, sft_steps=30, sft_min=10.0, prompts=48,
+                    eval_prompts=32, rm_min=10.0, rm_steps=15, dpo_min=10.0, dpo_steps=15, ppo_steps=2,
+                    ppo_prompts=16, rsft_prompts=16, rsft_n=2, eval_n=32, new_tokens=24, seq=128)
     return dict(preset="tiny-4m", vocab=2048, pre_steps=600, pre_min=3.0, sft_steps=200, sft_min=1.5, prompts=400,
-                eval_prompts=150, rm_min=0.75, dpo_min=0.75, ppo_steps=12, ppo_prompts=32, rsft_prompts=96, rsft_n=4,
+                eval_prompts=150, rm_min=0.75, rm_steps=100000, dpo_min=0.75, dpo_steps=100000, ppo_steps=12, ppo_prompts=32, rsft_prompts=96, rsft_n=4,
                 eval_n=200, new_tokens=40, seq=256)
 
 
@@ -46,7 +47,7 @@ def demo_pipeline(run: str = "demo", quick: bool = False, seed: int = 0, beta: f
                         "data.eval": "{%s}/eval.jsonl" % c, "reward.gold_eval": "{%s}/gold_eval.jsonl" % c,
                         "reward.length_probe": "{%s}/length_probe.jsonl" % c,
                         "reward.normalize_on": "{%s}/candidates.jsonl" % c, "train.lr": 5e-4,
-                        "train.seq_len": 192, **train(s["rm_min"]), **threads}
+                        "train.seq_len": 192, **train(s["rm_min"], s["rm_steps"]), **threads}
     ppo = lambda rm, kl: {"model.init": "{sft}", "reward.init": "{%s}" % rm,  # noqa: E731
                           "data.train": world_files("prompts_train.jsonl"), "data.eval": world_files("prompts_test.jsonl"),
                           "kl.coef": kl, "ppo.steps": s["ppo_steps"], "rollout.prompts": s["ppo_prompts"],
@@ -72,7 +73,7 @@ def demo_pipeline(run: str = "demo", quick: bool = False, seed: int = 0, beta: f
         Step("ppo-hack", "ppo", values=ppo("reward-biased", 0.0)),
         Step("dpo", "dpo", values={"model.init": "{sft}", "data.train": "{collect}/train.jsonl",
                                    "data.eval": "{collect}/eval.jsonl", "dpo.beta": 0.1, "train.lr": 5e-5,
-                                   **train(s["dpo_min"]), **threads}),
+                                   **train(s["dpo_min"], s["dpo_steps"]), **threads}),
         Step("rsft", "rsft", values={"model.init": "{sft}", "reward.init": "{reward}",
                                      "data.train": world_files("prompts_train.jsonl"), "rsft.rounds": 1,
                                      "rsft.n": s["rsft_n"], "rsft.prompts_per_round": s["rsft_prompts"],
