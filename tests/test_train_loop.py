@@ -144,6 +144,17 @@ def test_bits_per_byte_by_hand():
     # sharded over 2 "ranks", the parts add up to the whole
     parts = [heldout_nats(_Uniform(V), stream, 4, 2, torch.device("cpu"), [1], shard=(r, 2)) for r in range(2)]
     assert sum(p[0] for p in parts) == pytest.approx(nats) and sum(p[1] for p in parts) == count
+    # 3 blocks over 2 ranks: rank 1 scores a fully masked filler block, so both run 2 forwards
+    calls = []
+
+    class Counting(_Uniform):
+        def forward(self, input_ids):
+            calls.append(input_ids.shape[0])
+            return super().forward(input_ids)
+
+    for r in range(2):
+        heldout_nats(Counting(V), stream, 3, 1, torch.device("cpu"), [1], shard=(r, 2))
+    assert calls == [1, 1, 1, 1]
 
 
 def test_cpu_runs_fp32_and_auto_device():

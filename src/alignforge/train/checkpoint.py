@@ -79,39 +79,45 @@ def _is_fsdp(model: torch.nn.Module) -> bool:
     return any(type(m).__name__.startswith("FSDP") for m in model.modules())
 
 
-def _model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    if _is_fsdp(model):  # gather full tensors on every rank, offloaded to CPU
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+def _options():
+    """Full (unsharded) state dicts keyed by parameter names, whatever the wrapping.
 
-        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return dist.unwrap(model).state_dict()
+    One format for a plain model, DDP and FSDP — so a run can resume under another wrapper
+    (a DDP checkpoint continued with FSDP, or on one process with the same world size), and the
+    optimizer state is keyed by names, not by parameter order. Distributed: gathered to CPU,
+    kept on rank 0 (the writer).
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    if dist.is_distributed():
+        return StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return StateDictOptions()
+
+
+def _model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=_options())
 
 
 def _optim_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    if _is_fsdp(model):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-        return get_optimizer_state_dict(model, optimizer,
-                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return optimizer.state_dict()
+    return get_optimizer_state_dict(model, optimizer, options=_options())
 
 
 def _load_model_state(model: torch.nn.Module, sd: dict[str, torch.Tensor]) -> None:
-    if _is_fsdp(model):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-        set_model_state_dict(model, sd, options=StateDictOptions(full_state_dict=True))
-        return
-    dist.unwrap(model).load_state_dict(sd)
+    # strict: a checkpoint of another architecture must fail loudly, not load half the weights
+    set_model_state_dict(model, sd, options=StateDictOptions(full_state_dict=dist.is_distributed(), strict=True))
 
 
 def _load_optim_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sd: dict[str, Any]) -> None:
-    if _is_fsdp(model):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-        set_optimizer_state_dict(model, optimizer, sd, options=StateDictOptions(full_state_dict=True))
-        return
-    optimizer.load_state_dict(sd)
+    set_optimizer_state_dict(model, optimizer, sd,
+                             options=StateDictOptions(full_state_dict=dist.is_distributed()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,22 +232,28 @@ def clear(out_dir: str | Path, also: tuple[str, ...] = ()) -> None:
 def save_model_dir(path: str | Path, model: torch.nn.Module, tokenizer: Any = None) -> Path:
     """Model (+ tokenizer) as a standard HF directory, atomically. Rank 0 writes.
 
-    Uses ``alignforge.models.load.save_model`` when the models layer provides it, so every stage
-    saves the same way; otherwise ``save_pretrained`` (safetensors) into an atomic dir.
+    Uses ``alignforge.models.load.save_model`` (the one way every stage saves); an FSDP model
+    is gathered to full tensors first and saved from those.
     """
     path = Path(path)
+    # FSDP: every rank takes part in gathering the full weights; rank 0 writes them.
     full = _model_state(model) if _is_fsdp(model) else None
+    if full is not None:
+        # Gathered copies of a tied parameter (embeddings = lm_head) are separate tensors; make
+        # them one again so save_pretrained stores it once, as it does for an unsharded model.
+        first: dict[int, str] = {}
+        for name, param in model.named_parameters(remove_duplicate=False):
+            if id(param) in first and name in full:
+                full[name] = full[first[id(param)]]
+            first.setdefault(id(param), name)
     if dist.is_main():
-        inner = dist.unwrap(model)
-        try:
-            from alignforge.models.load import save_model  # type: ignore[attr-defined]
-        except ImportError:
-            save_model = None
-        if save_model is not None and full is None:
-            save_model(inner, tokenizer, path)
+        from alignforge.models.load import quiet_transformers, save_model
+
+        if full is None:
+            save_model(dist.unwrap(model), tokenizer, path)
         else:
-            with atomic_dir(path) as tmp:
-                inner.save_pretrained(tmp, state_dict=full, safe_serialization=True)
+            with quiet_transformers(), atomic_dir(path) as tmp:
+                model.save_pretrained(tmp, state_dict=full, safe_serialization=True)
                 if tokenizer is not None:
                     tokenizer.save_pretrained(tmp)
     dist.barrier()

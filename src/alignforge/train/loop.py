@@ -281,7 +281,12 @@ def heldout_nats(model: torch.nn.Module, stream: torch.Tensor, seq_len: int, bat
     """
     rank, world = shard
     n = len(stream) - 1
-    starts = list(range(0, max(n, 0), seq_len))[rank::world]
+    all_starts = list(range(0, max(n, 0), seq_len))
+    # Every rank runs the same number of forwards (FSDP gathers weights inside each one, so a
+    # rank with one block fewer would hang the others): short shards get a fully masked block.
+    per_rank = -(-len(all_starts) // world)
+    starts = all_starts[rank::world]
+    starts += [-1] * (per_rank - len(starts))
     total, count = torch.zeros((), dtype=torch.float64), 0
     was_training = model.training
     model.eval()
@@ -289,11 +294,12 @@ def heldout_nats(model: torch.nn.Module, stream: torch.Tensor, seq_len: int, bat
     for i in range(0, len(starts), batch_size):
         xs, ys = [], []
         for s in starts[i:i + batch_size]:
-            chunk = stream[s:s + seq_len + 1]
+            chunk = stream[s:s + seq_len + 1] if s >= 0 else stream[:0]
             x = torch.zeros(seq_len, dtype=torch.long)
             y = torch.full((seq_len,), -100, dtype=torch.long)
-            x[: len(chunk) - 1] = chunk[:-1]
-            y[: len(chunk) - 1] = chunk[1:]
+            if len(chunk) > 1:
+                x[: len(chunk) - 1] = chunk[:-1]
+                y[: len(chunk) - 1] = chunk[1:]
             if len(ignore):
                 y[torch.isin(y, ignore)] = -100
             xs.append(x)
