@@ -377,9 +377,10 @@ def gold_metrics(ev) -> dict[str, float]:
 
 
 def final_report(policy, ref, tok, prompts: Sequence, world_dir: str, *, max_new_tokens: int, seed: int,
-                 name: str) -> dict[str, Any]:
-    """Gold protocol of the trained policy against its reference (SFT) on the same prompts:
-    per-category gold reward with 95% bootstrap CIs, paired reward difference, win-rate, KL."""
+                 name: str) -> tuple[dict[str, Any], Any]:
+    """(report, the policy's PolicyEval): the gold protocol of the trained policy against its
+    reference (SFT) on the same prompts — per-category gold reward with 95% bootstrap CIs, paired
+    reward difference, win-rate, KL(π‖π_ref)."""
     from alignforge.eval.protocol import compare
 
     kw = dict(max_new_tokens=max_new_tokens, seed=seed, ref=ref)
@@ -387,4 +388,4 @@ def final_report(policy, ref, tok, prompts: Sequence, world_dir: str, *, max_new
     mine = gold_eval(policy, tok, prompts, world_dir, name=name, **kw)
     report = compare([base, mine], baseline="sft", modes=("sample",))
     report["prompts"] = len(prompts)
-    return report
+    return report, mine

@@ -140,13 +140,13 @@ def run(cfg: ReinforceConfig, reward_fn: R.RewardFn | None = None) -> Path:
         if eval_ids:
             row.update(R.proxy_eval(policy, ref, tok, eval_ids, params, seed=cfg.seed, **rkw))
         if icfg.eval_world and eval_prompts:
-            ev = R.gold_eval(policy, tok, eval_prompts, icfg.eval_world, max_new_tokens=params.max_new_tokens,
-                             seed=cfg.seed)
-            row.update(R.gold_metrics(ev))
-            if final:
-                report = R.final_report(policy, ref, tok, eval_prompts, icfg.eval_world,
-                                        max_new_tokens=params.max_new_tokens, seed=cfg.seed, name=algo)
+            kw = dict(max_new_tokens=params.max_new_tokens, seed=cfg.seed)
+            if final:  # the gold protocol vs SFT (eval.json); its policy half gives the gold metrics
+                report, ev = R.final_report(policy, ref, tok, eval_prompts, icfg.eval_world, name=algo, **kw)
                 atomic_write_text(out / "eval.json", json.dumps(report, indent=1))
+            else:
+                ev = R.gold_eval(policy, tok, eval_prompts, icfg.eval_world, **kw)
+            row.update(R.gold_metrics(ev))
         return row
 
     while step < icfg.steps:
