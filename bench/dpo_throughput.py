@@ -9,10 +9,11 @@ Runs ``alignforge dpo`` three times on the same pairs and model for a fixed numb
 * ``cached``  — ``dpo.ref_cache=disk``, cold: a pre-pass over all pairs, then policy-only steps;
 * ``hit``     — the same again: the reference log-probs come from the disk cache (a rerun / β sweep).
 
-Every number includes the pre-pass (design §8): pairs/s = pairs trained / (pre-pass + training
-wall time), MFU = (6·N·train tokens + 2·N·reference tokens) / time / measured fp32 peak. The
-pre-pass covers *all* pairs while a short benchmark trains on only some, so the cold cached run
-is pessimistic for short runs; one epoch (``--steps`` = pairs / batch) is the fair comparison.
+Every number includes the pre-pass (design §8): pairs/s = pairs trained / (setup — loading,
+encoding, reference pre-pass — + training wall time), MFU = (6·N·train tokens + 2·N·reference tokens) / time / measured fp32 peak. The
+pre-pass covers *all* pairs once, the naive path pays a reference forward per pair per epoch: the
+default is two epochs (``--steps`` = 2 · pairs / batch), as in configs/world/dpo.yaml. Paths run
+alternately ``--repeats`` times and the fastest of each is reported (the machine may be shared).
 Without ``--model`` a fresh ``tiny-4m`` Llama with a BPE tokenizer trained on the data is used;
 without ``--data`` the HH-RLHF pairs in ``../shared/data``. Nothing is downloaded.
 """
@@ -54,6 +55,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--lora", action="store_true")
+    ap.add_argument("--repeats", type=int, default=2, help="runs of each path, alternating; the best is reported")
     args = ap.parse_args(argv)
 
     from alignforge.config import DPOConfig, load_config
@@ -62,29 +64,33 @@ def main(argv=None) -> int:
     data = Path(args.data) if args.data else HH
     root = Path(tempfile.mkdtemp(prefix="dpo_bench_"))
     model = args.model or str(fresh_model(data, root, args.preset))
-    steps = args.steps or max(1, args.pairs // args.batch)
-    results = {}
-    for name, cache in (("naive", "off"), ("cached", "disk"), ("hit", "disk")):
-        out = root / ("naive" if name == "naive" else "cached")
+    steps = args.steps or max(1, 2 * args.pairs // args.batch)
+    ap_repeats = max(1, args.repeats)
+    results: dict[str, dict] = {}
+    runs = [("naive", "off"), ("cached", "disk")] * ap_repeats + [("hit", "disk")]
+    for i, (name, cache) in enumerate(runs):
+        out = root / f"{name}-{i}"
+        # cold runs get a fresh cache folder; the hit run reuses the last cold cached run's
+        cache_dir = root / (f"cache-{i}" if name == "cached" else f"cache-{i - 1}")
         over = [f"model.init={model}", f"data.train={data}", f"data.format={args.format}",
                 f"data.max_records={args.pairs}", "dpo.kinds=[comparison]", f"out={out}",
-                f"dpo.ref_cache={cache}", "dpo.eval_fraction=0", "dpo.kl_prompts=0", f"train.max_steps={steps}",
-                f"train.batch_size={args.batch}", f"train.seq_len={args.seq_len}", "train.eval_every=0",
-                "train.save_every=0", "train.log_every=1000", f"runtime.threads={args.threads}",
-                "runtime.progress=false", "force=true", f"model.lora.enabled={str(args.lora).lower()}"]
-        if name == "hit":
-            over.remove("force=true")  # force clears the folder, and the cache in it
-            (out / "DONE").unlink()
+                f"dpo.ref_cache={cache}", f"dpo.cache_dir={cache_dir}", "dpo.eval_fraction=0", "dpo.kl_prompts=0",
+                f"train.max_steps={steps}", f"train.batch_size={args.batch}", f"train.seq_len={args.seq_len}",
+                "train.eval_every=0", "train.save_every=0", "train.log_every=1000", f"runtime.threads={args.threads}",
+                "runtime.progress=false", f"model.lora.enabled={str(args.lora).lower()}"]
         dpo.run(load_config(DPOConfig, None, over))
-        results[name] = json.loads((out / "DONE").read_text())
+        r = json.loads((out / "DONE").read_text())
+        # the machine is shared and noisy: keep the best (fastest) of the repeats of each path
+        if name not in results or r["pairs_per_s"] > results[name]["pairs_per_s"]:
+            results[name] = r
     print(f"\n{steps} steps × {args.batch} pairs, seq_len {args.seq_len}, {args.threads} threads, model {model}")
-    print(f"{'path':<8} {'pairs/s':>8} {'MFU':>7} {'pre-pass s':>10} {'total s':>8}")
+    print(f"{'path':<8} {'pairs/s':>8} {'MFU':>7} {'setup s':>8} {'pre-pass s':>10} {'total s':>8}")
     for name, r in results.items():
-        print(f"{name:<8} {r['pairs_per_s']:>8.2f} {r.get('mfu', float('nan')):>7.2%} {r['prepass_s']:>10.2f} "
-              f"{r['seconds']:>8.2f}")
+        print(f"{name:<8} {r['pairs_per_s']:>8.2f} {r.get('mfu', float('nan')):>7.2%} {r['setup_s']:>8.2f} "
+              f"{r['ref_prepass_s']:>10.2f} {r['seconds']:>8.2f}")
     print(f"cached / naive pairs/s: {results['cached']['pairs_per_s'] / results['naive']['pairs_per_s']:.2f}×; "
           f"cache hit / naive: {results['hit']['pairs_per_s'] / results['naive']['pairs_per_s']:.2f}×")
-    print(json.dumps({k: {kk: r[kk] for kk in ('pairs_per_s', 'mfu', 'prepass_s', 'seconds') if kk in r}
+    print(json.dumps({k: {kk: r[kk] for kk in ('pairs_per_s', 'mfu', 'setup_s', 'ref_prepass_s', 'seconds') if kk in r}
                       for k, r in results.items()}))
     return 0
 

@@ -337,18 +337,20 @@ def run(cfg: DPOConfig) -> Path:
     # --- outputs: HF model (LoRA merged) + tokenizer, resolved config, DONE with throughput ---
     logger.close()
     ckpt.save_model_dir(out / ckpt.MODEL, model, tok)
-    # Wall time of the work itself: pre-pass + training steps (evaluation excluded, design §8).
+    # Wall time of the work itself: setup (load, encode, reference pre-pass) + training steps; evaluation
+    # excluded (design §8: any pre-pass counts).
     seconds = t_prepass + (time.perf_counter() - t_start) - eval_seconds
     pairs_total = dist.all_reduce_sum(pairs_done)
     flops = (train_flops(n_matmul, dist.all_reduce_sum(train_tokens))
              + forward_flops(n_matmul, ref_tokens + dist.all_reduce_sum(naive_ref_tokens)))
-    total = {"pairs_per_s": pairs_total / max(seconds, 1e-9), "seconds": seconds, "prepass_s": t_prepass,
+    total = {"pairs_per_s": pairs_total / max(seconds, 1e-9), "seconds": seconds, "setup_s": t_prepass,
+             "ref_prepass_s": float(cache_info.get("seconds", 0.0)),
              "tokens": dist.all_reduce_sum(train_tokens), "flops_per_s": flops / max(seconds, 1e-9)}
     if peak:
         total["mfu"] = total["flops_per_s"] / peak
     if dist.is_main():
-        print(f"dpo: done at step {step} ({stopped}); {total['pairs_per_s']:.1f} pairs/s incl. the "
-              f"{t_prepass:.1f}s pre-pass" + (f", MFU {total['mfu']:.1%}" if "mfu" in total else "")
+        print(f"dpo: done at step {step} ({stopped}); {total['pairs_per_s']:.1f} pairs/s incl. "
+              f"{t_prepass:.1f}s of loading, encoding and reference pre-pass" + (f", MFU {total['mfu']:.1%}" if "mfu" in total else "")
               + f" → {out / ckpt.MODEL}")
     ckpt.mark_done(out, {"step": step, "stopped": stopped, "pairs": len(train_enc), "ref_cache": dcfg.ref_cache,
                          "cache_hit": bool(cache_info.get("hit")), **pair_stats.as_dict(),
