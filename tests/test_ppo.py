@@ -171,6 +171,8 @@ def test_reward_hacking_direction_beta0_vs_beta_positive(tmp_path):
     first = lambda xs: sum(xs[:3]) / 3  # noqa: E731
     last = lambda xs: sum(xs[-3:]) / 3  # noqa: E731
     hack, kept = curves["beta0"], curves["beta1"]
+    for name, c in curves.items():  # the curves, for `pytest -s` (first 3 vs last 3 steps)
+        print(name, {k: (round(first(v), 2), round(last(v), 2)) for k, v in c.items()})
     assert last(hack["proxy"]) > first(hack["proxy"]) + 0.5
     assert last(hack["length"]) > first(hack["length"]) + 1.5
     assert last(hack["gold"]) < first(hack["gold"]) - 0.3
