@@ -250,6 +250,37 @@ def test_dpo_smoke_on_hh_rlhf_pairs(tiny, tmp_path, lora):
         assert done["pairs_per_s"] > 0
 
 
+def test_dpo_resumes_exactly_after_a_crash(tiny, tmp_path, monkeypatch):
+    data = _write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
+    kw = {"train.max_steps": 4, "train.save_every": 2, "dpo.kl_prompts": 0, "dpo.eval_fraction": 0.0}
+    real = dpo.ckpt.save_state
+
+    def save_then_crash(*a, **k):
+        real(*a, **k)
+        raise KeyboardInterrupt("simulated crash after the step-2 checkpoint")
+
+    monkeypatch.setattr(dpo.ckpt, "save_state", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        dpo.run(load_config(DPOConfig, None, _args(tiny, data, tmp_path / "crash", **kw)))
+    monkeypatch.setattr(dpo.ckpt, "save_state", real)
+    resumed = dpo.run(load_config(DPOConfig, None, _args(tiny, data, tmp_path / "crash", **kw)))
+    full = dpo.run(load_config(DPOConfig, None, _args(tiny, data, tmp_path / "full", **kw)))
+    a, b = _final_weights(resumed), _final_weights(full)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    steps = [json.loads(x)["step"] for x in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_held_out_pairs_never_share_a_prompt_with_training_pairs():
+    from alignforge.data.preferences import PreferencePair
+
+    pairs = [PreferencePair(f"p{i % 5}", f"a{i}", f"b{i}") for i in range(20)]
+    train, held = dpo.split_by_prompt(pairs, 0.4, seed=0)
+    assert len(train) + len(held) == 20 and held
+    assert not {p.prompt for p in train} & {p.prompt for p in held}
+
+
 @pytest.mark.parametrize("loss", ["ipo", "hinge"])
 def test_other_losses_and_reference_free_run(tiny, tmp_path, loss):
     data = _write_jsonl(tmp_path / "pairs.jsonl", PAIRS)

@@ -90,6 +90,14 @@ def encode_pairs(tok, pairs: Sequence[PreferencePair], seq_len: int
     return enc, weights, kept, stats
 
 
+def split_by_prompt(pairs: Sequence[PreferencePair], fraction: float, seed: int
+                    ) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """Hold out a seeded share of the *prompts* (all their pairs): no held-out prompt is trained on."""
+    keys = sorted({repr(p.prompt) for p in pairs})
+    held = set(split_eval(keys, fraction, seed)[1])
+    return [p for p in pairs if repr(p.prompt) not in held], [p for p in pairs if repr(p.prompt) in held]
+
+
 def load_reference(cfg: DPOConfig, model, device: torch.device):
     """The frozen reference: ``ref.init`` if set, else a frozen copy of the policy as loaded."""
     from alignforge.models.load import frozen_copy, load_causal_lm
@@ -151,7 +159,7 @@ def run(cfg: DPOConfig) -> Path:
     if cfg.data.eval:
         train_pairs, eval_pairs = pairs, read_pairs(cfg, "eval")[0]
     else:
-        train_pairs, eval_pairs = split_eval(pairs, dcfg.eval_fraction, cfg.seed)
+        train_pairs, eval_pairs = split_by_prompt(pairs, dcfg.eval_fraction, cfg.seed)
     eval_pairs = eval_pairs[:dcfg.max_eval_pairs]
     train_enc, weights, _, enc_stats = encode_pairs(tok, train_pairs, tcfg.seq_len)
     eval_enc, _, eval_kept, _ = encode_pairs(tok, eval_pairs, tcfg.seq_len)
