@@ -179,3 +179,25 @@ def test_oracle_runner_injects_the_gold_judge(tiny, tmp_path):
     assert [d["meta"]["score"] for d in demos] == pytest.approx(
         gold_rewards([d["prompt"] for d in demos], [d["response"] for d in demos], world))
     assert "scorer: gold" in (tmp_path / "gold" / "config.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_two_process_gloo_round(tiny, tmp_path):
+    """torchrun 2 processes: each samples and scores half of a round's prompts, the kept answers are
+    gathered (every prompt once), both ranks train on the same batches (DDP), rank 0 writes."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "two"
+    args = _args(tiny, out, **{"rsft.rounds": 1, "rsft.n": 2, "rsft.prompts_per_round": 6, "train.batch_size": 1})
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "alignforge", "rsft", *args]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    demos = [json.loads(x) for x in (out / "round0.jsonl").read_text().splitlines()]
+    chosen = rsft.round_prompts(PROMPTS, 6, 0, 0)
+    assert [d["prompt"] for d in demos] == chosen  # rank 0's half, then rank 1's, each prompt once
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["kept"] == 6 and (out / "DONE").is_file()
