@@ -16,19 +16,16 @@ Variants (each builds on the pieces the stage uses, changing one thing):
   compile       torch.compile(model) (inductor; C++ codegen on CPU)
 On a shared machine run it a couple of times and take the best: other processes steal cores.
 
-What we measured (2-core AMD EPYC VM shared with ~7 other jobs, load 6-12; torch 2.13 CPU):
-- 1 thread, vocab 4096: 1100 tok/s, MFU 49-50% wall, 53% per CPU-second (peak 80-90 GFLOP per
-  CPU-second, i.e. one core's AVX2 FMA peak). vocab 2048: 1290 tok/s, MFU 53-55%.
-- Where the rest goes (profiler, 1 thread): the matmuls run at ~the 1024³ peak, but 6·N
-  leaves out the LM head (6·d·V per token = 33% more FLOPs at V=4096) and attention scores
-  (12·L·T·d per token = 16% more): the 6N-MFU ceiling is ~60% for this shape. Norm/RoPE/SwiGLU
-  elementwise ops and the vocab softmax are ~15%, the optimizer step ~1%.
-- Variants (baseline = what the stage runs): eager attention, chunked CE, fused AdamW and
-  torch.compile were within the run-to-run noise per CPU-second (compile: +116 s to compile,
-  50% vs 48%), so the stage keeps the plain path.
-- 2 threads under contention: OpenMP's default spin-waiting burns the cores others need
-  (5.8 CPU-s per step instead of 1.9; 280 tok/s). OMP_WAIT_POLICY=PASSIVE brings it back to
-  790 tok/s, MFU 46%. Set it (or use 1 thread) on a shared machine; on a dedicated one use 2.
+What limits MFU here (profiled at 1 thread; rerun this script for the numbers on your machine):
+- The matmuls themselves run at about the 1024³ peak, but 6·N leaves out the LM head
+  (6·d·V per token: +33% FLOPs at d=256, V=4096) and attention scores (12·L·T·d per token:
+  +16% at T=256), so the 6N-MFU ceiling for this shape is ~60%. Norm/RoPE/SwiGLU elementwise
+  ops and the vocab softmax take most of the rest; the optimizer step is ~1%.
+- eager attention, chunked CE, fused AdamW and torch.compile were within run-to-run noise
+  per CPU-second (compile also costs ~2 minutes up front), so the stage keeps the plain path.
+- Several threads on a machine shared with other jobs: OpenMP's default spin-waiting burns the
+  cores the others need (several times the CPU-seconds per step). Use OMP_WAIT_POLICY=PASSIVE
+  or --threads 1 there; on a dedicated machine use all cores.
 """
 
 from __future__ import annotations
