@@ -99,6 +99,7 @@ def test_pair_loss_with_and_without_margin_by_hand():
     enc = [(it, [a, b])]
     w = torch.tensor([1.0])
     loss, tokens = reward.micro_loss(LengthScorer(), enc, [0], w, pad_id=0, device="cpu")
+    loss = loss.detach()
     assert tokens == 10 and float(loss) == pytest.approx(-log_sigmoid(0.4), rel=1e-6)
     enc = [(reward.Item("p", "c", "r", weight=0.5, margin=1.0), [a, b]),
            (reward.Item("p", "c", "r", weight=2.0, margin=0.0), [b, a])]
