@@ -143,6 +143,7 @@ def run(cfg: PPOConfig, reward_fn: R.RewardFn | None = None) -> Path:
                            resume_offset=resumed.metrics_offset if resumed else None, description="ppo")
     meter = Throughput(n_matmul)
     t_start = time.perf_counter()
+    meter.pause()
     rkw = dict(reward_model=reward_model, reward_head=head, reward_fn=reward_fn, batch_size=rcfg.batch_size)
 
     def evaluate(final: bool) -> dict[str, Any]:
@@ -167,6 +168,7 @@ def run(cfg: PPOConfig, reward_fn: R.RewardFn | None = None) -> Path:
                             reuse_logprobs=rcfg.reuse_logprobs, missing_eos_penalty=rcfg.missing_eos_penalty,
                             score_clip=rcfg.score_clip, **rkw)
         t_train = time.perf_counter()
+        meter.resume()  # the meter counts training time only (rollout and eval are paused)
 
         # --- 2-3. per-token rewards (score − β·KL), GAE, whitened advantages ---
         beta = kl_ctl.value
@@ -213,6 +215,7 @@ def run(cfg: PPOConfig, reward_fn: R.RewardFn | None = None) -> Path:
         kl_ctl.update(float((kl * ro.mask).sum(1).mean()), len(ro))
         step += 1
         t_train = time.perf_counter() - t_train
+        meter.pause()
 
         # --- 5. metrics, eval, checkpoint ---
         meter.add(train_tokens)

@@ -133,6 +133,7 @@ def run(cfg: ReinforceConfig, reward_fn: R.RewardFn | None = None) -> Path:
                            resume_offset=resumed.metrics_offset if resumed else None, description=algo)
     meter = Throughput(n_matmul)
     t_start = time.perf_counter()
+    meter.pause()
     rkw = dict(reward_model=reward_model, reward_head=head, reward_fn=reward_fn, batch_size=rcfg.batch_size)
 
     def evaluate(final: bool) -> dict[str, Any]:
@@ -156,6 +157,7 @@ def run(cfg: ReinforceConfig, reward_fn: R.RewardFn | None = None) -> Path:
                             generator=R.step_generator(cfg.seed, step), reuse_logprobs=rcfg.reuse_logprobs,
                             missing_eos_penalty=rcfg.missing_eos_penalty, score_clip=rcfg.score_clip, **rkw)
         t_train = time.perf_counter()
+        meter.resume()  # the meter counts training time only (rollout and eval are paused)
 
         # --- 2. one advantage per response, on all of its tokens ---
         beta = kl_ctl.value
@@ -195,6 +197,7 @@ def run(cfg: ReinforceConfig, reward_fn: R.RewardFn | None = None) -> Path:
         kl_ctl.update(float(kl_tok.sum(1).mean()), len(ro))
         step += 1
         t_train = time.perf_counter() - t_train
+        meter.pause()
 
         # --- 4. metrics, eval, checkpoint ---
         meter.add(train_tokens)
