@@ -83,7 +83,7 @@ def run(cfg: PretrainConfig) -> Path:
     seed_everything(dist.rank_seed(cfg.seed))
     model, tok = _model_and_tokenizer(cfg, texts, out)
     eos = tok.eos_token_id
-    encode = lambda ts: tok(ts, add_special_tokens=False)["input_ids"]  # noqa: E731
+    encode = lambda ts: tok(ts, add_special_tokens=False, verbose=False)["input_ids"]  # noqa: E731
     blocks = pack_blocks(pack_stream(encode(texts), eos), tcfg.seq_len)
     eval_texts = _read_texts(cfg.data.eval, cfg) if cfg.data.eval else []
     eval_stream = pack_stream(encode(eval_texts), eos) if eval_texts else None
