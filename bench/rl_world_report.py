@@ -24,7 +24,7 @@ def run_table(run: Path) -> str:
     name = [p for p in report["policies"] if p != "sft"][0]
     d = report["sample"][name]["reward_diff"]
     w = report["sample"][name]["win_rate"]
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "train_s" in r]
     tps = sorted(r["train_tokens_per_s"] for r in rows)[len(rows) // 2]
     seconds = sum(r["generate_s"] + r["score_s"] + r["train_s"] for r in rows)
     head = (f"**{run}** ({name}, {len(rows)} steps, {report['prompts']} test prompts, one T = 1 sample each): "
@@ -36,12 +36,15 @@ def run_table(run: Path) -> str:
 
 def curves(run: Path) -> str:
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    beta = rows[0].get("kl_coef", 0.0)
+    beta = rows[-1].get("kl_coef", 0.0)
     out = [f"**{run}** (β = {beta}): proxy = RM score of the rollout; gold on the eval prompts", "",
            "| step | proxy score | response tokens | KL (nats) | gold (eval) | eval words |", "|---|---|---|---|---|---|"]
     for r in rows:
         gold = f"{r['gold_all']:+.3f}" if "gold_all" in r else ""
         words = f"{r['gold_words']:.1f}" if "gold_words" in r else ""
+        if "score" not in r:  # the step-0 eval row of the initial policy
+            out.append(f"| 0 (SFT) | | | | {gold} | {words} |")
+            continue
         out.append(f"| {r['step']} | {r['score']:+.3f} | {r['response_length']:.1f} | {r['kl']:.2f} | {gold} | {words} |")
     return "\n".join(out) + "\n"
 

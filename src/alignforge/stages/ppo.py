@@ -160,6 +160,10 @@ def run(cfg: PPOConfig, reward_fn: R.RewardFn | None = None) -> Path:
             row.update(R.gold_metrics(ev))
         return row
 
+    if step == 0 and tcfg.eval_every:  # the curves start at the initial (SFT) policy
+        row0 = evaluate(final=False)
+        if row0:
+            logger.log(0, **row0)
     while step < pcfg.steps:
         # --- 1. rollout: sample, score, reference log-probs, values ---
         idx = sampler.take(rcfg.prompts).tolist()

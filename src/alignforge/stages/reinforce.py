@@ -150,6 +150,10 @@ def run(cfg: ReinforceConfig, reward_fn: R.RewardFn | None = None) -> Path:
             row.update(R.gold_metrics(ev))
         return row
 
+    if step == 0 and tcfg.eval_every:  # the curves start at the initial (SFT) policy
+        row0 = evaluate(final=False)
+        if row0:
+            logger.log(0, **row0)
     while step < icfg.steps:
         # --- 1. rollout: k samples of each prompt, contiguous groups ---
         idx = sampler.take(rcfg.prompts).tolist()
