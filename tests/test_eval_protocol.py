@@ -229,3 +229,18 @@ def test_scorer_modules_stay_outside_the_gold_judge():
                   "alignforge.stages.rsft", "alignforge.stages.dpo", "alignforge.train.refcache"):
         assert clean not in tainted, clean
     assert "alignforge.eval.protocol" in tainted and "alignforge.eval.oracle" in tainted
+
+
+def test_prompts_longer_than_the_model_keep_their_last_tokens(tiny):
+    from alignforge.data.batching import encode_prompt
+    from alignforge.eval.kl import prompt_budget, sampled_kl
+    from alignforge.eval.protocol import evaluate_policy
+
+    pi, ref, tok = tiny
+    long_prompt = "Say yes. " * 80  # far more than the model's 128 positions
+    assert len(encode_prompt(tok, long_prompt)) > 128
+    assert prompt_budget(pi, 8) == 120 and prompt_budget(pi, 8, 50) == 50
+    res = sampled_kl(pi, ref, tok, [long_prompt, "Hello there."], max_new_tokens=8)
+    assert len(res.per_prompt) == 2 and all(v == v for v in res.per_prompt)
+    ev = evaluate_policy(pi, tok, [long_prompt], judge=lambda ps, rs: [0.0] * len(rs), max_new_tokens=8, ref=ref)
+    assert len(ev.rows["sample"]) == 1 and ev.kl is not None

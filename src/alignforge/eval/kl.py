@@ -57,19 +57,35 @@ def response_logprobs(model, examples: Sequence[Example], pad_id: int, *, batch_
     return out
 
 
+def prompt_budget(model, max_new_tokens: int, max_prompt_tokens: int | None = None) -> int | None:
+    """How many prompt tokens fit before ``max_new_tokens`` in the model's positions (None: no limit)."""
+    from alignforge.models.load import unwrap
+
+    cfg = unwrap(model).config
+    limit = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+    room = None if limit is None else max(1, int(limit) - max_new_tokens)
+    if max_prompt_tokens is not None:
+        room = max_prompt_tokens if room is None else min(room, max_prompt_tokens)
+    return room
+
+
 def sampled_kl(policy, ref, tokenizer, prompts: Sequence[Prompt], *, max_new_tokens: int = 64,
                temperature: float = 1.0, seed: int = 0, batch_size: int = 32,
-               responses: Sequence[Sequence[int]] | None = None) -> KLResult:
+               responses: Sequence[Sequence[int]] | None = None,
+               max_prompt_tokens: int | None = None) -> KLResult:
     """KL(π‖π_ref) estimated on one response per prompt sampled from ``policy``.
 
     Pass ``responses`` (token ids, e.g. from an evaluation run that already sampled) to skip the
-    sampling. ``policy`` and ``ref`` must share ``tokenizer``.
+    sampling. ``policy`` and ``ref`` must share ``tokenizer``. Prompts longer than
+    ``max_prompt_tokens`` (and than the model's positions minus ``max_new_tokens``) keep their
+    last tokens, as in training (``data.batching.encode_prompt``).
     """
     from alignforge.generation import SamplingParams, generate
 
     if not prompts:
         raise ValueError("sampled_kl: no prompts")
-    p_ids = [encode_prompt(tokenizer, p) for p in prompts]
+    budget = prompt_budget(policy, max_new_tokens, max_prompt_tokens)
+    p_ids = [encode_prompt(tokenizer, p, budget) for p in prompts]
     pad = pad_id_of(tokenizer)
     if responses is None:
         was_training = policy.training

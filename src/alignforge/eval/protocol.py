@@ -137,8 +137,11 @@ def evaluate_policy(model, tokenizer, prompts: Sequence[PromptRecord | Prompt], 
 
     if samples < 1:
         raise ValueError(f"evaluate_policy: samples must be >= 1, got {samples}")
+    from alignforge.eval.kl import prompt_budget
+
     plain = [_prompt_and_category(p)[0] for p in prompts]
-    ids = [encode_prompt(tokenizer, p) for p in plain]
+    # A prompt longer than the model's positions (minus the answer) keeps its last tokens.
+    ids = [encode_prompt(tokenizer, p, prompt_budget(model, max_new_tokens)) for p in plain]
     pad = pad_id_of(tokenizer)
     device = next(model.parameters()).device
     was_training = model.training
@@ -166,7 +169,8 @@ def evaluate_policy(model, tokenizer, prompts: Sequence[PromptRecord | Prompt], 
     if ref is not None:
         from alignforge.eval.kl import sampled_kl
 
-        res = sampled_kl(model, ref, tokenizer, plain, responses=first_ids, batch_size=batch_size)
+        res = sampled_kl(model, ref, tokenizer, plain, responses=first_ids, batch_size=batch_size,
+                         max_new_tokens=max_new_tokens)
         kl = {"kl": res.kl, "kl_per_token": res.kl_per_token, "mean_tokens": res.mean_tokens,
               **bootstrap_ci(res.per_prompt).as_dict()}
     return PolicyEval(name, rows, kl, {"samples": samples, "temperature": temperature,

@@ -104,7 +104,10 @@ def sample_and_score(model, tokenizer, prompts: Sequence[Prompt], scorer: Scorer
         raise ValueError(f"sample_and_score: n must be >= 1, got {n}")
     prompts = list(prompts)
     flat_prompts = [p for p in prompts for _ in range(n)]
-    ids = [encode_prompt(tokenizer, p) for p in flat_prompts]
+    from alignforge.eval.kl import prompt_budget
+
+    budget = prompt_budget(model, max_new_tokens)
+    ids = [encode_prompt(tokenizer, p, budget) for p in flat_prompts]
     params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
     gen_rng = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     texts: list[str] = []

@@ -279,7 +279,8 @@ def run(cfg: DPOConfig) -> Path:
                     seen.add(key)
                     prompts.append(p.prompt)
             prompts = prompts[:dcfg.kl_prompts]
-            res = sampled_kl(inner, ref, tok, prompts, max_new_tokens=dcfg.kl_max_new_tokens, seed=cfg.seed)
+            res = sampled_kl(inner, ref, tok, prompts, max_new_tokens=dcfg.kl_max_new_tokens, seed=cfg.seed,
+                             max_prompt_tokens=max(1, tcfg.seq_len - dcfg.kl_max_new_tokens))
             row.update(eval_kl=res.kl, eval_kl_per_token=res.kl_per_token, eval_sample_tokens=res.mean_tokens)
         inner.train(was_training)
         return row
