@@ -3,6 +3,9 @@
 # chromedriver and PostgreSQL from Debian's packages for the feedback app's browser and
 # database tests), then run the whole suite, slow end-to-end tests included.
 set -euo pipefail
+# Passive OpenMP waiting: the tests start 2-process torchrun jobs on a 2-core machine, where
+# spinning worker threads would steal the other process's core.
+export OMP_WAIT_POLICY=PASSIVE
 cd "$(dirname "$0")/.."
 python -m pip install -q -e ".[dev,app]"
 if [ -f scripts/ci-services.sh ]; then

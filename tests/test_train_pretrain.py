@@ -56,6 +56,12 @@ def test_trains_a_tokenizer_and_saves_a_plain_hf_model(tmp_path):
     assert "vocab_size: 290" in cfg and "hidden_size: 32" in cfg
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert {"loss", "lr", "grad_norm", "tokens_per_s", "mfu", "eval_bpb"} <= set(rows[-1])
+    # n-gram baselines on the same held-out text, in the same unit (bits per byte)
+    base = json.loads((out / "baselines.json").read_text())
+    assert set(base) == {"model", "bytes-1gram-add_k", "bytes-3gram-kn", "bytes-5gram-kn",
+                         "tokens-1gram-add_k", "tokens-3gram-kn", "tokens-5gram-kn"}
+    assert base["model"] == pytest.approx(rows[-1]["eval_bpb"], rel=1e-6)
+    assert base["bytes-3gram-kn"] < base["bytes-1gram-add_k"]  # context helps a count model too
 
     # continue training from it (model.init = the stage folder: model and tokenizer found inside)
     out2 = tmp_path / "cont"

@@ -429,6 +429,9 @@ class PretrainConfig(StageConfig):
     model: ModelSection = section(ModelSection, "the model")
     data: DataSection = section(DataSection, "text records")
     train: TrainSection = section(TrainSection, "optimisation")
+    baselines: list[int] = option(doc="n-gram orders fitted on data.train and scored on data.eval (bits per byte, "
+                                      "over bytes and tokens) beside the model; [] = none",
+                                  factory=lambda: [1, 3, 5])
 
 
 @dataclass

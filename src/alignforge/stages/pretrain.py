@@ -9,6 +9,7 @@ the whole batch). Shared pieces live in :mod:`alignforge.train`.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,6 +19,7 @@ import torch
 from alignforge.cli import run_stage
 from alignforge.config import ConfigError, PretrainConfig, save_config
 from alignforge.data.records import ReadReport, read_records
+from alignforge.io import atomic_write_text
 from alignforge.models.load import build_model, matmul_params
 from alignforge.perf import Throughput, measure_matmul_peak
 from alignforge.train import checkpoint as ckpt
@@ -184,7 +186,20 @@ def run(cfg: PretrainConfig) -> Path:
     if dist.is_main():
         print(f"pretrain: done at step {step} ({stopped}); {total['tokens_per_s']:.0f} tokens/s"
               + (f", MFU {total['mfu']:.1%}" if "mfu" in total else "") + f" → {out / ckpt.MODEL}")
-    ckpt.mark_done(out, {"step": step, "stopped": stopped, **total})
+    info: dict[str, Any] = {"step": step, "stopped": stopped, **total}
+    if eval_texts and cfg.baselines:
+        model_bpb = evaluate().get("eval_bpb")  # every rank: the held-out pass all-reduces
+    if dist.is_main() and eval_texts and cfg.baselines:
+        # The same held-out text, scored by count-based models (design §8: bits per byte compares
+        # models with different tokenizers honestly): what the transformer must beat.
+        from alignforge.classic.ngram import ngram_baselines
+
+        baselines = ngram_baselines(texts, eval_texts, tokenizer=tok, orders=cfg.baselines)
+        atomic_write_text(out / "baselines.json", json.dumps({"model": model_bpb, **baselines}, indent=1) + "\n")
+        print("pretrain: held-out bits per byte: model " + (f"{model_bpb:.3f}" if model_bpb else "—") + "; "
+              + ", ".join(f"{k} {v:.3f}" for k, v in baselines.items()))
+        info["baselines"] = baselines
+    ckpt.mark_done(out, info)
     return out
 
 
