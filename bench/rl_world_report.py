@@ -6,7 +6,8 @@
 For every run with an ``eval.json`` (the gold protocol vs SFT written at the end of ``ppo`` /
 ``reinforce``): the per-category table of ``alignforge.eval.protocol.markdown`` plus the paired gold
 difference vs SFT with its 95% CI and the run's length. For ``--curves`` runs (e.g. the reward-
-hacking pair): proxy score, response length and KL per step, and gold reward at each eval.
+hacking pair): proxy score, response length and KL at step 1, at every eval step (with its gold
+reward) and at the last step.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ def curves(run: Path) -> str:
     beta = rows[-1].get("kl_coef", 0.0)
     out = [f"**{run}** (β = {beta}): proxy = RM score of the rollout; gold on the eval prompts", "",
            "| step | proxy score | response tokens | KL (nats) | gold (eval) | eval words |", "|---|---|---|---|---|---|"]
-    for r in rows:
+    for i, r in enumerate(rows):
+        if not ("gold_all" in r or r.get("step") == 1 or i == len(rows) - 1):
+            continue  # the eval steps (every train.eval_every), the first and the last step
         gold = f"{r['gold_all']:+.3f}" if "gold_all" in r else ""
         words = f"{r['gold_words']:.1f}" if "gold_words" in r else ""
         if "score" not in r:  # the step-0 eval row of the initial policy
