@@ -36,8 +36,10 @@ def demo_pipeline(run: str = "demo", quick: bool = False, seed: int = 0, beta: f
                   out_root: str | None = None) -> Pipeline:
     s = _sizes(quick)
     threads = {"runtime.threads": 2, "runtime.progress": False}
+    save_every = 10 if quick else 50  # quick: a checkpoint early enough that a kill lands mid-stage
     train = lambda minutes, steps=100000: {"train.max_minutes": minutes, "train.max_steps": steps,  # noqa: E731
-                                           "train.eval_every": 0, "train.save_every": 50, "train.log_every": 5}
+                                           "train.eval_every": 0, "train.save_every": save_every,
+                                           "train.log_every": 5}
     world_files = lambda name: "{world}/" + name  # noqa: E731
     collect = lambda pool: {"model.init": "{sft}", "data.train": world_files("prompts_train.jsonl"),  # noqa: E731
                             "data.eval": world_files("prompts_test.jsonl"), "collect.pool": pool,
