@@ -262,6 +262,57 @@ def step_generator(seed: int, step: int, salt: int = 0) -> torch.Generator:
 
 
 # ---------------------------------------------------------------------------------------------
+# Data parallel (torchrun): each rank samples its shard of the prompts with its own seed
+# ---------------------------------------------------------------------------------------------
+
+
+def global_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """:func:`alignforge.rl.whiten` with the mean and variance of the masked entries of ALL ranks
+    (design §8: advantages are whitened globally, not per process). One process: exactly ``whiten``."""
+    from alignforge.rl import whiten
+    from alignforge.train import distributed as dist
+
+    if not dist.is_distributed():
+        return whiten(values, mask, shift_mean=shift_mean, eps=eps)
+    m = mask.to(values.dtype)
+    n = dist.all_reduce_sum(m.sum().double())
+    mean = (dist.all_reduce_sum((values * m).sum().double()) / n.clamp_min(1)).to(values.dtype)
+    var = (dist.all_reduce_sum((((values - mean) ** 2) * m).sum().double()) / (n - 1).clamp_min(1)).to(values.dtype)
+    out = (values - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return out * mask
+
+
+def average_gradients(*models) -> None:
+    """Mean of every gradient over ranks (no-op in one process). Plain all-reduce instead of DDP
+    because the value model is called through ``token_scores`` (its backbone and head directly),
+    which a DDP wrapper's forward hooks would not see."""
+    from alignforge.train import distributed as dist
+
+    if not dist.is_distributed():
+        return
+    import torch.distributed as tdist
+
+    for model in models:
+        for p in model.parameters():
+            if p.grad is not None:
+                tdist.all_reduce(p.grad, op=tdist.ReduceOp.SUM)
+                p.grad /= dist.world_size()
+
+
+def gathered_mean(row: dict[str, float]) -> dict[str, float]:
+    """Every value averaged over ranks (each rank holds the same number of responses)."""
+    from alignforge.train import distributed as dist
+
+    if not dist.is_distributed():
+        return row
+    keys = sorted(row)
+    t = dist.all_reduce_mean(torch.tensor([float(row[k]) for k in keys], dtype=torch.float64))
+    return dict(zip(keys, t.tolist()))
+
+
+# ---------------------------------------------------------------------------------------------
 # The rollout
 # ---------------------------------------------------------------------------------------------
 

@@ -27,13 +27,15 @@ policy and value weights and their optimizer share one checkpoint (``state/``).
 
 Outputs: ``model/`` (the policy, HF format), ``value/``, ``metrics.jsonl``, ``samples.jsonl``,
 ``config.yaml``, ``eval.json`` (gold protocol vs SFT when ``ppo.eval_world`` is set), ``DONE``.
-Distributed runs are not supported yet (one process; see docs/ppo.md).
+Data parallel under torchrun: every rank draws the same prompts and samples its shard with its
+own seed; advantages are whitened with global statistics; gradients are averaged over ranks.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -48,7 +50,7 @@ from alignforge.io import atomic_write_text
 from alignforge.losses import entropy_from_logits, masked_mean, ppo_policy_loss, value_loss
 from alignforge.models.load import matmul_params
 from alignforge.perf import Throughput
-from alignforge.rl import explained_variance, gae, per_token_rewards, whiten
+from alignforge.rl import explained_variance, gae, per_token_rewards
 from alignforge.stages.sft import load_model
 from alignforge.train import checkpoint as ckpt
 from alignforge.train import distributed as dist
@@ -84,10 +86,11 @@ def run(cfg: PPOConfig, reward_fn: R.RewardFn | None = None) -> Path:
     out = cfg.out_dir()
     apply_threads(cfg.runtime)
     device = resolve_device(cfg.runtime)
-    if dist.world_size() > 1:
-        raise ConfigError("ppo runs in one process for now (no DDP rollouts yet); launch without torchrun")
+    dist.init_distributed(device)
+    world, rank, main_rank = dist.world_size(), dist.rank(), dist.is_main()
     if ckpt.is_done(out) and not cfg.force:
-        print(f"ppo: {out} is finished (DONE); set force=true to recompute")
+        if main_rank:
+            print(f"ppo: {out} is finished (DONE); set force=true to recompute")
         return out
     if cfg.force:
         ckpt.clear(out)
@@ -96,6 +99,8 @@ def run(cfg: PPOConfig, reward_fn: R.RewardFn | None = None) -> Path:
     if not cfg.model.init:
         raise ConfigError("ppo needs model.init (an SFT stage folder or a local HF model directory)")
     tcfg, pcfg, rcfg = cfg.train, cfg.ppo, cfg.rollout
+    if rcfg.prompts % world:
+        raise ConfigError(f"config key 'rollout.prompts' ({rcfg.prompts}) must split evenly over {world} processes")
     params = R.sampling_params(cfg)
     T = params.temperature if params.temperature > 0 else 1.0
 
@@ -120,7 +125,7 @@ def run(cfg: PPOConfig, reward_fn: R.RewardFn | None = None) -> Path:
     eval_ids = [encode_prompt(tok, p.prompt, max_prompt) for p in eval_prompts]
     ptx = ptx_blocks(cfg, tok) if pcfg.ptx_coef > 0 else None
 
-    n_mb = math.ceil(rcfg.prompts / pcfg.minibatch_size)
+    n_mb = math.ceil(rcfg.prompts // world / pcfg.minibatch_size)  # minibatch_size is per process
     tcfg.max_steps = pcfg.steps * pcfg.epochs * n_mb  # the lr schedule spans every optimizer step
     optimizer = make_optimizer(policy, value, cfg)
     scheduler = make_scheduler(optimizer, tcfg)
@@ -133,10 +138,12 @@ def run(cfg: PPOConfig, reward_fn: R.RewardFn | None = None) -> Path:
         sampler.load_state_dict(resumed.data["sampler"])
         kl_ctl.value, ptx_pos = float(resumed.data["kl_coef"]), int(resumed.data["ptx_pos"])
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    if main_rank:
+        save_config(cfg, out / "config.yaml")
     n_matmul = matmul_params(policy)
-    print(f"ppo: {len(prompts)} prompts, {pcfg.steps} steps × {rcfg.prompts} rollouts × {pcfg.epochs} epochs of "
-          f"{n_mb} minibatches; β={kl_ctl.value} ({cfg.kl.estimator}{', adaptive' if cfg.kl.target else ''}); "
+    if main_rank:
+        print(f"ppo: {len(prompts)} prompts, {pcfg.steps} steps × {rcfg.prompts} rollouts × {pcfg.epochs} epochs of "
+          f"{n_mb} minibatches{f' on each of {world} processes' if world > 1 else ''}; β={kl_ctl.value} ({cfg.kl.estimator}{', adaptive' if cfg.kl.target else ''}); "
           f"reward {'injected' if reward_fn else cfg.reward.init}; {n_matmul / 1e6:.2f}M matmul params on {device}"
           + (f"; resuming at step {step}" if resumed else ""))
     logger = MetricsLogger(out, cfg.runtime, total_steps=pcfg.steps,
@@ -148,6 +155,8 @@ def run(cfg: PPOConfig, reward_fn: R.RewardFn | None = None) -> Path:
 
     def evaluate(final: bool) -> dict[str, Any]:
         row: dict[str, Any] = {}
+        if not main_rank:  # evaluation runs on rank 0 only (no collectives inside)
+            return row
         if eval_ids:
             row.update(R.proxy_eval(policy, ref, tok, eval_ids, params, seed=cfg.seed, **rkw))
         if pcfg.eval_world and eval_prompts:
@@ -166,9 +175,10 @@ def run(cfg: PPOConfig, reward_fn: R.RewardFn | None = None) -> Path:
             logger.log(0, **row0)
     while step < pcfg.steps:
         # --- 1. rollout: sample, score, reference log-probs, values ---
-        idx = sampler.take(rcfg.prompts).tolist()
+        # Every rank draws the same global prompts and samples its own shard with its own seed.
+        idx = dist.shard(sampler.take(rcfg.prompts).tolist())
         ro = R.make_rollout(policy, ref, tok, [prompt_ids[i] for i in idx], params,
-                            generator=R.step_generator(cfg.seed, step), value_model=value,
+                            generator=R.step_generator(cfg.seed, step, salt=1000 * rank), value_model=value,
                             reuse_logprobs=rcfg.reuse_logprobs, missing_eos_penalty=rcfg.missing_eos_penalty,
                             score_clip=rcfg.score_clip, **rkw)
         t_train = time.perf_counter()
@@ -178,13 +188,13 @@ def run(cfg: PPOConfig, reward_fn: R.RewardFn | None = None) -> Path:
         beta = kl_ctl.value
         rewards, kl = per_token_rewards(ro.scores, ro.logprobs, ro.ref_logprobs, ro.mask, beta, cfg.kl.estimator)
         if rcfg.whiten_rewards:
-            rewards = whiten(rewards, ro.mask, shift_mean=False)
+            rewards = R.global_whiten(rewards, ro.mask, shift_mean=False)
         ro.advantages, ro.returns = gae(rewards, ro.values, ro.mask, gamma=pcfg.gamma, lam=pcfg.lam)
         if pcfg.whiten_advantages:
-            ro.advantages = whiten(ro.advantages, ro.mask)
+            ro.advantages = R.global_whiten(ro.advantages, ro.mask)
 
         # --- 4. PPO epochs over shuffled minibatches; one optimizer step per minibatch ---
-        mb_rng = R.step_generator(cfg.seed, step, salt=1)
+        mb_rng = R.step_generator(cfg.seed, step, salt=1 + 1000 * rank)
         sums: dict[str, float] = {}
         n_updates, train_tokens = 0, 0
         for _ in range(pcfg.epochs):
@@ -203,6 +213,7 @@ def run(cfg: PPOConfig, reward_fn: R.RewardFn | None = None) -> Path:
                     loss = loss + pcfg.ptx_coef * ptx_loss
                     sums["ptx_loss"] = sums.get("ptx_loss", 0.0) + float(ptx_loss.detach())
                 loss.backward()
+                R.average_gradients(policy, value)
                 # Separate networks, separate clipping: the critic's large early gradients must not
                 # shrink the policy's step (cleanrl clips one shared network; ours are two).
                 gp = torch.nn.utils.clip_grad_norm_(policy.parameters(), tcfg.grad_clip or float("inf"))
@@ -216,7 +227,7 @@ def run(cfg: PPOConfig, reward_fn: R.RewardFn | None = None) -> Path:
                     sums[k] = sums.get(k, 0.0) + float(x.detach() if torch.is_tensor(x) else x)
                 n_updates += 1
                 train_tokens += int(mb.attention_mask.sum())
-        kl_ctl.update(float((kl * ro.mask).sum(1).mean()), len(ro))
+        kl_ctl.update(float(dist.all_reduce_mean(float((kl * ro.mask).sum(1).mean()))), len(ro) * world)
         step += 1
         t_train = time.perf_counter() - t_train
         meter.pause()
@@ -224,25 +235,26 @@ def run(cfg: PPOConfig, reward_fn: R.RewardFn | None = None) -> Path:
         # --- 5. metrics, eval, checkpoint ---
         meter.add(train_tokens)
         logger.progress(step)
-        row: dict[str, Any] = {**R.rollout_stats(ro, kl), "kl_coef": beta, "score_shaped": float(ro.scores.mean()),
-                               **{k: v / n_updates for k, v in sums.items()},
-                               "explained_variance": explained_variance(ro.values, ro.returns, ro.mask),
-                               "value_mean": float(masked_mean(ro.values, ro.mask)),
-                               "advantage_mean": float(masked_mean(ro.advantages, ro.mask)),
-                               "lr": scheduler.get_last_lr()[0], "generate_s": ro.timings["generate_s"],
+        row: dict[str, Any] = R.gathered_mean({
+            **R.rollout_stats(ro, kl), "score_shaped": float(ro.scores.mean()),
+            **{k: v / n_updates for k, v in sums.items()},
+            "explained_variance": explained_variance(ro.values, ro.returns, ro.mask),
+            "value_mean": float(masked_mean(ro.values, ro.mask)),
+            "advantage_mean": float(masked_mean(ro.advantages, ro.mask))})
+        row.update({"kl_coef": beta, "lr": scheduler.get_last_lr()[0], "generate_s": ro.timings["generate_s"],
                                "score_s": ro.timings["score_s"], "train_s": t_train,
                                "rollout_tokens_per_s": float(ro.lengths.sum()) / max(ro.timings["generate_s"], 1e-9),
-                               "train_tokens_per_s": train_tokens / max(t_train, 1e-9)}
+                               "train_tokens_per_s": train_tokens / max(t_train, 1e-9)})
         last = step == pcfg.steps
         minutes = (elapsed_before + time.perf_counter() - t_start) / 60
-        out_of_time = tcfg.max_minutes is not None and minutes >= tcfg.max_minutes
+        out_of_time = dist.broadcast_object(tcfg.max_minutes is not None and minutes >= tcfg.max_minutes)  # rank 0 decides
         if (tcfg.eval_every and step % tcfg.eval_every == 0) or last or out_of_time:
             row.update(evaluate(final=last or out_of_time))
-            with open(out / "samples.jsonl", "a", encoding="utf-8") as f:
+            with open(out / "samples.jsonl", "a", encoding="utf-8") if main_rank else open(os.devnull, "w") as f:
                 for i in range(min(4, len(ro))):
                     f.write(json.dumps({"step": step, "prompt": prompts[idx[i]].prompt, "response": (ro.texts or [""])[i],
                                         "score": float(ro.raw_scores[i])}) + "\n")
-        if step % tcfg.log_every == 0 or last or step == 1:
+        if main_rank and (step % tcfg.log_every == 0 or last or step == 1):
             print(f"ppo: step {step}: score {row['score']:+.3f} kl {row['kl']:.3f} β {beta:.3g} len "
                   f"{row['response_length']:.1f} clip {row['clip_frac']:.3f} ev {row['explained_variance']:.2f} "
                   f"({row['generate_s']:.1f}s gen, {row['score_s']:.1f}s score, {t_train:.1f}s train)")
@@ -253,7 +265,8 @@ def run(cfg: PPOConfig, reward_fn: R.RewardFn | None = None) -> Path:
                             metrics_offset=logger.offset(),
                             extra={"elapsed_s": elapsed_before + time.perf_counter() - t_start})
         if out_of_time and not last:
-            print(f"ppo: out of time after step {step} (train.max_minutes={tcfg.max_minutes})")
+            if main_rank:
+                print(f"ppo: out of time after step {step} (train.max_minutes={tcfg.max_minutes})")
             break
 
     logger.close()
@@ -264,7 +277,10 @@ def run(cfg: PPOConfig, reward_fn: R.RewardFn | None = None) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_stage("ppo", PPOConfig, run, list(argv or []))
+    try:
+        return run_stage("ppo", PPOConfig, run, list(argv or []))
+    finally:
+        dist.cleanup()
 
 
 if __name__ == "__main__":
