@@ -792,3 +792,57 @@ class EvalConfig(StageConfig):
     eval: EvalSection = section(EvalSection, "what to evaluate and how")
     ref: RefSection = section(RefSection, "reference for KL (default: the baseline checkpoint)")
     reward: ScorerSection = section(ScorerSection, "reward model: its mean score is reported; judge=reward uses it")
+
+
+@dataclass
+class ServeSection:
+    host: str = option("127.0.0.1", "address to bind (0.0.0.0 exposes the server to the network: it has no auth)")
+    port: int = option(8000, "TCP port (also `--port N`)")
+    model_name: Optional[str] = option(None, "the model id clients must send (default: model.init as given)")
+    max_batch: int = option(32, "most sequences (requests × n) in one generate call")
+    batch_window_ms: float = option(10.0, "after the first request arrives, wait this long for others to batch with it")
+    max_tokens: int = option(256, "max_tokens when a request gives none (capped by the model's context)")
+    max_n: int = option(16, "largest n (choices per request) accepted")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = option("info", "uvicorn log level")
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"serve.port: expected 0..65535, got {self.port}")
+        if self.max_batch < 1 or self.max_tokens < 1 or self.max_n < 1:
+            raise ValueError("serve.max_batch, serve.max_tokens, serve.max_n: expected integers >= 1")
+        if self.batch_window_ms < 0:
+            raise ValueError(f"serve.batch_window_ms: expected >= 0, got {self.batch_window_ms}")
+
+
+@dataclass
+class ServeConfig(StageConfig):
+    """OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models) for a checkpoint."""
+
+    stage_name: typing.ClassVar[str] = "serve"
+    model: ModelSection = section(ModelSection, "model.init = the checkpoint to serve (also the positional argument)")
+    serve: ServeSection = section(ServeSection, "address, batching, request limits")
+
+
+@dataclass
+class ChatSection:
+    temperature: float = option(0.7, "sampling temperature (0 = greedy); `/temperature X` changes it")
+    top_p: float = option(1.0, "nucleus sampling mass in (0, 1]; `/top_p X` changes it")
+    max_tokens: int = option(128, "longest answer in tokens; `/max_tokens N` changes it")
+    system: Optional[str] = option(None, "system message put before the conversation (kept by /reset)")
+
+    def validate(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"chat.temperature: expected >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"chat.top_p: expected a number in (0, 1], got {self.top_p}")
+        if self.max_tokens < 1:
+            raise ValueError(f"chat.max_tokens: expected an integer >= 1, got {self.max_tokens}")
+
+
+@dataclass
+class ChatConfig(StageConfig):
+    """Terminal chat with a checkpoint: multi-turn history, /reset, /temperature, works over a pipe."""
+
+    stage_name: typing.ClassVar[str] = "chat"
+    model: ModelSection = section(ModelSection, "model.init = the checkpoint to chat with (also the positional argument)")
+    chat: ChatSection = section(ChatSection, "sampling and system message")
