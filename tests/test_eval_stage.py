@@ -55,3 +55,42 @@ def test_eval_stage_clear_errors(tiny_setup, capsys):
     assert "needs eval.world" in capsys.readouterr().err
     assert cli_main(["eval", str(root / "sft"), "--world", str(root / "world"), "eval.baseline=nope"]) == 2
     assert "not one of the checkpoints" in capsys.readouterr().err
+
+
+def test_best_of_n_policies_use_the_reward_model_and_the_kl_bound(tiny_setup):
+    """bon-<n>: for every prompt, the answer the reward model scores highest among n samples of
+    the baseline (checked against sample_and_score with the same seed), KL = log n - (n-1)/n."""
+    import math
+
+    from alignforge.data.records import read_records
+    from alignforge.eval.scorers import RewardModelScorer, sample_and_score
+    from alignforge.models.heads import init_from_causal_lm, save_scorer
+    from alignforge.models.load import load_causal_lm
+    from alignforge.stages.eval import bon_kl_bound
+
+    root = tiny_setup
+    if not (root / "rm").exists():
+        rm, rm_tok = init_from_causal_lm(root / "sft", seed=3)
+        save_scorer(rm, rm_tok, root / "rm")
+    out = root / "eval-bon"
+    rc = cli_main(["eval", str(root / "sft"), "--world", str(root / "world"), "eval.max_prompts=12",
+                   "eval.max_new_tokens=8", "eval.best_of_n=[1,4]", "eval.references=[oracle]",
+                   f"reward.init={root / 'rm'}", "--out", str(out)])
+    assert rc == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert report["policies"] == ["sft", "bon-1", "bon-4", "oracle"]
+    assert "bon-4" in report["sample"] and "bon-4" not in report["greedy"]
+    assert report["kl"]["bon-1"]["kl"] == 0.0
+    assert report["kl"]["bon-4"]["kl"] == pytest.approx(math.log(4) - 3 / 4) == bon_kl_bound(4)
+    # Independent recomputation of the picks: same engine, seed and batch as the stage.
+    prompts = [r.prompt for r in read_records(root / "world" / "prompts_test.jsonl", kind="prompt")[:12]]
+    model, tok = load_causal_lm(root / "sft")
+    s = sample_and_score(model, tok, prompts, RewardModelScorer(str(root / "rm")), 4, max_new_tokens=8, seed=0,
+                         batch_size=64)
+    want = [max(zip(sc, tx), key=lambda t: t[0])[1] for sc, tx in zip(s.scores, s.texts)]
+    rows = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    got = [r["response"] for r in rows if r["policy"] == "bon-4"]
+    assert got == want
+    # The picked answer's reward-model score is the max of the 4, so its mean is >= bon-1's.
+    assert report["reward_model"]["bon-4"] >= report["reward_model"]["bon-1"] - 1e-6
+    assert cli_main(["eval", str(root / "sft"), "--world", str(root / "world"), "eval.best_of_n=[2]"]) == 2

@@ -776,8 +776,13 @@ class EvalSection:
     max_new_tokens: int = option(48, "longest answer")
     batch_size: int = option(64, "prompts per sampling batch")
     kl: bool = option(True, "KL(π‖π_ref) on the sampled answers (needs ref.init or a baseline checkpoint)")
+    best_of_n: list[int] = option(doc="best-of-n of the baseline policy, scored by reward.init, for each n: "
+                                      "reported as extra policies 'bon-<n>' (sample mode; KL = the analytic "
+                                      "bound log n - (n-1)/n)", factory=list)
 
     def validate(self) -> None:
+        if any(not isinstance(n, int) or n < 1 for n in self.best_of_n):
+            raise ValueError(f"eval.best_of_n: expected a list of integers >= 1, got {self.best_of_n}")
         if self.names is not None and len(self.names) != len(self.checkpoints):
             raise ValueError(f"eval.names has {len(self.names)} entries for {len(self.checkpoints)} checkpoints")
         if self.samples < 1:

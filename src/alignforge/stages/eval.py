@@ -21,6 +21,7 @@ scores), ``report.md`` (the tables), and a printed table.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -65,6 +66,8 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     baseline = ev.baseline or ("sft" if "sft" in names else names[-1])
     if baseline not in names:
         raise ConfigError(f"eval.baseline={baseline!r} is not one of the checkpoints' names {names}")
+    if ev.best_of_n and not cfg.reward.init:
+        raise ConfigError("eval.best_of_n needs reward.init (the reward model that picks the best of n)")
 
     # --- the judge and the prompts ---
     world = None
@@ -107,6 +110,11 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         if heldout:
             with torch.no_grad():
                 bpb[name] = _heldout_bpb(model, tok, heldout, device)
+    if ev.best_of_n:
+        clash = sorted({f"bon-{n}" for n in ev.best_of_n} & set(names))
+        if clash:
+            raise ConfigError(f"eval.best_of_n: the names {clash} are taken by checkpoints; rename them (eval.names)")
+        evals.extend(_best_of_n_evals(cfg, baseline, loaded[baseline], prompts, judge, device))
     oracle = None
     if world is not None:
         from alignforge.world.policies import reference_policy
@@ -138,6 +146,35 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     atomic_write_text(out / "report.md", "\n".join(tables))
     print_report(report)
     return report
+
+
+def bon_kl_bound(n: int) -> float:
+    """KL(best-of-n ‖ π) ≤ log n − (n − 1)/n (Stiennon et al. 2020; Beirami et al. 2024), in nats."""
+    return math.log(n) - (n - 1) / n
+
+
+def _best_of_n_evals(cfg: EvalConfig, base_name: str, policy, prompts, judge, device) -> list:
+    """Best-of-n of the baseline policy (n samples at T, the reward model picks one), per n.
+
+    Sample mode only (a greedy best-of-n is one answer); the KL column is the analytic bound
+    because the best-of-n distribution has no tractable per-token log-probs.
+    """
+    from alignforge.eval.protocol import PolicyEval, _prompt_and_category, score_responses
+    from alignforge.eval.scorers import RewardModelScorer, best_of_n
+
+    ev = cfg.eval
+    scorer = RewardModelScorer(cfg.reward.init, device=str(device), batch_size=cfg.reward.batch_size)
+    model, tok = policy
+    plain = [_prompt_and_category(p)[0] for p in prompts]
+    out = []
+    for n in ev.best_of_n:
+        print(f"eval: best-of-{n} of {base_name}: {n * len(prompts)} samples ...", file=sys.stderr)
+        best = best_of_n(model, tok, plain, scorer, n, temperature=ev.temperature, max_new_tokens=ev.max_new_tokens,
+                         seed=cfg.seed, batch_size=ev.batch_size)
+        rows = score_responses(prompts, [[b] for b in best], judge)
+        out.append(PolicyEval(f"bon-{n}", {"sample": rows}, {"kl": bon_kl_bound(n), "analytic_bound": True},
+                              {"best_of_n": n, "temperature": ev.temperature}))
+    return out
 
 
 def _reward_model_means(cfg: EvalConfig, evals, device) -> dict[str, float]:
