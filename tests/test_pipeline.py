@@ -59,12 +59,49 @@ def test_runs_steps_then_skips_finished_ones(tmp_path):
     assert logs[0] == "pipeline: world done, skipped" and "tokenizer (tokenizer)" in logs[1]
 
 
+def _validate_every_step(p) -> dict:
+    """Build every step's config object in pipeline order, as run_pipeline would (no stage runs)."""
+    refs: dict[str, str] = {}
+    cfgs = {}
+    for s in p.steps:
+        cfgs[s.name] = step_config(p, s, p.out_dir(s.name), refs)
+        refs[s.name] = str(p.out_dir(s.name))
+        if s.alias:
+            refs[s.alias] = refs[s.name]
+    for r in range(1, p.rounds + 1):
+        refs.update(round=str(r), prev_round=str(r - 1))
+        for s in p.round_steps:
+            name = f"{s.name}-r{r}"
+            cfgs[name] = step_config(p, s, p.out_dir(name), refs)
+            refs[s.name] = refs[name] = str(p.out_dir(name))
+            if s.alias:
+                refs[s.alias] = refs[s.name]
+    return cfgs
+
+
 def test_shipped_pipeline_configs_validate():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1] / "configs" / "world"
-    p = load_pipeline(root / "iterate.yaml")
-    refs = {n: f"runs/x/{n}" for n in ("world", "tokenizer", "pretrain", "sft", "policy", "collect", "reward")}
-    refs.update(round="1", prev_round="0")
-    for s in p.steps + p.round_steps:
-        step_config(p, s, p.out_dir(s.name), refs)
+    cfgs = _validate_every_step(load_pipeline(root / "iterate.yaml"))
+    assert cfgs["ppo-r2"].model.init == "runs/iterate/ppo-r1" and cfgs["ppo-r2"].ref.init == "runs/iterate/sft"
+
+
+def test_full_pipeline_config_validates_with_the_frontiers_and_rounds():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "world"
+    cfgs = _validate_every_step(load_pipeline(root / "full.yaml"))
+    assert {n: cfgs[n].kl.coef for n in cfgs if n.startswith("ppo-b")} == {"ppo-b0.01": 0.01, "ppo-b0.05": 0.05,
+                                                                            "ppo-b0.2": 0.2}
+    assert cfgs["ppo-hack"].kl.coef == 0.0 and cfgs["ppo-hack"].reward.init == "runs/full/reward-biased"
+    assert cfgs["collect-biased"].collect.pool == "length_biased"
+    assert sorted(cfgs[n].dpo.beta for n in cfgs if n.startswith("dpo-")) == [0.03, 0.1, 0.3]
+    assert len({cfgs[n].dpo.cache_dir for n in cfgs if n.startswith("dpo-")}) == 1  # one reference pre-pass
+    assert (cfgs["rloo"].reinforce.algorithm, cfgs["grpo"].reinforce.algorithm) == ("rloo", "grpo")
+    ev = cfgs["eval"].eval
+    assert ev.best_of_n == [2, 4, 8, 16] and cfgs["eval"].reward.init == "runs/full/reward"
+    assert len(ev.checkpoints) == len(ev.names) == 12 and ev.baseline == "sft"
+    # The rounds continue from the latest policy; each round has its own eval folder (report panel).
+    assert cfgs["ppo-it-r1"].model.init == "runs/full/sft" and cfgs["ppo-it-r3"].model.init == "runs/full/ppo-it-r2"
+    assert cfgs["eval-it-r3"].eval.names == ["round-3", "sft"] and cfgs["collect-it-r2"].collect.round == 2
