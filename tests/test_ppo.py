@@ -218,6 +218,7 @@ dist.cleanup()
 '''
 
 
+@pytest.mark.slow  # two torchrun processes: ~30 s of interpreter start-up and imports
 def test_two_process_gloo_rollouts_shard_and_stay_in_sync(bandit, tmp_path):
     """torchrun × 2: each rank samples half the prompts with its own seed, advantages are whitened
     with global statistics (= one process on the concatenation), gradients are averaged, so both

@@ -26,12 +26,14 @@ Exact resume as in ``ppo``: rollout and minibatch generators are seeded by (seed
 sampler position, β and the REINFORCE baseline are saved with the weights and optimizer.
 
 Outputs: ``model/``, ``metrics.jsonl``, ``samples.jsonl``, ``config.yaml``, ``eval.json`` (gold
-protocol vs SFT when ``reinforce.eval_world`` is set), ``DONE``. One process only for now.
+protocol vs SFT when ``reinforce.eval_world`` is set), ``DONE``. Under torchrun each rank samples
+its shard of the step's prompts (whole groups) with its own seed; gradients are averaged.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -72,10 +74,11 @@ def run(cfg: ReinforceConfig, reward_fn: R.RewardFn | None = None) -> Path:
     out = cfg.out_dir()
     apply_threads(cfg.runtime)
     device = resolve_device(cfg.runtime)
-    if dist.world_size() > 1:
-        raise ConfigError("reinforce runs in one process for now (no DDP rollouts yet); launch without torchrun")
+    dist.init_distributed(device)
+    world, rank, main_rank = dist.world_size(), dist.rank(), dist.is_main()
     if ckpt.is_done(out) and not cfg.force:
-        print(f"reinforce: {out} is finished (DONE); set force=true to recompute")
+        if main_rank:
+            print(f"reinforce: {out} is finished (DONE); set force=true to recompute")
         return out
     if cfg.force:
         ckpt.clear(out)
@@ -85,6 +88,8 @@ def run(cfg: ReinforceConfig, reward_fn: R.RewardFn | None = None) -> Path:
         raise ConfigError("reinforce needs model.init (an SFT stage folder or a local HF model directory)")
     tcfg, icfg, rcfg = cfg.train, cfg.reinforce, cfg.rollout
     algo, k = icfg.algorithm, icfg.k
+    if rcfg.prompts % world:
+        raise ConfigError(f"config key 'rollout.prompts' ({rcfg.prompts}) must split evenly over {world} processes")
     if icfg.minibatch_size % k:
         raise ConfigError(f"config key 'reinforce.minibatch_size' ({icfg.minibatch_size}) must be a multiple of "
                           f"reinforce.k ({k}): a group is never split across minibatches")
@@ -108,7 +113,7 @@ def run(cfg: ReinforceConfig, reward_fn: R.RewardFn | None = None) -> Path:
     eval_prompts = R.read_prompts(cfg.data, "eval")[:icfg.eval_prompts] if cfg.data.eval and icfg.eval_prompts else []
     eval_ids = [encode_prompt(tok, p.prompt, max_prompt) for p in eval_prompts]
 
-    n = rcfg.prompts * k
+    n = rcfg.prompts // world * k  # responses per process; minibatch_size is per process too
     n_mb = -(-n // icfg.minibatch_size)
     tcfg.max_steps = icfg.steps * icfg.epochs * n_mb
     optimizer = make_optimizer(policy, tcfg)
@@ -123,9 +128,11 @@ def run(cfg: ReinforceConfig, reward_fn: R.RewardFn | None = None) -> Path:
         sampler.load_state_dict(resumed.data["sampler"])
         kl_ctl.value, baseline = float(resumed.data["kl_coef"]), resumed.data["baseline"]
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    if main_rank:
+        save_config(cfg, out / "config.yaml")
     n_matmul = matmul_params(policy)
-    print(f"reinforce: {algo}, {len(prompts)} prompts, {icfg.steps} steps × {rcfg.prompts} prompts × k={k}; "
+    if main_rank:
+        print(f"reinforce: {algo}, {len(prompts)} prompts, {icfg.steps} steps × {rcfg.prompts} prompts × k={k}; "
           f"β={kl_ctl.value} ({cfg.kl.estimator}{' in the loss' if algo == 'grpo' else ' in the reward'}); reward "
           f"{'injected' if reward_fn else cfg.reward.init}; {n_matmul / 1e6:.2f}M matmul params on {device}"
           + (f"; resuming at step {step}" if resumed else ""))
@@ -138,6 +145,8 @@ def run(cfg: ReinforceConfig, reward_fn: R.RewardFn | None = None) -> Path:
 
     def evaluate(final: bool) -> dict[str, Any]:
         row: dict[str, Any] = {}
+        if not main_rank:  # evaluation runs on rank 0 only (no collectives inside)
+            return row
         if eval_ids:
             row.update(R.proxy_eval(policy, ref, tok, eval_ids, params, seed=cfg.seed, **rkw))
         if icfg.eval_world and eval_prompts:
@@ -156,9 +165,10 @@ def run(cfg: ReinforceConfig, reward_fn: R.RewardFn | None = None) -> Path:
             logger.log(0, **row0)
     while step < icfg.steps:
         # --- 1. rollout: k samples of each prompt, contiguous groups ---
-        idx = sampler.take(rcfg.prompts).tolist()
+        # Same global prompts on every rank, each samples its shard: a group never spans processes.
+        idx = dist.shard(sampler.take(rcfg.prompts).tolist())
         ro = R.make_rollout(policy, ref, tok, [prompt_ids[i] for i in idx for _ in range(k)], params,
-                            generator=R.step_generator(cfg.seed, step), reuse_logprobs=rcfg.reuse_logprobs,
+                            generator=R.step_generator(cfg.seed, step, salt=1000 * rank), reuse_logprobs=rcfg.reuse_logprobs,
                             missing_eos_penalty=rcfg.missing_eos_penalty, score_clip=rcfg.score_clip, **rkw)
         t_train = time.perf_counter()
         meter.resume()  # the meter counts training time only (rollout and eval are paused)
@@ -168,12 +178,12 @@ def run(cfg: ReinforceConfig, reward_fn: R.RewardFn | None = None) -> Path:
         kl_tok = kl_estimate(ro.logprobs, ro.ref_logprobs, cfg.kl.estimator) * ro.mask
         adv, rewards = sequence_advantages(algo, ro.scores, kl_tok.sum(1), beta, k, baseline, icfg.scale_advantages)
         if algo == "reinforce":
-            m = float(rewards.mean())
+            m = float(dist.all_reduce_mean(float(rewards.mean())))  # the baseline tracks the global mean
             baseline = m if baseline is None else icfg.baseline_decay * baseline + (1 - icfg.baseline_decay) * m
         ro.advantages = adv[:, None] * ro.mask
 
         # --- 3. epochs over minibatches of whole groups ---
-        mb_rng = R.step_generator(cfg.seed, step, salt=1)
+        mb_rng = R.step_generator(cfg.seed, step, salt=1 + 1000 * rank)
         sums: dict[str, float] = {}
         n_updates, train_tokens = 0, 0
         g = icfg.minibatch_size // k
@@ -190,6 +200,7 @@ def run(cfg: ReinforceConfig, reward_fn: R.RewardFn | None = None) -> Path:
                     loss = loss + beta * kl_loss
                     sums["kl_loss"] = sums.get("kl_loss", 0.0) + float(kl_loss.detach())
                 loss.backward()
+                R.average_gradients(policy)
                 grad_norm = optimizer_step(policy, optimizer, scheduler, tcfg.grad_clip)
                 with torch.no_grad():
                     ent = masked_mean(entropy_from_logits(logits.detach() / T), mb.mask)
@@ -198,7 +209,7 @@ def run(cfg: ReinforceConfig, reward_fn: R.RewardFn | None = None) -> Path:
                     sums[key] = sums.get(key, 0.0) + float(x.detach() if torch.is_tensor(x) else x)
                 n_updates += 1
                 train_tokens += int(mb.attention_mask.sum())
-        kl_ctl.update(float(kl_tok.sum(1).mean()), len(ro))
+        kl_ctl.update(float(dist.all_reduce_mean(float(kl_tok.sum(1).mean()))), len(ro) * world)
         step += 1
         t_train = time.perf_counter() - t_train
         meter.pause()
@@ -207,26 +218,27 @@ def run(cfg: ReinforceConfig, reward_fn: R.RewardFn | None = None) -> Path:
         meter.add(train_tokens)
         logger.progress(step)
         grp = ro.raw_scores.reshape(-1, k)
-        row: dict[str, Any] = {**R.rollout_stats(ro, kl_tok), "kl_coef": beta, "reward": float(rewards.mean()),
-                               "advantage_std": float(adv.std()) if len(adv) > 1 else 0.0,
-                               "group_score_std": float(grp.std(1).mean()) if k > 1 else 0.0,
-                               **{key: v / n_updates for key, v in sums.items()},
-                               "lr": scheduler.get_last_lr()[0], "generate_s": ro.timings["generate_s"],
+        row: dict[str, Any] = R.gathered_mean({
+            **R.rollout_stats(ro, kl_tok), "reward": float(rewards.mean()),
+            "advantage_std": float(adv.std()) if len(adv) > 1 else 0.0,
+            "group_score_std": float(grp.std(1).mean()) if k > 1 else 0.0,
+            **{key: v / n_updates for key, v in sums.items()}})
+        row.update({"kl_coef": beta, "lr": scheduler.get_last_lr()[0], "generate_s": ro.timings["generate_s"],
                                "score_s": ro.timings["score_s"], "train_s": t_train,
                                "rollout_tokens_per_s": float(ro.lengths.sum()) / max(ro.timings["generate_s"], 1e-9),
-                               "train_tokens_per_s": train_tokens / max(t_train, 1e-9)}
+                               "train_tokens_per_s": train_tokens / max(t_train, 1e-9)})
         if baseline is not None:
             row["baseline"] = baseline
         last = step == icfg.steps
         minutes = (elapsed_before + time.perf_counter() - t_start) / 60
-        out_of_time = tcfg.max_minutes is not None and minutes >= tcfg.max_minutes
+        out_of_time = dist.broadcast_object(tcfg.max_minutes is not None and minutes >= tcfg.max_minutes)  # rank 0 decides
         if (tcfg.eval_every and step % tcfg.eval_every == 0) or last or out_of_time:
             row.update(evaluate(final=last or out_of_time))
-            with open(out / "samples.jsonl", "a", encoding="utf-8") as f:
+            with open(out / "samples.jsonl", "a", encoding="utf-8") if main_rank else open(os.devnull, "w") as f:
                 for i in range(0, min(4 * k, len(ro)), k):
                     f.write(json.dumps({"step": step, "prompt": prompts[idx[i // k]].prompt,
                                         "response": (ro.texts or [""])[i], "score": float(ro.raw_scores[i])}) + "\n")
-        if step % tcfg.log_every == 0 or last or step == 1:
+        if main_rank and (step % tcfg.log_every == 0 or last or step == 1):
             print(f"reinforce: step {step}: score {row['score']:+.3f} kl {row['kl']:.3f} β {beta:.3g} "
                   f"len {row['response_length']:.1f} ({row['generate_s']:.1f}s gen, {row['score_s']:.1f}s score, "
                   f"{t_train:.1f}s train)")
@@ -237,7 +249,8 @@ def run(cfg: ReinforceConfig, reward_fn: R.RewardFn | None = None) -> Path:
                             metrics_offset=logger.offset(),
                             extra={"elapsed_s": elapsed_before + time.perf_counter() - t_start})
         if out_of_time and not last:
-            print(f"reinforce: out of time after step {step} (train.max_minutes={tcfg.max_minutes})")
+            if main_rank:
+                print(f"reinforce: out of time after step {step} (train.max_minutes={tcfg.max_minutes})")
             break
 
     logger.close()
@@ -247,7 +260,10 @@ def run(cfg: ReinforceConfig, reward_fn: R.RewardFn | None = None) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_stage("reinforce", ReinforceConfig, run, list(argv or []))
+    try:
+        return run_stage("reinforce", ReinforceConfig, run, list(argv or []))
+    finally:
+        dist.cleanup()
 
 
 if __name__ == "__main__":
