@@ -107,7 +107,7 @@ def test_long_conversations_drop_the_oldest_turns(loaded):
     assert out == "" and "exceed the model's 128 positions" in err
 
 
-def test_cli_over_a_pipe(checkpoint, loaded):
+def test_cli_over_a_pipe(checkpoint, loaded, capsys):
     model, tok = loaded
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "alignforge", "chat", str(checkpoint), "chat.temperature=0",
@@ -118,6 +118,12 @@ def test_cli_over_a_pipe(checkpoint, loaded):
     bye = greedy(model, tok, [{"role": "user", "content": "bye"}], n=6)  # after /reset: no history
     # bytes, not text mode: universal newlines would turn a '\r' in a random answer into '\n'
     assert proc.stdout.decode() == f"{hi}\n{bye}\n" and proc.stderr.decode() == "(conversation reset)\n"
-    bad = subprocess.run([sys.executable, "-m", "alignforge", "chat", "chat.temperature=0"], input="",
-                         capture_output=True, text=True, timeout=120, env=env)
-    assert bad.returncode == 2 and "chat needs a checkpoint" in bad.stderr
+
+    from alignforge.chat import main
+
+    assert main(["chat.temperature=0"]) == 2
+    assert "chat needs a checkpoint" in capsys.readouterr().err
+    assert main([str(checkpoint / "nope")]) == 2
+    assert "model.init: cannot load" in capsys.readouterr().err
+    assert main([str(checkpoint), "chat.top_p=1.5"]) == 2
+    assert "chat.top_p: expected a number in (0, 1], got 1.5" in capsys.readouterr().err

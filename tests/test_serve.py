@@ -24,6 +24,13 @@ def checkpoint(tmp_path_factory):
     tok = tiny_tokenizer("llama")
     model = tiny_random_model("llama", len(tok), seed=3, pad_token_id=tok.pad_token_id,
                               eos_token_id=tok.eos_token_id)
+    # At the default init scale a random model's logits are almost flat and greedy repeats one
+    # token whatever the prompt; larger weights make answers varied and prompt-dependent.
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.2, generator=g)
     save_model(model, tok, root / "policy" / "model")
     return root / "policy"
 
@@ -142,6 +149,7 @@ def test_stop_strings_cut_the_text(client):
     text = base.choices[0].message.content
     assert len(text) >= 6, "the tiny model's greedy answer is too short to pick a stop string from"
     stop = text[4:6]
+    assert text.find(stop) == 4, f"pick another slice: {text!r}"
     cut = client.chat.completions.create(model="tiny", messages=MSG, temperature=0, max_tokens=16, stop=stop)
     assert cut.choices[0].message.content == text[: text.find(stop)]
     assert cut.choices[0].finish_reason == "stop"
@@ -261,3 +269,15 @@ def test_engine_groups_by_sampling_params_and_splits_by_max_batch():
     results = [f.result(timeout=60) for f in [engine.submit(Job([[i, 7]], 3, greedy)) for i in (5, 6, 7)]]
     engine.close()
     assert [len(r) for r in results] == [3, 3, 3] and engine.generate_calls - before == 2
+
+
+def test_cli_errors_and_port_sugar(checkpoint, capsys):
+    from alignforge.serve import _sugar, main
+
+    assert _sugar(["ckpt", "--port", "8123", "--host=0.0.0.0"]) == ["ckpt", "serve.port=8123", "serve.host=0.0.0.0"]
+    assert main(["--port", "8123"]) == 2
+    assert "serve needs a checkpoint" in capsys.readouterr().err
+    assert main([str(checkpoint / "missing"), "--port", "8123"]) == 2
+    assert "model.init: cannot load" in capsys.readouterr().err
+    assert main([str(checkpoint), "serve.max_batch=0"]) == 2
+    assert "serve.max_batch" in capsys.readouterr().err
