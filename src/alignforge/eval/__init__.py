@@ -8,6 +8,9 @@
   ``markdown`` with the world's gold judge.
 * :mod:`alignforge.eval.oracle` — the gold judge as a scorer (oracle ablations), and the runner
   that injects it into ``alignforge rsft``.
+* :mod:`alignforge.eval.lm_eval` — the ``lm-eval-harness`` adapter (model name ``alignforge``;
+  needs the ``[eval]`` extra).
+* :mod:`alignforge.eval.report` — ``report.html`` from run folders.
 
 Only ``protocol`` and ``oracle`` read the gold judge. This ``__init__`` imports nothing, so that
 training code importing ``eval.scorers`` / ``eval.kl`` / ``eval.metrics`` never loads the judge.
