@@ -281,3 +281,19 @@ def test_cli_errors_and_port_sugar(checkpoint, capsys):
     assert "model.init: cannot load" in capsys.readouterr().err
     assert main([str(checkpoint), "serve.max_batch=0"]) == 2
     assert "serve.max_batch" in capsys.readouterr().err
+
+
+def test_a_failing_generate_is_a_500_for_its_batch_and_the_worker_lives_on(client, monkeypatch):
+    import alignforge.serve as serve_mod
+
+    real = serve_mod.generate
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated device failure")
+
+    monkeypatch.setattr(serve_mod, "generate", broken)
+    with pytest.raises(openai.InternalServerError, match="simulated device failure"):
+        client.chat.completions.create(model="tiny", messages=MSG, max_tokens=4)
+    monkeypatch.setattr(serve_mod, "generate", real)
+    ok = client.chat.completions.create(model="tiny", messages=MSG, temperature=0, max_tokens=4)
+    assert ok.usage.completion_tokens >= 1

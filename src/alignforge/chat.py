@@ -83,7 +83,8 @@ class ChatSession:
             print(f"(context full: dropped the {dropped} oldest messages)", file=warn)
         params = SamplingParams(temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_tokens)
         # A seeded session is reproducible turn by turn (each turn gets its own derived seed).
-        gen = None if self.seed is None else torch.Generator().manual_seed(self.seed * 100_003 + self.turns)
+        device = next(self.model.parameters()).device  # a CUDA model samples with a CUDA generator
+        gen = None if self.seed is None else torch.Generator(device=device).manual_seed(self.seed * 100_003 + self.turns)
         answer = generate_text(self.model, self.tokenizer, [self.messages()], params, generator=gen).texts[0]
         self.history.append({"role": "assistant", "content": answer})
         self.turns += 1

@@ -363,10 +363,6 @@ def create_app(server: Server):
     async def _api_error(request: Request, e: APIError):
         return JSONResponse(e.body(), status_code=e.status)
 
-    @app.exception_handler(Exception)
-    async def _internal_error(request: Request, e: Exception):
-        return JSONResponse(APIError(500, f"{type(e).__name__}: {e}").body(), status_code=500)
-
     async def _json(request: Request) -> Any:
         try:
             return json.loads(await request.body())
@@ -378,6 +374,10 @@ def create_app(server: Server):
             return await asyncio.wrap_future(server.engine.submit(job))
         except ValueError as e:  # the engine refused these inputs (e.g. too long): the client's problem
             raise APIError(400, str(e)) from None
+        except Exception as e:  # noqa: BLE001 - a failed batch is a 500 for its requests, in OpenAI's shape
+            # (a catch-all app exception handler would not do: Starlette re-raises after it, and
+            # the client sees a reset connection instead of the error)
+            raise APIError(500, f"generation failed: {type(e).__name__}: {e}") from None
 
     def _model_card() -> dict:
         return {"id": server.model_name, "object": "model", "created": server.created, "owned_by": "alignforge"}
