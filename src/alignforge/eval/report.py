@@ -3,7 +3,11 @@
 Panels, each drawn when its runs exist:
 * headline table — gold reward (95% CI), win-rate vs the baseline, KL, words, per policy;
 * gold reward by category, per policy (bars);
-* gold reward vs KL to the reference (the frontier: PPO / DPO / RSFT points, β sweeps when run);
+* gold reward vs KL to the reference (the frontier): points of one family — ``ppo`` / ``ppo-b<β>``,
+  ``dpo`` / ``dpo-b<β>``, ``bon-<n>`` (best-of-n, KL = its analytic bound) — are joined from the
+  baseline (KL 0) in order of KL; other policies (RLOO, GRPO, RSFT, the β = 0 hack) are lone points;
+* the iterate rounds (``configs/world/iterate.yaml``, ``full.yaml``): gold reward of each round's
+  policy, from the round evals ``<name>-r<k>`` (folders with an ``eval.json``) found in ``refs``;
 * reward hacking — proxy (reward-model) score and gold reward over PPO steps, at β = 0 on the
   length-biased reward model vs β > 0 on the default one;
 * training curves of every stage (loss, and reward where logged);
@@ -16,6 +20,7 @@ import base64
 import html
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +76,122 @@ def _proxy_key(rows: list[dict[str, Any]]) -> str | None:
     return None
 
 
+_FAMILY = re.compile(r"^(ppo|dpo|bon)(?:-b?([0-9.]+))?$")  # ppo, ppo-b0.05, dpo-b0.1, bon-16
+
+
+def _sample_policies(policies: list[str]) -> list[str]:
+    """SFT, one PPO and one DPO (the plain name, else the first of a β sweep), RSFT, the oracle."""
+    out = []
+    for fam in ("sft", "ppo", "dpo", "rsft", "oracle"):
+        pick = fam if fam in policies else next((p for p in policies if re.fullmatch(fam + r"-b[0-9.]+", p)), None)
+        if pick:
+            out.append(pick)
+    return out
+
+
+def frontier_groups(report: dict[str, Any]) -> tuple[dict[str, list[str]], list[str]]:
+    """({family: its policies in order of KL}, lone policies) among those with a KL, baseline excluded."""
+    sec, kl, base = report["sample"], report.get("kl") or {}, report.get("baseline")
+    names = [n for n in report["policies"] if n in sec and n != base and (kl.get(n) or {}).get("kl") is not None]
+    families: dict[str, list[str]] = {}
+    lone = []
+    for n in names:
+        m = _FAMILY.match(n)
+        if m:
+            families.setdefault(m.group(1), []).append(n)
+        else:
+            lone.append(n)
+    return {f: sorted(ns, key=lambda n: kl[n]["kl"]) for f, ns in families.items()}, lone
+
+
+def _frontier(report: dict[str, Any], plt) -> str | None:
+    """Gold reward (sample mode, 95% CI) against KL to the reference; families joined by lines."""
+    sec, kl, base = report["sample"], report.get("kl") or {}, report.get("baseline")
+    fam_names, lone_names = frontier_groups(report)
+    if not (fam_names or lone_names) or base not in sec:
+        return None
+
+    def point(n: str, x: float) -> tuple[float, float, float, float]:
+        r = sec[n]["summary"]["all"]["reward"]
+        return x, r["value"], r["value"] - r["lo"], r["hi"] - r["value"]
+
+    base_pt = point(base, 0.0)
+    families = {f: [(n, point(n, kl[n]["kl"])) for n in ns] for f, ns in fam_names.items()}
+    lone = [(n, point(n, kl[n]["kl"])) for n in lone_names]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.errorbar([0.0], [base_pt[1]], yerr=[[base_pt[2]], [base_pt[3]]], fmt="ks", label=base)
+    for fam, pts in families.items():
+        xs = [base_pt[0]] + [p[0] for _, p in pts]
+        ys = [base_pt[1]] + [p[1] for _, p in pts]
+        line, = ax.plot(xs, ys, "-", alpha=0.7)
+        ax.errorbar([p[0] for _, p in pts], [p[1] for _, p in pts], yerr=[[p[2] for _, p in pts],
+                    [p[3] for _, p in pts]], fmt="o", color=line.get_color(), label=fam)
+        for n, p in pts:
+            ax.annotate(n.split("-", 1)[1] if "-" in n else n, (p[0], p[1]), fontsize=7,
+                        textcoords="offset points", xytext=(3, 3))
+    for n, p in lone:
+        ax.errorbar([p[0]], [p[1]], yerr=[[p[2]], [p[3]]], fmt="^")
+        ax.annotate(n, (p[0], p[1]), fontsize=8, textcoords="offset points", xytext=(3, 3))
+    ax.set_xlabel("KL(π‖π_ref) on samples (nats)")
+    ax.set_ylabel("mean gold reward")
+    ax.set_title("gold reward vs KL")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+_ROUND = re.compile(r"^(.*eval.*)-r(\d+)$")  # iterate.yaml: eval-r1..; full.yaml: eval-it-r1..
+
+
+def _rounds_panel(refs: dict[str, str], plt) -> str | None:
+    """The iterate rounds: each round eval's policy (its first checkpoint that is not the
+    baseline), gold reward with 95% CI, win-rate vs the baseline and KL; round 0 = the baseline."""
+    groups: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+    for name, folder in refs.items():
+        m = _ROUND.match(name)
+        path = Path(folder) / "eval.json"
+        if m and path.exists():
+            try:
+                groups.setdefault(m.group(1), []).append((int(m.group(2)), json.loads(path.read_text())))
+            except json.JSONDecodeError:
+                continue
+    out = []
+    for group, evals in sorted(groups.items()):
+        evals.sort(key=lambda t: t[0])
+        rows, xs, ys, lo, hi = [], [], [], [], []
+        for k, rep in evals:
+            sec, base = rep.get("sample", {}), rep.get("baseline")
+            pol = next((n for n in (rep.get("checkpoints") or rep["policies"]) if n != base and n in sec), None)
+            if pol is None:
+                continue
+            if not xs and base in sec:  # round 0: the policy every round is compared with
+                b = sec[base]["summary"]["all"]["reward"]
+                xs.append(0), ys.append(b["value"]), lo.append(b["value"] - b["lo"]), hi.append(b["hi"] - b["value"])
+                rows.append(f"<tr><td>0</td><td>{html.escape(base)}</td><td>{b['value']:+.2f} "
+                            f"[{b['lo']:+.2f}, {b['hi']:+.2f}]</td><td>—</td><td>—</td></tr>")
+            r, w = sec[pol]["summary"]["all"]["reward"], sec[pol].get("win_rate")
+            kl = (rep.get("kl") or {}).get(pol)
+            xs.append(k), ys.append(r["value"]), lo.append(r["value"] - r["lo"]), hi.append(r["hi"] - r["value"])
+            rows.append(f"<tr><td>{k}</td><td>{html.escape(pol)}</td><td>{r['value']:+.2f} "
+                        f"[{r['lo']:+.2f}, {r['hi']:+.2f}]</td><td>"
+                        + (f"{w['value']:.2f} [{w['lo']:.2f}, {w['hi']:.2f}]" if w else "—") + "</td><td>"
+                        + (f"{kl['kl']:.2f}" if kl else "—") + "</td></tr>")
+        if len(xs) < 2:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.4))
+        ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o-")
+        ax.set_xticks(xs)
+        ax.set_xlabel("round (0 = baseline)")
+        ax.set_ylabel("mean gold reward")
+        ax.set_title(f"iterate rounds ({group})")
+        out.append(f"<h3>{html.escape(group)}</h3><img src=\"{_png(fig)}\"><table><tr><th>round</th><th>policy"
+                   "</th><th>gold reward [95% CI]</th><th>win-rate vs baseline</th><th>KL (nats)</th></tr>"
+                   + "".join(rows) + "</table>")
+    if not out:
+        return None
+    return ("<h2>Iterate rounds: collect → reward → PPO from the latest policy</h2>"
+            "<p>Each round's policy on the gold judge (one sample per prompt at T = 1).</p>" + "".join(out))
+
+
 def write_report(root: Path, refs: dict[str, str], out: Path | None = None) -> Path:
     """Build ``report.html`` from the runs in ``refs`` ({step name: folder}); returns its path."""
     import matplotlib
@@ -95,7 +216,7 @@ def write_report(root: Path, refs: dict[str, str], out: Path | None = None) -> P
                 html.escape(n), r["value"], r["lo"], r["hi"],
                 f"{w['value']:.2f} [{w['lo']:.2f}, {w['hi']:.2f}]" if w else "—",
                 f"{kl['kl']:.2f}" if kl else "—", sec[n]["summary"]["all"]["words"]))
-        parts.append(f"<h2>Headline (gold judge, one sample per prompt at T = 1, {report['n_prompts']} test prompts)</h2>"
+        parts.append(f"<h2>Headline (gold judge, one sample per prompt at T = 1, {report.get('n_prompts', '?')} test prompts)</h2>"
                      f"<table><tr><th>policy</th><th>gold reward [95% CI]</th><th>win-rate vs "
                      f"{html.escape(str(report['baseline']))} [95% CI]</th><th>KL to ref (nats)</th><th>words</th></tr>"
                      + "".join(rows) + "</table>")
@@ -112,22 +233,19 @@ def write_report(root: Path, refs: dict[str, str], out: Path | None = None) -> P
         ax.set_title("gold reward by category")
         parts.append(f'<h2>By category</h2><img src="{_png(fig)}">')
 
-        kl = report.get("kl") or {}
-        pts = [(kl[n]["kl"], sec[n]["summary"]["all"]["reward"]["value"], n) for n in names if n in kl]
-        base = report.get("baseline")
-        if pts and base in sec:
-            pts.append((0.0, sec[base]["summary"]["all"]["reward"]["value"], base))
-            fig, ax = plt.subplots(figsize=(5, 3.6))
-            for x, y, n in pts:
-                ax.scatter([x], [y])
-                ax.annotate(n, (x, y), fontsize=8)
-            ax.set_xlabel("KL(π‖π_SFT) on samples (nats)")
-            ax.set_ylabel("mean gold reward")
-            ax.set_title("gold reward vs KL")
-            parts.append(f'<h2>Gold reward vs KL</h2><img src="{_png(fig)}">')
+        frontier = _frontier(report, plt)
+        if frontier:
+            parts.append('<h2>Gold reward vs KL</h2><p>One sample per prompt at T = 1; bars: 95% CI. Lines join a '
+                         'family (PPO over β, DPO over β, best-of-n over n) from the baseline at KL 0; best-of-n '
+                         'KL is the analytic bound log n − (n−1)/n.</p>' + f'<img src="{frontier}">')
+
+    rounds = _rounds_panel(refs, plt)
+    if rounds:
+        parts.append(rounds)
 
     hack_panels = []
-    for name in ("ppo-hack", "ppo"):
+    beta_runs = [n for n in refs if n == "ppo"] + [n for n in refs if re.fullmatch(r"ppo-b[0-9.]+", n)]
+    for name in ["ppo-hack"] + beta_runs[:1]:
         if name not in refs:
             continue
         rows = _metrics(Path(refs[name]))
@@ -146,38 +264,43 @@ def write_report(root: Path, refs: dict[str, str], out: Path | None = None) -> P
         parts.append("<h2>Reward hacking: β = 0 on the length-biased reward model (left) vs β &gt; 0</h2>"
                      + "".join(hack_panels))
 
-    curves = []
+    curves, seen = [], set()
     for name, folder in refs.items():
+        if Path(folder).resolve() in seen:  # an alias ("policy") names a folder already drawn
+            continue
+        seen.add(Path(folder).resolve())
         rows = _metrics(Path(folder))
-        xs, ys = _series(rows, "loss")
+        key = "loss" if _series(rows, "loss")[0] else "score"  # RL stages log the reward-model score
+        xs, ys = _series(rows, key)
         if not xs:
             continue
         fig, ax = plt.subplots(figsize=(3.4, 2.4))
         ax.plot(xs, ys, ".-")
-        ax.set_title(name, fontsize=9)
+        ax.set_title(f"{name} ({key})", fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         curves.append(f'<img src="{_png(fig)}">')
     if curves:
-        parts.append("<h2>Training curves (loss)</h2>" + "".join(curves))
+        parts.append("<h2>Training curves (loss; RL stages: reward-model score)</h2>" + "".join(curves))
 
     samples_path = Path(refs["eval"]) / "samples.jsonl" if "eval" in refs else None
     if samples_path and samples_path.exists():
+        shown = _sample_policies(report["policies"] if report else ["sft", "ppo", "dpo", "rsft", "oracle"])
         by_prompt: dict[str, dict[str, str]] = {}
         order: list[str] = []
         for line in samples_path.read_text().splitlines():
             r = json.loads(line)
-            if r["mode"] != "greedy" or r["policy"] not in ("sft", "ppo", "dpo", "rsft", "oracle"):
+            if r["mode"] != "greedy" or r["policy"] not in shown:
                 continue
             key = r["prompt"] if isinstance(r["prompt"], str) else json.dumps(r["prompt"])
             if key not in by_prompt:
                 by_prompt[key] = {}
                 order.append(key)
             by_prompt[key][r["policy"]] = f"{r['response']} ({r['reward']:+.2f})"
-        pols = [p for p in ("sft", "ppo", "dpo", "rsft", "oracle") if any(p in v for v in by_prompt.values())]
+        pols = [p for p in shown if any(p in v for v in by_prompt.values())]
         rows = ["<tr><td>" + html.escape(k) + "</td>" + "".join(
             f"<td>{html.escape(by_prompt[k].get(p, ''))}</td>" for p in pols) + "</tr>" for k in order[:12]]
         parts.append("<h2>Sample answers (greedy; gold reward in brackets)</h2><table><tr><th>prompt</th>"
-                     + "".join(f"<th>{p}</th>" for p in pols) + "</tr>" + "".join(rows) + "</table>")
+                     + "".join(f"<th>{html.escape(p)}</th>" for p in pols) + "</tr>" + "".join(rows) + "</table>")
 
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>alignforge report</title><style>"
             "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
