@@ -105,3 +105,18 @@ def test_full_pipeline_config_validates_with_the_frontiers_and_rounds():
     # The rounds continue from the latest policy; each round has its own eval folder (report panel).
     assert cfgs["ppo-it-r1"].model.init == "runs/full/sft" and cfgs["ppo-it-r3"].model.init == "runs/full/ppo-it-r2"
     assert cfgs["eval-it-r3"].eval.names == ["round-3", "sft"] and cfgs["collect-it-r2"].collect.round == 2
+
+
+def test_pipeline_command_writes_the_report_when_runs_have_results(tmp_path, monkeypatch):
+    import json
+
+    from alignforge.stages.pipeline import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.yaml").write_text("run: t\nsteps:\n  - name: world\n")
+    assert main(["p.yaml"]) == 0
+    assert not (tmp_path / "runs" / "t" / "report.html").exists()  # nothing to draw yet
+    (tmp_path / "runs" / "t" / "world" / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0}) + "\n")
+    assert main(["p.yaml"]) == 0  # every step skipped; the report is drawn from the folders
+    page = (tmp_path / "runs" / "t" / "report.html").read_text()
+    assert "Training curves" in page and "data:image/png;base64," in page

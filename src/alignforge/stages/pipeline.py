@@ -19,7 +19,8 @@ Steps get config *objects* (``config.build_config``), never argument strings. A 
 is recorded by a ``PIPELINE_DONE`` file holding its resolved config; rerunning the pipeline skips
 it if the config is unchanged, and an interrupted step resumes from its own checkpoint (every
 training stage keeps ``state/``). ``{name}`` references resolve to the step's output folder, and
-``{round}`` / ``{prev_round}`` to the round number inside ``round_steps``.
+``{round}`` / ``{prev_round}`` to the round number inside ``round_steps``. At the end,
+``runs/<run>/report.html`` is (re)written from the steps' folders (``eval/report.py``).
 """
 
 from __future__ import annotations
@@ -218,8 +219,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         p = load_pipeline(args.file)
         if args.run:
             p.run = args.run
-        run_pipeline(p, only=args.only)
+        refs = run_pipeline(p, only=args.only)
     except (ConfigError, RecordError) as e:
         print(f"alignforge pipeline: error: {e}", file=sys.stderr)
         return 2
+    if any((Path(f) / "eval.json").exists() or (Path(f) / "metrics.jsonl").exists() for f in refs.values()):
+        from alignforge.eval.report import write_report
+
+        print(f"pipeline: report: {write_report(p.out_dir('.').resolve(), refs)}", file=sys.stderr)
     return 0
