@@ -151,6 +151,15 @@ def test_generate_until_is_greedy_and_stops_at_the_until_string(ckpt):
         lm.generate_until([_req("generate_until", (contexts[0], {"until": [3]}))])
 
 
+def test_chat_template_text_tokenises_to_the_training_prompt_ids(ckpt):
+    from alignforge.data.batching import prompt_ids
+
+    lm = AlignforgeLM(path=str(ckpt))
+    text = lm.apply_chat_template([{"role": "user", "content": "What is two plus two?"}])
+    assert text.endswith("\n") and "What is two plus two?" in text
+    assert lm.tok_encode(text) == prompt_ids(lm.tokenizer, "What is two plus two?")
+
+
 def test_bad_model_args_are_named(ckpt):
     with pytest.raises(ValueError, match="needs path="):
         AlignforgeLM()
