@@ -118,7 +118,7 @@ def _frontier(report: dict[str, Any], plt) -> str | None:
     base_pt = point(base, 0.0)
     families = {f: [(n, point(n, kl[n]["kl"])) for n in ns] for f, ns in fam_names.items()}
     lone = [(n, point(n, kl[n]["kl"])) for n in lone_names]
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(8, 4.6))
     ax.errorbar([0.0], [base_pt[1]], yerr=[[base_pt[2]], [base_pt[3]]], fmt="ks", label=base)
     for fam, pts in families.items():
         xs = [base_pt[0]] + [p[0] for _, p in pts]
@@ -132,7 +132,10 @@ def _frontier(report: dict[str, Any], plt) -> str | None:
     for n, p in lone:
         ax.errorbar([p[0]], [p[1]], yerr=[[p[2]], [p[3]]], fmt="^")
         ax.annotate(n, (p[0], p[1]), fontsize=8, textcoords="offset points", xytext=(3, 3))
-    ax.set_xlabel("KL(π‖π_ref) on samples (nats)")
+    # Linear up to 1 nat, logarithmic beyond: a β = 0 run tens of nats away must not squash the
+    # frontier, where the policies that matter sit within a few nats of SFT.
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlabel("KL(π‖π_ref) on samples (nats; log scale above 1)")
     ax.set_ylabel("mean gold reward")
     ax.set_title("gold reward vs KL")
     ax.legend(fontsize=8)
@@ -229,7 +232,7 @@ def write_report(root: Path, refs: dict[str, str], out: Path | None = None) -> P
             ax.bar([j + i * width for j in range(len(cats))], vals, width, label=n)
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cats))], cats)
         ax.set_ylabel("mean gold reward")
-        ax.legend(fontsize=7, ncol=4)
+        ax.legend(fontsize=7, ncol=1 + len(names) // 9, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         ax.set_title("gold reward by category")
         parts.append(f'<h2>By category</h2><img src="{_png(fig)}">')
 
