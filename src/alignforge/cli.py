@@ -151,4 +151,9 @@ def run_stage(name: str, config_cls: type, fn: Callable[[Any], Any], argv: Seque
     except (ConfigError, RecordError) as e:
         print(f"alignforge {name}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        # A stage that joined a torchrun process group leaves it, error or not (only if loaded:
+        # world/feedback never import torch.distributed).
+        if "alignforge.train.distributed" in sys.modules:
+            sys.modules["alignforge.train.distributed"].cleanup()
     return 0

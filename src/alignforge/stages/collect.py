@@ -40,7 +40,7 @@ import torch
 
 from alignforge.cli import run_stage
 from alignforge.config import CollectConfig, ConfigError, save_config
-from alignforge.data.records import Candidates, Comparison, Prompt, PromptRecord, ReadReport, RecordError, prompt_text
+from alignforge.data.records import Candidates, Comparison, Prompt, PromptRecord, ReadReport, RecordError
 from alignforge.io import atomic_write_text
 from alignforge.train import checkpoint as ckpt
 from alignforge.train.loop import apply_threads, resolve_device

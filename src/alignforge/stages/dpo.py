@@ -46,8 +46,8 @@ from alignforge.perf import forward_flops, measure_matmul_peak, train_flops
 from alignforge.stages.sft import load_model, split_eval
 from alignforge.train import checkpoint as ckpt
 from alignforge.train import distributed as dist
-from alignforge.train.loop import (EpochSampler, apply_threads, autocast, make_optimizer, make_scheduler,
-                                   optimizer_step, resolve_device, seed_everything)
+from alignforge.train.loop import (EpochSampler, autocast, make_optimizer, make_scheduler,
+                                  optimizer_step, seed_everything, start_stage)
 from alignforge.train.refcache import pair_logprobs, reference_logprobs
 from alignforge.train.tracking import MetricsLogger
 
@@ -128,16 +128,9 @@ def pair_losses(pc: torch.Tensor, pr: torch.Tensor, rc: torch.Tensor | None, rr:
 
 
 def run(cfg: DPOConfig) -> Path:
-    out = cfg.out_dir()
-    apply_threads(cfg.runtime)
-    device = resolve_device(cfg.runtime)
-    dist.init_distributed(device)
-    if ckpt.is_done(out) and not cfg.force:
-        if dist.is_main():
-            print(f"dpo: {out} is finished (DONE); set force=true to recompute")
+    out, device, finished = start_stage(cfg, "dpo")
+    if finished:
         return out
-    if cfg.force:
-        ckpt.clear(out)
     if not cfg.data.train:
         raise ConfigError("dpo needs data.train (comparisons / rankings / ratings, or an HH-RLHF file)")
     if not cfg.model.init:
@@ -368,10 +361,7 @@ def run(cfg: DPOConfig) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        return run_stage("dpo", DPOConfig, run, list(argv or []))
-    finally:
-        dist.cleanup()
+    return run_stage("dpo", DPOConfig, run, list(argv or []))
 
 
 if __name__ == "__main__":

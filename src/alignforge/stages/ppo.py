@@ -54,8 +54,9 @@ from alignforge.rl import explained_variance, gae, per_token_rewards
 from alignforge.stages.sft import load_model
 from alignforge.train import checkpoint as ckpt
 from alignforge.train import distributed as dist
-from alignforge.train.loop import (EpochSampler, apply_threads, lm_loss, make_scheduler, optimizer_step,
-                                   pack_blocks, pack_stream, param_groups, resolve_device, seed_everything)
+from alignforge.train.loop import (EpochSampler, lm_loss, make_scheduler, optimizer_step,
+                                  pack_blocks, pack_stream, param_groups, seed_everything,
+                                  start_stage)
 from alignforge.train.tracking import MetricsLogger
 
 
@@ -83,17 +84,10 @@ def make_optimizer(policy, value, cfg: PPOConfig) -> torch.optim.Optimizer:
 
 def run(cfg: PPOConfig, reward_fn: R.RewardFn | None = None) -> Path:
     """Train; ``reward_fn`` (tests, oracle ablations run from alignforge.eval) replaces reward.init."""
-    out = cfg.out_dir()
-    apply_threads(cfg.runtime)
-    device = resolve_device(cfg.runtime)
-    dist.init_distributed(device)
-    world, rank, main_rank = dist.world_size(), dist.rank(), dist.is_main()
-    if ckpt.is_done(out) and not cfg.force:
-        if main_rank:
-            print(f"ppo: {out} is finished (DONE); set force=true to recompute")
+    out, device, finished = start_stage(cfg, "ppo")
+    if finished:
         return out
-    if cfg.force:
-        ckpt.clear(out)
+    world, rank, main_rank = dist.world_size(), dist.rank(), dist.is_main()
     if not cfg.data.train:
         raise ConfigError("ppo needs data.train (prompt records)")
     if not cfg.model.init:
@@ -277,10 +271,7 @@ def run(cfg: PPOConfig, reward_fn: R.RewardFn | None = None) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        return run_stage("ppo", PPOConfig, run, list(argv or []))
-    finally:
-        dist.cleanup()
+    return run_stage("ppo", PPOConfig, run, list(argv or []))
 
 
 if __name__ == "__main__":

@@ -24,9 +24,9 @@ from alignforge.models.load import build_model, matmul_params
 from alignforge.perf import Throughput, measure_matmul_peak
 from alignforge.train import checkpoint as ckpt
 from alignforge.train import distributed as dist
-from alignforge.train.loop import (EpochSampler, apply_threads, autocast, bits_per_byte, heldout_nats,
-                                   lm_loss, make_optimizer, make_scheduler, optimizer_step, pack_blocks,
-                                   pack_stream, resolve_device, seed_everything)
+from alignforge.train.loop import (EpochSampler, autocast, bits_per_byte, heldout_nats,
+                                  lm_loss, make_optimizer, make_scheduler, optimizer_step, pack_blocks,
+                                  pack_stream, seed_everything, start_stage)
 from alignforge.train.tracking import MetricsLogger
 
 
@@ -66,16 +66,9 @@ def _model_and_tokenizer(cfg: PretrainConfig, texts: list[str], out: Path):
 
 
 def run(cfg: PretrainConfig) -> Path:
-    out = cfg.out_dir()
-    apply_threads(cfg.runtime)
-    device = resolve_device(cfg.runtime)
-    dist.init_distributed(device)
-    if ckpt.is_done(out) and not cfg.force:
-        if dist.is_main():
-            print(f"pretrain: {out} is finished (DONE); set force=true to recompute")
+    out, device, finished = start_stage(cfg, "pretrain", clear_also=("tokenizer",))
+    if finished:
         return out
-    if cfg.force:
-        ckpt.clear(out, also=("tokenizer",))
     if not cfg.data.train:
         raise ConfigError("pretrain needs data.train (text records: JSONL with a 'text' field)")
     tcfg = cfg.train
@@ -204,10 +197,7 @@ def run(cfg: PretrainConfig) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        return run_stage("pretrain", PretrainConfig, run, list(argv or []))
-    finally:
-        dist.cleanup()
+    return run_stage("pretrain", PretrainConfig, run, list(argv or []))
 
 
 if __name__ == "__main__":

@@ -52,8 +52,8 @@ from alignforge.rl import grpo_advantages, rloo_advantages
 from alignforge.stages.sft import load_model
 from alignforge.train import checkpoint as ckpt
 from alignforge.train import distributed as dist
-from alignforge.train.loop import (EpochSampler, apply_threads, make_optimizer, make_scheduler, optimizer_step,
-                                   resolve_device, seed_everything)
+from alignforge.train.loop import (EpochSampler, make_optimizer, make_scheduler,
+                                  optimizer_step, seed_everything, start_stage)
 from alignforge.train.tracking import MetricsLogger
 
 
@@ -71,17 +71,10 @@ def sequence_advantages(algorithm: str, scores: torch.Tensor, kl_seq: torch.Tens
 
 def run(cfg: ReinforceConfig, reward_fn: R.RewardFn | None = None) -> Path:
     """Train; ``reward_fn`` (tests, oracle ablations run from alignforge.eval) replaces reward.init."""
-    out = cfg.out_dir()
-    apply_threads(cfg.runtime)
-    device = resolve_device(cfg.runtime)
-    dist.init_distributed(device)
-    world, rank, main_rank = dist.world_size(), dist.rank(), dist.is_main()
-    if ckpt.is_done(out) and not cfg.force:
-        if main_rank:
-            print(f"reinforce: {out} is finished (DONE); set force=true to recompute")
+    out, device, finished = start_stage(cfg, "reinforce")
+    if finished:
         return out
-    if cfg.force:
-        ckpt.clear(out)
+    world, rank, main_rank = dist.world_size(), dist.rank(), dist.is_main()
     if not cfg.data.train:
         raise ConfigError("reinforce needs data.train (prompt records)")
     if not cfg.model.init:
@@ -260,10 +253,7 @@ def run(cfg: ReinforceConfig, reward_fn: R.RewardFn | None = None) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        return run_stage("reinforce", ReinforceConfig, run, list(argv or []))
-    finally:
-        dist.cleanup()
+    return run_stage("reinforce", ReinforceConfig, run, list(argv or []))
 
 
 if __name__ == "__main__":

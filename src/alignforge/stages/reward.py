@@ -62,8 +62,8 @@ from alignforge.models.load import matmul_params
 from alignforge.perf import Throughput, measure_matmul_peak
 from alignforge.train import checkpoint as ckpt
 from alignforge.train import distributed as dist
-from alignforge.train.loop import (EpochSampler, apply_threads, autocast, make_optimizer, make_scheduler,
-                                   optimizer_step, resolve_device, seed_everything)
+from alignforge.train.loop import (EpochSampler, autocast, make_optimizer, make_scheduler,
+                                  optimizer_step, seed_everything, start_stage)
 from alignforge.train.tracking import MetricsLogger
 
 AXES = ("helpful", "honest", "harmless")
@@ -381,16 +381,9 @@ def load_model(cfg: RewardConfig, out: Path):
 
 
 def run(cfg: RewardConfig) -> Path:
-    out = cfg.out_dir()
-    apply_threads(cfg.runtime)
-    device = resolve_device(cfg.runtime)
-    dist.init_distributed(device)
-    if ckpt.is_done(out) and not cfg.force:
-        if dist.is_main():
-            print(f"reward: {out} is finished (DONE); set force=true to recompute")
+    out, device, finished = start_stage(cfg, "reward")
+    if finished:
         return out
-    if cfg.force:
-        ckpt.clear(out)
     check_config(cfg)
     if not cfg.data.train:
         raise ConfigError("reward needs data.train (comparisons, rankings or ratings; or an HH-RLHF-like dataset)")
@@ -554,10 +547,7 @@ def run(cfg: RewardConfig) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        return run_stage("reward", RewardConfig, run, list(argv or []))
-    finally:
-        dist.cleanup()
+    return run_stage("reward", RewardConfig, run, list(argv or []))
 
 
 if __name__ == "__main__":

@@ -45,8 +45,8 @@ from alignforge.perf import Throughput
 from alignforge.stages.sft import load_model
 from alignforge.train import checkpoint as ckpt
 from alignforge.train import distributed as dist
-from alignforge.train.loop import (EpochSampler, apply_threads, autocast, make_optimizer, make_scheduler,
-                                   optimizer_step, resolve_device, seed_everything)
+from alignforge.train.loop import (EpochSampler, autocast, make_optimizer, make_scheduler,
+                                  optimizer_step, seed_everything, start_stage)
 from alignforge.train.tracking import MetricsLogger
 
 
@@ -86,16 +86,9 @@ def round_prompts(prompts: Sequence[Prompt], k: int, seed: int, rnd: int) -> lis
 
 
 def run(cfg: RSFTConfig, scorer: Scorer | None = None) -> Path:
-    out = cfg.out_dir()
-    apply_threads(cfg.runtime)
-    device = resolve_device(cfg.runtime)
-    dist.init_distributed(device)
-    if ckpt.is_done(out) and not cfg.force:
-        if dist.is_main():
-            print(f"rsft: {out} is finished (DONE); set force=true to recompute")
+    out, device, finished = start_stage(cfg, "rsft")
+    if finished:
         return out
-    if cfg.force:
-        ckpt.clear(out)
     if scorer is None and cfg.rsft.scorer == "gold":
         reward_scorer(cfg, device)  # raises: the oracle is injected by alignforge.eval.oracle, never built here
     if not cfg.data.train:
@@ -239,10 +232,7 @@ def run(cfg: RSFTConfig, scorer: Scorer | None = None) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        return run_stage("rsft", RSFTConfig, run, list(argv or []))
-    finally:
-        dist.cleanup()
+    return run_stage("rsft", RSFTConfig, run, list(argv or []))
 
 
 if __name__ == "__main__":

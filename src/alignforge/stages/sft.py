@@ -32,15 +32,15 @@ import torch
 
 from alignforge.cli import run_stage
 from alignforge.config import ConfigError, SFTConfig, save_config
-from alignforge.data.batching import (BatchPlan, EncodeStats, Example, encode_example, encode_prompt, lm_loss,
+from alignforge.data.batching import (EncodeStats, Example, encode_example, encode_prompt, lm_loss,
                                       make_batches, pad_id_of)
 from alignforge.data.records import Demonstration, ReadReport, RecordError
 from alignforge.models.load import matmul_params
 from alignforge.perf import Throughput, measure_matmul_peak
 from alignforge.train import checkpoint as ckpt
 from alignforge.train import distributed as dist
-from alignforge.train.loop import (EpochSampler, apply_threads, autocast, make_optimizer, make_scheduler,
-                                   optimizer_step, resolve_device, seed_everything)
+from alignforge.train.loop import (EpochSampler, autocast, make_optimizer, make_scheduler,
+                                  optimizer_step, seed_everything, start_stage)
 from alignforge.train.tracking import MetricsLogger
 
 LN2 = math.log(2)
@@ -135,16 +135,9 @@ def load_model(cfg: SFTConfig):
 
 
 def run(cfg: SFTConfig) -> Path:
-    out = cfg.out_dir()
-    apply_threads(cfg.runtime)
-    device = resolve_device(cfg.runtime)
-    dist.init_distributed(device)
-    if ckpt.is_done(out) and not cfg.force:
-        if dist.is_main():
-            print(f"sft: {out} is finished (DONE); set force=true to recompute")
+    out, device, finished = start_stage(cfg, "sft")
+    if finished:
         return out
-    if cfg.force:
-        ckpt.clear(out)
     if not cfg.data.train:
         raise ConfigError("sft needs data.train (demonstrations: prompt + response, or a supported dataset)")
     tcfg, scfg = cfg.train, cfg.sft
@@ -313,10 +306,7 @@ def run(cfg: SFTConfig) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        return run_stage("sft", SFTConfig, run, list(argv or []))
-    finally:
-        dist.cleanup()
+    return run_stage("sft", SFTConfig, run, list(argv or []))
 
 
 if __name__ == "__main__":

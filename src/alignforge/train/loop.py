@@ -316,3 +316,26 @@ def heldout_nats(model: torch.nn.Module, stream: torch.Tensor, seq_len: int, bat
 def bits_per_byte(total_nats: float, n_bytes: int) -> float:
     """Bits per byte (design §8 perplexity): summed nats ÷ ln 2 ÷ UTF-8 bytes of the text."""
     return total_nats / math.log(2) / max(1, n_bytes)
+
+
+def start_stage(cfg: Any, name: str, clear_also: Sequence[str] = ()) -> tuple[Any, torch.device, bool]:
+    """The opening every training stage shares: CPU threads, device, torchrun init, and DONE.
+
+    Returns ``(out, device, finished)``. A finished stage (``DONE`` in its folder) is not
+    recomputed unless ``cfg.force``, which clears the folder (and ``clear_also`` beside it) first;
+    an unfinished one with ``state/`` resumes inside the stage.
+    """
+    from alignforge.train import checkpoint as ckpt
+    from alignforge.train import distributed as dist
+
+    out = cfg.out_dir()
+    apply_threads(cfg.runtime)
+    device = resolve_device(cfg.runtime)
+    dist.init_distributed(device)
+    if ckpt.is_done(out) and not cfg.force:
+        if dist.is_main():
+            print(f"{name}: {out} is finished (DONE); set force=true to recompute")
+        return out, device, True
+    if cfg.force:
+        ckpt.clear(out, also=tuple(clear_also))
+    return out, device, False
