@@ -7,7 +7,7 @@ set -euo pipefail
 # spinning worker threads would steal the other process's core.
 export OMP_WAIT_POLICY=PASSIVE
 cd "$(dirname "$0")/.."
-python -m pip install -q -e ".[dev,app]"
+python -m pip install -q -e ".[dev,app,eval]"
 if [ -f scripts/ci-services.sh ]; then
   # Prints `export ALIGNFORGE_TEST_PG_URL=...` for the PostgreSQL tests.
   eval "$(bash scripts/ci-services.sh)"
