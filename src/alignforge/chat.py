@@ -26,7 +26,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Sequence, TextIO
 
-from alignforge.config import ChatConfig, ConfigError
+from alignforge.config import ChatConfig
 
 HELP = __doc__.split("::\n\n")[1].split("\n\n")[0]
 
@@ -164,18 +164,9 @@ def run_chat(session: ChatSession, stdin: TextIO, stdout: TextIO, stderr: TextIO
 
 
 def chat(cfg: ChatConfig) -> None:
-    import torch
+    from alignforge.models.load import load_for_inference
 
-    from alignforge.models.load import load_causal_lm
-
-    if not cfg.model.init:
-        raise ConfigError("chat needs a checkpoint: `alignforge chat runs/<run>/<stage>` (or model.init=DIR)")
-    if cfg.runtime.threads:
-        torch.set_num_threads(cfg.runtime.threads)
-    try:
-        model, tok = load_causal_lm(cfg.model.init, device=cfg.runtime.device, tokenizer=cfg.model.tokenizer)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"model.init: cannot load '{cfg.model.init}': {e}") from None
+    model, tok = load_for_inference(cfg, "chat")
     session = ChatSession(model.eval(), tok, temperature=cfg.chat.temperature, top_p=cfg.chat.top_p,
                           max_tokens=cfg.chat.max_tokens, system=cfg.chat.system, seed=cfg.seed)
     run_chat(session, sys.stdin, sys.stdout, sys.stderr, interactive=sys.stdin.isatty())

@@ -145,20 +145,6 @@ def logprobs_reusable(params: SamplingParams) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_reference(cfg: Any, policy, device: torch.device):
-    """The frozen reference: ``ref.init`` if set, else a frozen copy of the policy as loaded (= SFT)."""
-    from alignforge.models.load import frozen_copy, load_causal_lm
-
-    if cfg.ref.init:
-        try:
-            ref, _ = load_causal_lm(cfg.ref.init)
-        except FileNotFoundError as e:
-            raise ConfigError(f"ref.init={cfg.ref.init}: {e}") from None
-        ref.eval().requires_grad_(False)
-    else:
-        ref = frozen_copy(policy)
-    return ref.to(device)
-
 
 def _same_vocab(tok, other, what: str, path: str) -> None:
     if tok.get_vocab() != other.get_vocab():

@@ -38,7 +38,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
-from alignforge.config import ConfigError, ServeConfig
+from alignforge.config import ServeConfig
 from alignforge.generation import SamplingParams, encode_prompts, generate
 
 ROLES = ("system", "user", "assistant")
@@ -477,19 +477,9 @@ def create_app(server: Server):
 
 def load_server(cfg: ServeConfig) -> Server:
     """Load ``model.init`` and start its engine (ConfigError when the checkpoint cannot be loaded)."""
-    import torch
+    from alignforge.models.load import load_for_inference
 
-    from alignforge.models.load import load_causal_lm
-
-    if not cfg.model.init:
-        raise ConfigError("serve needs a checkpoint: `alignforge serve runs/<run>/<stage>` (or model.init=DIR)")
-    if cfg.runtime.threads:
-        torch.set_num_threads(cfg.runtime.threads)
-    try:
-        model, tok = load_causal_lm(cfg.model.init, device=cfg.runtime.device, tokenizer=cfg.model.tokenizer)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"model.init: cannot load '{cfg.model.init}': {e}") from None
-    model.eval()
+    model, tok = load_for_inference(cfg, "serve")
     name = cfg.serve.model_name or str(cfg.model.init).rstrip("/")
     engine = BatchingEngine(model, tok, max_batch=cfg.serve.max_batch, window_ms=cfg.serve.batch_window_ms)
     return Server(engine, name, default_max_tokens=cfg.serve.max_tokens, max_n=cfg.serve.max_n)

@@ -315,3 +315,37 @@ def apply_lora(model, lora):
         task_type=TaskType.SEQ_CLS if is_scorer else TaskType.CAUSAL_LM,
     )
     return get_peft_model(model, cfg)
+
+
+def load_reference(ref_init: str | None, policy, device):
+    """The frozen reference model: ``ref_init`` if set, else a frozen copy of ``policy`` as loaded
+    (before any update, that is the SFT policy). Shared by DPO, PPO and the REINFORCE family."""
+    from alignforge.config import ConfigError
+
+    if ref_init:
+        try:
+            ref, _ = load_causal_lm(ref_init)
+        except FileNotFoundError as e:
+            raise ConfigError(f"ref.init={ref_init}: {e}") from None
+        ref.eval().requires_grad_(False)
+    else:
+        ref = frozen_copy(policy)
+    return ref.to(device)
+
+
+def load_for_inference(cfg, stage: str):
+    """``model.init`` of an inference stage (serve, chat) in eval mode, threads applied; a missing
+    or unloadable checkpoint is a ConfigError that says which and why."""
+    import torch
+
+    from alignforge.config import ConfigError
+
+    if not cfg.model.init:
+        raise ConfigError(f"{stage} needs a checkpoint: `alignforge {stage} runs/<run>/<stage>` (or model.init=DIR)")
+    if cfg.runtime.threads:
+        torch.set_num_threads(cfg.runtime.threads)
+    try:
+        model, tok = load_causal_lm(cfg.model.init, device=cfg.runtime.device, tokenizer=cfg.model.tokenizer)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model.init: cannot load '{cfg.model.init}': {e}") from None
+    return model.eval(), tok

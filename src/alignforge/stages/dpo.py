@@ -44,6 +44,7 @@ from alignforge.losses import dpo_loss
 from alignforge.models.load import matmul_params
 from alignforge.perf import forward_flops, measure_matmul_peak, train_flops
 from alignforge.stages.sft import load_model, split_eval
+from alignforge.models.load import load_reference
 from alignforge.train import checkpoint as ckpt
 from alignforge.train import distributed as dist
 from alignforge.train.loop import (EpochSampler, autocast, make_optimizer, make_scheduler,
@@ -98,20 +99,6 @@ def split_by_prompt(pairs: Sequence[PreferencePair], fraction: float, seed: int
     return [p for p in pairs if repr(p.prompt) not in held], [p for p in pairs if repr(p.prompt) in held]
 
 
-def load_reference(cfg: DPOConfig, model, device: torch.device):
-    """The frozen reference: ``ref.init`` if set, else a frozen copy of the policy as loaded."""
-    from alignforge.models.load import frozen_copy, load_causal_lm
-
-    if cfg.ref.init:
-        try:
-            ref, _ = load_causal_lm(cfg.ref.init)
-        except FileNotFoundError as e:
-            raise ConfigError(f"ref.init={cfg.ref.init}: {e}") from None
-        ref.eval().requires_grad_(False)
-    else:
-        ref = frozen_copy(model)
-    return ref.to(device)
-
 
 def pair_losses(pc: torch.Tensor, pr: torch.Tensor, rc: torch.Tensor | None, rr: torch.Tensor | None,
                 cfg: DPOConfig) -> torch.Tensor:
@@ -145,7 +132,7 @@ def run(cfg: DPOConfig) -> Path:
     n_matmul = matmul_params(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     need_ref_model = not dcfg.reference_free or dcfg.kl_prompts > 0
-    ref = load_reference(cfg, model, device) if need_ref_model else None
+    ref = load_reference(cfg.ref.init, model, device) if need_ref_model else None
 
     # --- data: records → weighted pairs → token ids; held-out pairs for eval ---
     pairs, pair_stats = read_pairs(cfg, "train")

@@ -52,6 +52,7 @@ from alignforge.models.load import matmul_params
 from alignforge.perf import Throughput
 from alignforge.rl import explained_variance, gae, per_token_rewards
 from alignforge.stages.sft import load_model
+from alignforge.models.load import load_reference
 from alignforge.train import checkpoint as ckpt
 from alignforge.train import distributed as dist
 from alignforge.train.loop import (EpochSampler, lm_loss, make_scheduler, optimizer_step,
@@ -102,7 +103,7 @@ def run(cfg: PPOConfig, reward_fn: R.RewardFn | None = None) -> Path:
     seed_everything(cfg.seed)
     policy, tok = load_model(cfg)
     policy.to(device)
-    ref = R.load_reference(cfg, policy, device)
+    ref = load_reference(cfg.ref.init, policy, device)
     reward_model, head = (None, 0) if reward_fn is not None else R.load_reward(cfg, tok, device)
     value = R.load_value(cfg, tok, device).to(device)
     both = torch.nn.ModuleDict({"policy": policy, "value": value})  # one state for the checkpoint

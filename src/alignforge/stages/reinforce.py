@@ -50,6 +50,7 @@ from alignforge.models.load import matmul_params
 from alignforge.perf import Throughput
 from alignforge.rl import grpo_advantages, rloo_advantages
 from alignforge.stages.sft import load_model
+from alignforge.models.load import load_reference
 from alignforge.train import checkpoint as ckpt
 from alignforge.train import distributed as dist
 from alignforge.train.loop import (EpochSampler, make_optimizer, make_scheduler,
@@ -93,7 +94,7 @@ def run(cfg: ReinforceConfig, reward_fn: R.RewardFn | None = None) -> Path:
     seed_everything(cfg.seed)
     policy, tok = load_model(cfg)
     policy.to(device).eval()  # dropout off: the engine's log-probs come from an eval-mode forward
-    ref = R.load_reference(cfg, policy, device)
+    ref = load_reference(cfg.ref.init, policy, device)
     reward_model, head = (None, 0) if reward_fn is not None else R.load_reward(cfg, tok, device)
 
     # --- prompts ---
