@@ -27,9 +27,11 @@ def _sizes(quick: bool) -> dict[str, Any]:
         return dict(preset="tiny-1m", vocab=512, pre_steps=40, pre_min=10.0, sft_steps=30, sft_min=10.0, prompts=48,
                     eval_prompts=32, rm_min=10.0, rm_steps=15, dpo_min=10.0, dpo_steps=15, ppo_steps=2,
                     ppo_prompts=16, rsft_prompts=16, rsft_n=2, eval_n=32, new_tokens=24, seq=128)
-    return dict(preset="tiny-4m", vocab=2048, pre_steps=600, pre_min=3.0, sft_steps=200, sft_min=1.5, prompts=400,
-                eval_prompts=150, rm_min=0.75, rm_steps=100000, dpo_min=0.75, dpo_steps=100000, ppo_steps=12, ppo_prompts=32, rsft_prompts=96, rsft_n=4,
-                eval_n=200, new_tokens=40, seq=256)
+    # Step-bounded too (steps calibrated to ~9 minutes on an idle 2-core CPU), so the same seed gives
+    # the same models on any machine; max_minutes is only a safety cap.
+    return dict(preset="tiny-4m", vocab=2048, pre_steps=450, pre_min=10.0, sft_steps=200, sft_min=10.0, prompts=400,
+                eval_prompts=150, rm_min=10.0, rm_steps=200, dpo_min=10.0, dpo_steps=150, ppo_steps=12,
+                ppo_prompts=32, rsft_prompts=128, rsft_n=4, eval_n=160, new_tokens=40, seq=256)
 
 
 def demo_pipeline(run: str = "demo", quick: bool = False, seed: int = 0, beta: float = 0.05,
@@ -48,7 +50,7 @@ def demo_pipeline(run: str = "demo", quick: bool = False, seed: int = 0, beta: f
     reward = lambda c: {"model.init": "{sft}", "data.train": "{%s}/train.jsonl" % c,  # noqa: E731
                         "data.eval": "{%s}/eval.jsonl" % c, "reward.gold_eval": "{%s}/gold_eval.jsonl" % c,
                         "reward.length_probe": "{%s}/length_probe.jsonl" % c,
-                        "reward.normalize_on": "{%s}/candidates.jsonl" % c, "train.lr": 5e-4,
+                        "reward.normalize_on": "{%s}/candidates.jsonl" % c, "train.lr": 1e-4, "train.warmup_steps": 30,
                         "train.seq_len": 192, **train(s["rm_min"], s["rm_steps"]), **threads}
     ppo = lambda rm, kl: {"model.init": "{sft}", "reward.init": "{%s}" % rm,  # noqa: E731
                           "data.train": world_files("prompts_train.jsonl"), "data.eval": world_files("prompts_test.jsonl"),
@@ -79,6 +81,7 @@ def demo_pipeline(run: str = "demo", quick: bool = False, seed: int = 0, beta: f
         Step("rsft", "rsft", values={"model.init": "{sft}", "reward.init": "{reward}",
                                      "data.train": world_files("prompts_train.jsonl"), "rsft.rounds": 1,
                                      "rsft.n": s["rsft_n"], "rsft.prompts_per_round": s["rsft_prompts"],
+                                     "rsft.epochs": 2.0, "train.batch_size": 2,
                                      "sampling.max_new_tokens": s["new_tokens"], "train.max_minutes": s["dpo_min"],
                                      **threads}),
         Step("eval", "eval", values={"eval.checkpoints": ["{pretrain}", "{sft}", "{ppo}", "{dpo}", "{rsft}",
