@@ -851,3 +851,36 @@ class ChatConfig(StageConfig):
     stage_name: typing.ClassVar[str] = "chat"
     model: ModelSection = section(ModelSection, "model.init = the checkpoint to chat with (also the positional argument)")
     chat: ChatSection = section(ChatSection, "sampling and system message")
+
+
+@dataclass
+class NashSection:
+    mixture_beta: float = option(0.125, "β of the geometric mixture π^β ∝ π^(1−β)·π_ref^β the opponent samples "
+                                        "from, per token (Nash-MD); 0 = self-play against the current policy")
+    steps: int = option(20, "Nash-MD steps (one rollout of rollout.prompts prompts each)")
+    preference_max_len: int = option(512, "longest (prompt, y, y') sequence the preference model reads; longer "
+                                          "pairs have the prompt cut from the left")
+    eval_prompts: int = option(64, "data.eval prompts for the eval-time win-rate vs the mixture / KL (0 = off)")
+
+    def validate(self) -> None:
+        if not 0.0 <= self.mixture_beta <= 1.0:
+            raise ConfigError(f"config key 'nash.mixture_beta': expected a number in [0, 1], got {self.mixture_beta}")
+        if self.steps < 1 or self.preference_max_len < 8:
+            raise ConfigError("config keys 'nash.steps' (>= 1) and 'nash.preference_max_len' (>= 8) out of range")
+
+
+@dataclass
+class NashConfig(StageConfig):
+    """Nash-MD (Munos et al. 2023): policy gradient on P(y ≻ y') against a geometric mixture with the reference."""
+
+    stage_name: typing.ClassVar[str] = "nash"
+    model: ModelSection = section(ModelSection, "the policy: model.init = an SFT stage folder or a local HF model")
+    ref: RefSection = section(RefSection, "the reference for the mixture and the KL (default: the policy's init)")
+    preference: ScorerSection = section(ScorerSection, "the pairwise preference model (preference.init: a "
+                                                        "scalar-head dir from alignforge.models.preference)")
+    data: DataSection = section(DataSection, "data.train: prompts; data.eval: held-out prompts for eval")
+    sampling: SamplingSection = section(SamplingSection, "how both players sample (also the log-prob temperature)")
+    train: TrainSection = section(TrainSection, "optimisation (train.max_steps is set from nash.steps)")
+    kl: KLSection = section(KLSection, "KL(π‖π_ref) penalty β in the reward (separate from nash.mixture_beta)")
+    rollout: RolloutSection = section(RolloutSection, "rollout size (prompts per step), log-prob reuse")
+    nash: NashSection = section(NashSection, "mixture_beta, steps, preference-model length")

@@ -1,0 +1,258 @@
+"""``alignforge nash``: Nash-MD (Munos et al. 2023, "Nash Learning from Human Feedback") — policy
+gradient on a *pairwise* preference model against a geometric mixture of the policy and the reference.
+
+Read top to bottom. Models: the policy π_θ (``model.init``, SFT, trained), the frozen reference
+π_ref (``ref.init``, default a frozen copy of the policy as loaded) and the frozen preference model
+P(y ≻ y' | x) (``preference.init``, :mod:`alignforge.models.preference`). One step:
+
+1. **Two players per prompt.** y ~ π_θ (the rollout: log π and log π_ref per token), and the
+   opponent y' ~ π^β_mix ∝ π_θ^(1−β)·π_ref^β, the geometric mixture *per token* with
+   β = ``nash.mixture_beta`` (the sampling engine's ``mixture=(ref, β)``). β = 0 is self-play
+   against the current policy; larger β pulls the opponent toward the reference, which is what makes
+   the iteration converge to the regularised Nash equilibrium instead of cycling.
+2. **Reward** r(y) = P(y ≻ y' | x) − ½ (0 for a draw), then the KL penalty with a *separate*
+   β_KL = ``kl.coef``: R = r − β_KL·Σ_t KL_t(π‖π_ref) (``kl.estimator``, fixed or adaptive).
+3. **Update** (the mirror-descent step done by stochastic policy gradient, as in TRL's
+   NashMDTrainer): advantage A_i = R_i − mean of the other responses' R in the rollout (a
+   leave-one-out baseline: it does not depend on y_i, so the gradient stays unbiased), given to every
+   token of y_i; one on-policy pass of the surrogate −A·log π (``losses.ppo_policy_loss`` with ratio
+   1) over minibatches of ``train.batch_size`` responses.
+
+Metrics per step: ``win_rate`` = mean P(y ≻ y') — the preference model's win-rate of the current
+policy against the mixture —, ``kl`` (Σ_t k1 per response), score/length/eos. Exact resume: the
+rollout generators are seeded by (seed, step); the prompt sampler and β_KL are saved with the weights.
+
+Outputs: ``model/``, ``metrics.jsonl``, ``samples.jsonl``, ``config.yaml``, ``DONE``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from alignforge import rollout as R
+from alignforge.cli import run_stage
+from alignforge.config import ConfigError, NashConfig, save_config
+from alignforge.data.batching import encode_prompt, pad_id_of
+from alignforge.generation import Generation, generate
+from alignforge.losses import entropy_from_logits, kl_estimate, masked_mean, ppo_policy_loss
+from alignforge.models.load import load_reference, matmul_params
+from alignforge.perf import Throughput
+from alignforge.stages.sft import load_model
+from alignforge.train import checkpoint as ckpt
+from alignforge.train import distributed as dist
+from alignforge.train.loop import EpochSampler, make_optimizer, make_scheduler, optimizer_step, seed_everything, start_stage
+from alignforge.train.tracking import MetricsLogger
+
+#: An injected preference (tests, oracle ablations): (prompts, policy generation, mixture generation)
+#: → P(policy response ≻ mixture response) per row.
+PreferenceFn = Callable[[Sequence[Any], Generation, Generation], torch.Tensor]
+
+
+def loo_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """A_i = R_i − mean_{j≠i} R_j over the rollout (zeros for a single response)."""
+    n = rewards.numel()
+    if n < 2:
+        return torch.zeros_like(rewards)
+    return rewards - (rewards.sum() - rewards) / (n - 1)
+
+
+def model_preference(model, tok, max_len: int, batch_size: int) -> PreferenceFn:
+    """A :data:`PreferenceFn` from a trained preference model (scored on text, so the preference
+    model may use another tokenizer than the policy)."""
+    from alignforge.models.preference import preference_probs
+
+    def fn(prompts, gen_a: Generation, gen_b: Generation) -> torch.Tensor:
+        return preference_probs(model, tok, list(prompts), gen_a.texts, gen_b.texts, max_len=max_len,
+                                batch_size=batch_size)
+
+    return fn
+
+
+def run(cfg: NashConfig, preference_fn: PreferenceFn | None = None) -> Path:
+    """Train; ``preference_fn`` replaces ``preference.init`` (tests, oracle ablations)."""
+    out, device, finished = start_stage(cfg, "nash")
+    if finished:
+        return out
+    rank, main_rank = dist.rank(), dist.is_main()
+    if not cfg.data.train:
+        raise ConfigError("nash needs data.train (prompt records)")
+    if not cfg.model.init:
+        raise ConfigError("nash needs model.init (an SFT stage folder or a local HF model directory)")
+    if preference_fn is None and not cfg.preference.init:
+        raise ConfigError("nash needs preference.init (a preference model saved by alignforge.models.preference)")
+    tcfg, ncfg, rcfg = cfg.train, cfg.nash, cfg.rollout
+    if rcfg.prompts % dist.world_size():
+        raise ConfigError(f"config key 'rollout.prompts' ({rcfg.prompts}) must split evenly over "
+                          f"{dist.world_size()} processes")
+    params = R.sampling_params(cfg)
+    T = params.temperature if params.temperature > 0 else 1.0
+
+    # --- models: policy (trained), reference + preference model (frozen) ---
+    seed_everything(cfg.seed)
+    policy, tok = load_model(cfg)
+    policy.to(device).eval()  # dropout off: the engine's log-probs come from an eval-mode forward
+    ref = load_reference(cfg.ref.init, policy, device)
+    if preference_fn is None:
+        from alignforge.models.heads import load_scorer
+
+        pm, pm_tok = load_scorer(cfg.preference.init, device=str(device))
+        pm.eval().requires_grad_(False)
+        preference_fn = model_preference(pm, pm_tok, ncfg.preference_max_len, cfg.preference.batch_size)
+
+    # --- prompts ---
+    max_prompt = tcfg.seq_len - params.max_new_tokens
+    if max_prompt < 1:
+        raise ConfigError(f"train.seq_len={tcfg.seq_len} leaves no room for prompts with "
+                          f"sampling.max_new_tokens={params.max_new_tokens}")
+    prompts = R.read_prompts(cfg.data, "train")
+    prompt_ids = [encode_prompt(tok, p.prompt, max_prompt) for p in prompts]
+    eval_prompts = R.read_prompts(cfg.data, "eval")[:ncfg.eval_prompts] if cfg.data.eval and ncfg.eval_prompts else []
+    eval_ids = [encode_prompt(tok, p.prompt, max_prompt) for p in eval_prompts]
+
+    n = rcfg.prompts // dist.world_size()
+    mb_size = max(1, min(tcfg.batch_size, n))
+    tcfg.max_steps = ncfg.steps * -(-n // mb_size)
+    optimizer = make_optimizer(policy, tcfg)
+    scheduler = make_scheduler(optimizer, tcfg)
+    sampler = EpochSampler(len(prompts), cfg.seed)
+    kl_ctl = R.kl_controller(cfg.kl)
+    step, elapsed_before = 0, 0.0
+    resumed = ckpt.load_state(out, model=policy, optimizer=optimizer, scheduler=scheduler)
+    if resumed is not None:
+        step, elapsed_before = resumed.step, float(resumed.extra.get("elapsed_s", 0.0))
+        sampler.load_state_dict(resumed.data["sampler"])
+        kl_ctl.value = float(resumed.data["kl_coef"])
+    out.mkdir(parents=True, exist_ok=True)
+    if main_rank:
+        save_config(cfg, out / "config.yaml")
+    n_matmul = matmul_params(policy)
+    if main_rank:
+        print(f"nash: {len(prompts)} prompts, {ncfg.steps} steps × {rcfg.prompts} prompts; mixture β="
+              f"{ncfg.mixture_beta}, KL β={kl_ctl.value} ({cfg.kl.estimator}); preference "
+              f"{'injected' if cfg.preference.init is None else cfg.preference.init}; {n_matmul / 1e6:.2f}M matmul "
+              f"params on {device}" + (f"; resuming at step {step}" if resumed else ""))
+    logger = MetricsLogger(out, cfg.runtime, total_steps=ncfg.steps,
+                           resume_offset=resumed.metrics_offset if resumed else None, description="nash")
+    meter = Throughput(n_matmul)
+    t_start = time.perf_counter()
+    meter.pause()
+
+    def play(ids: list[list[int]], texts: list, generator: torch.Generator):
+        """One rollout of the policy against the mixture: (rollout with raw_scores = P(y ≻ y'), P)."""
+        probs: dict[str, torch.Tensor] = {}
+
+        def score(gen: Generation) -> torch.Tensor:
+            # The opponent is sampled inside the scoring call, after the policy's sample, from the
+            # same generator: the pair is reproducible from (seed, step) alone.
+            with torch.no_grad():
+                opp = generate(policy, ids, params, eos_token_id=tok.eos_token_id, pad_token_id=pad_id_of(tok),
+                               tokenizer=tok, generator=generator, mixture=(ref, ncfg.mixture_beta))
+            p = torch.as_tensor(preference_fn(texts, gen, opp), dtype=torch.float32).reshape(len(ids))
+            if not torch.isfinite(p).all() or (p < 0).any() or (p > 1).any():
+                raise ValueError(f"nash: the preference model returned values outside [0, 1]: {p.tolist()}")
+            probs["p"], probs["opp"] = p, opp
+            return p
+
+        ro = R.make_rollout(policy, ref, tok, ids, params, generator=generator, reward_fn=score,
+                            reuse_logprobs=rcfg.reuse_logprobs, batch_size=rcfg.batch_size)
+        return ro, probs["p"], probs["opp"]
+
+    def evaluate() -> dict[str, Any]:
+        if not main_rank or not eval_ids:
+            return {}
+        ro, p, _ = play(eval_ids, [q.prompt for q in eval_prompts], R.step_generator(cfg.seed, 0, salt=17))
+        kl = ((ro.logprobs - ro.ref_logprobs) * ro.mask).sum(1)
+        return {"eval_win_rate": float(p.mean()), "eval_kl": float(kl.mean()),
+                "eval_response_length": float(ro.lengths.mean())}
+
+    if step == 0 and tcfg.eval_every:  # the curves start at the initial (SFT) policy
+        row0 = evaluate()
+        if row0:
+            logger.log(0, **row0)
+    while step < ncfg.steps:
+        # --- 1. the policy's sample y and the mixture's sample y' for each prompt ---
+        idx = dist.shard(sampler.take(rcfg.prompts).tolist())
+        ro, p_win, opp = play([prompt_ids[i] for i in idx], [prompts[i].prompt for i in idx],
+                              R.step_generator(cfg.seed, step, salt=1000 * rank))
+        t_train = time.perf_counter()
+        meter.resume()
+
+        # --- 2. reward P(y ≻ y') − ½ minus β_KL·KL(y), leave-one-out advantage on every token ---
+        beta = kl_ctl.value
+        kl_tok = kl_estimate(ro.logprobs, ro.ref_logprobs, cfg.kl.estimator) * ro.mask
+        rewards = (p_win - 0.5) - beta * kl_tok.sum(1)
+        adv = loo_advantages(rewards)
+        ro.advantages = adv[:, None] * ro.mask
+
+        # --- 3. one on-policy pass: −A·log π, mean over response tokens, per minibatch ---
+        sums: dict[str, float] = {}
+        n_updates, train_tokens = 0, 0
+        order = torch.randperm(len(ro), generator=R.step_generator(cfg.seed, step, salt=1 + 1000 * rank))
+        for j in range(0, len(ro), mb_size):
+            mb = ro.select(order[j:j + mb_size])
+            lp, logits = R.response_logprobs(policy, mb, T)
+            pg_loss, pg = ppo_policy_loss(lp, mb.logprobs, mb.advantages, mb.mask, clip=0.2)
+            pg_loss.backward()
+            R.average_gradients(policy)
+            grad_norm = optimizer_step(policy, optimizer, scheduler, tcfg.grad_clip)
+            with torch.no_grad():
+                ent = masked_mean(entropy_from_logits(logits.detach() / T), mb.mask)
+            for key, x in (("pg_loss", pg_loss), ("entropy", ent), ("ratio", pg["ratio"]), ("grad_norm", grad_norm)):
+                sums[key] = sums.get(key, 0.0) + float(x.detach() if torch.is_tensor(x) else x)
+            n_updates += 1
+            train_tokens += int(mb.attention_mask.sum())
+        kl_ctl.update(float(dist.all_reduce_mean(float(kl_tok.sum(1).mean()))), len(ro) * dist.world_size())
+        step += 1
+        t_train = time.perf_counter() - t_train
+        meter.pause()
+
+        # --- 4. metrics, samples, checkpoint ---
+        meter.add(train_tokens)
+        logger.progress(step)
+        row: dict[str, Any] = R.gathered_mean({
+            **R.rollout_stats(ro, kl_tok), "win_rate": float(p_win.mean()), "reward": float(rewards.mean()),
+            "opponent_length": float(opp.response_mask.float().sum(1).mean()),
+            **{key: v / n_updates for key, v in sums.items()}})
+        row.update({"kl_coef": beta, "mixture_beta": ncfg.mixture_beta, "lr": scheduler.get_last_lr()[0],
+                    "generate_score_s": ro.timings["generate_s"] + ro.timings["score_s"], "train_s": t_train})
+        last = step == ncfg.steps
+        minutes = (elapsed_before + time.perf_counter() - t_start) / 60
+        out_of_time = dist.broadcast_object(tcfg.max_minutes is not None and minutes >= tcfg.max_minutes)
+        if (tcfg.eval_every and step % tcfg.eval_every == 0) or last or out_of_time:
+            row.update(evaluate())
+            with open(out / "samples.jsonl", "a", encoding="utf-8") if main_rank else open(os.devnull, "w") as f:
+                for i in range(min(4, len(ro))):
+                    f.write(json.dumps({"step": step, "prompt": prompts[idx[i]].prompt, "response": (ro.texts or [""])[i],
+                                        "opponent": (opp.texts or [""])[i], "p_win": float(p_win[i])}) + "\n")
+        if main_rank and (step % tcfg.log_every == 0 or last or step == 1):
+            print(f"nash: step {step}: win-rate vs mixture {row['win_rate']:.3f} kl {row['kl']:.3f} β_KL {beta:.3g} "
+                  f"len {row['response_length']:.1f} ({row['generate_score_s']:.1f}s play, {t_train:.1f}s train)")
+        logger.log(step, **row)
+        if (tcfg.save_every and step % tcfg.save_every == 0) or last or out_of_time:
+            ckpt.save_state(out, model=policy, optimizer=optimizer, scheduler=scheduler, step=step,
+                            data={"sampler": sampler.state_dict(), "kl_coef": kl_ctl.value},
+                            metrics_offset=logger.offset(),
+                            extra={"elapsed_s": elapsed_before + time.perf_counter() - t_start})
+        if out_of_time and not last:
+            if main_rank:
+                print(f"nash: out of time after step {step} (train.max_minutes={tcfg.max_minutes})")
+            break
+
+    logger.close()
+    ckpt.save_model_dir(out / ckpt.MODEL, policy, tok)
+    ckpt.mark_done(out, {"step": step, "mixture_beta": ncfg.mixture_beta, "kl_coef": kl_ctl.value, **meter.total()})
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_stage("nash", NashConfig, run, list(argv or []))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,114 @@
+"""``alignforge nash`` (Nash-MD) on a one-token bandit with a fixed pairwise preference: the policy
+moves toward the preferred arm; the leave-one-out advantage by hand; the opponent really is the
+geometric mixture (β = 1 → the reference's samples); exact resume; strict config errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rl_helpers import BEST, args, first_token_probs, make_bandit  # noqa: E402
+
+from alignforge.config import ConfigError, NashConfig, load_config  # noqa: E402
+from alignforge.stages import nash  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def bandit(tmp_path_factory):
+    return make_bandit(tmp_path_factory.mktemp("nash_bandit"))
+
+
+def _cfg(bandit, out, **kw):
+    base = {"model.init": bandit["policy"], "data.train": bandit["data"], "out": out, "runtime.threads": 1,
+            "runtime.progress": False, "runtime.device": "cpu", "sampling.max_new_tokens": 1, "train.seq_len": 32,
+            "train.lr": 1e-2, "train.warmup_steps": 0, "train.schedule": "constant", "train.weight_decay": 0.0,
+            "train.batch_size": 16, "train.log_every": 100, "train.save_every": 0, "train.eval_every": 0,
+            "rollout.prompts": 16, "nash.steps": 12, "nash.mixture_beta": 0.25, "kl.coef": 0.0}
+    base.update(kw)
+    return load_config(NashConfig, None, args(base))
+
+
+def best_beats_others(bandit, seen=None):
+    """A fixed preference: the best arm beats any other (P = 1), loses to none; same arm → ½."""
+    best = bandit["arm"][BEST]
+
+    def fn(prompts, gen_a, gen_b):
+        a = (gen_a.response_ids[:, 0] == best).float()
+        b = (gen_b.response_ids[:, 0] == best).float()
+        if seen is not None:
+            seen.append((gen_a.response_ids[:, 0].clone(), gen_b.response_ids[:, 0].clone()))
+        return 0.5 + 0.5 * (a - b)
+
+    return fn
+
+
+def test_leave_one_out_advantages_by_hand():
+    r = torch.tensor([0.5, -0.5, 0.0, 0.2])
+    # mean of the others: (−0.3)/3, (0.7)/3, (0.2)/3, (0.0)/3
+    assert nash.loo_advantages(r).tolist() == pytest.approx([0.6, -0.5 - 0.7 / 3, -0.2 / 3, 0.2])
+    assert nash.loo_advantages(torch.tensor([0.3])).tolist() == [0.0]
+
+
+def test_policy_moves_toward_the_preferred_arm(bandit, tmp_path):
+    out = nash.run(_cfg(bandit, tmp_path / "run"), preference_fn=best_beats_others(bandit))
+    from alignforge.models.load import load_causal_lm
+    model, tok = load_causal_lm(out / "model")
+    before = first_token_probs(bandit["model"], bandit["tok"])[bandit["arm"][BEST]]
+    probs = first_token_probs(model, tok)
+    assert int(probs.argmax()) == bandit["arm"][BEST] and float(probs.max()) > 0.5 > float(before)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["win_rate"] > rows[0]["win_rate"]
+    assert rows[-1]["kl"] > 0.05  # moved away from the reference (no KL penalty here)
+    assert {"win_rate", "kl", "mixture_beta", "kl_coef", "entropy", "ratio"} <= rows[0].keys()
+
+
+def test_opponent_is_the_mixture_beta_one_is_the_reference(bandit, tmp_path):
+    """With mixture_beta = 1 the opponent samples from π_ref, so after the policy has moved the
+    opponent's arm distribution stays the reference's while the policy's does not."""
+    seen: list = []
+    nash.run(_cfg(bandit, tmp_path / "b1", **{"nash.mixture_beta": 1.0, "nash.steps": 12, "rollout.prompts": 32,
+                                               "train.batch_size": 32}),
+             preference_fn=best_beats_others(bandit, seen))
+    best = bandit["arm"][BEST]
+    ref_p = float(first_token_probs(bandit["model"], bandit["tok"])[best])
+    pol_late = torch.cat([a for a, _ in seen[-4:]]).eq(best).float().mean()
+    opp_late = torch.cat([b for _, b in seen[-4:]]).eq(best).float().mean()
+    assert float(pol_late) > ref_p + 0.2
+    assert abs(float(opp_late) - ref_p) < 0.15
+
+
+def test_resume_after_a_crash_is_exact(bandit, tmp_path):
+    kw = {"nash.steps": 4, "train.save_every": 1, "kl.coef": 0.05}
+    full = nash.run(_cfg(bandit, tmp_path / "full", **kw), preference_fn=best_beats_others(bandit))
+    calls = {"n": 0}
+    good = best_beats_others(bandit)
+
+    def crashing(prompts, a, b):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return good(prompts, a, b)
+
+    with pytest.raises(KeyboardInterrupt):
+        nash.run(_cfg(bandit, tmp_path / "resumed", **kw), preference_fn=crashing)
+    resumed = nash.run(_cfg(bandit, tmp_path / "resumed", **kw), preference_fn=good)
+    from safetensors.torch import load_file
+    a = load_file(str(full / "model" / "model.safetensors"))
+    b = load_file(str(resumed / "model" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(x) for x in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+
+
+def test_config_errors_are_clear(bandit, tmp_path):
+    with pytest.raises(ConfigError, match="nash.mixture_beta"):
+        _cfg(bandit, tmp_path / "x", **{"nash.mixture_beta": 1.5})
+    with pytest.raises(ConfigError, match="preference.init"):
+        nash.run(_cfg(bandit, tmp_path / "y"))
