@@ -112,3 +112,24 @@ def test_config_errors_are_clear(bandit, tmp_path):
         _cfg(bandit, tmp_path / "x", **{"nash.mixture_beta": 1.5})
     with pytest.raises(ConfigError, match="preference.init"):
         nash.run(_cfg(bandit, tmp_path / "y"))
+
+
+def test_fits_a_preference_model_from_comparisons_then_plays(bandit, tmp_path):
+    """The real path: nash.preference_data → a preference model on the policy's backbone, fitted on
+    comparison records (c beats every other arm; a tie between a and b), saved under <out>/preference
+    and loadable by plain transformers; then Nash-MD against it moves the policy toward c."""
+    from alignforge.models.heads import load_scorer
+    from alignforge.models.preference import preference_probs
+
+    data = tmp_path / "prefs.jsonl"
+    rows = [{"prompt": "Pick one", "chosen": "c", "rejected": x} for x in "abde"] * 4
+    rows.append({"prompt": "Pick one", "chosen": "a", "rejected": "b", "tie": True})
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = nash.run(_cfg(bandit, tmp_path / "pm", **{"nash.preference_data": data, "nash.preference_steps": 40,
+                                                     "nash.preference_lr": 3e-3, "nash.steps": 12}))
+    pm, tok = load_scorer(out / "preference")
+    p = preference_probs(pm, tok, ["Pick one"] * 4, ["c"] * 4, list("abde"))
+    assert (p > 0.8).all()
+    model, _ = __import__("alignforge.models.load", fromlist=["x"]).load_causal_lm(out / "model")
+    probs = first_token_probs(model, tok)
+    assert int(probs.argmax()) == bandit["arm"][BEST]

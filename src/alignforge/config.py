@@ -861,8 +861,17 @@ class NashSection:
     preference_max_len: int = option(512, "longest (prompt, y, y') sequence the preference model reads; longer "
                                           "pairs have the prompt cut from the left")
     eval_prompts: int = option(64, "data.eval prompts for the eval-time win-rate vs the mixture / KL (0 = off)")
+    preference_data: Optional[str] = option(None, "comparison/ranking/rating records: fit the preference model "
+                                                  "first, on the backbone preference.init (a causal LM; null = "
+                                                  "model.init), saved to <out>/preference; null = load preference.init")
+    preference_steps: int = option(200, "preference-model optimizer steps when fitting it (preference_data)")
+    preference_lr: float = option(1e-4, "preference-model learning rate when fitting it")
+    preference_batch_size: int = option(8, "pairs per preference-model step (2 × rows: both orders)")
 
     def validate(self) -> None:
+        if self.preference_steps < 1 or self.preference_batch_size < 1 or not self.preference_lr > 0:
+            raise ConfigError("config keys 'nash.preference_steps/preference_batch_size' (>= 1) and "
+                              "'nash.preference_lr' (> 0) out of range")
         if not 0.0 <= self.mixture_beta <= 1.0:
             raise ConfigError(f"config key 'nash.mixture_beta': expected a number in [0, 1], got {self.mixture_beta}")
         if self.steps < 1 or self.preference_max_len < 8:

@@ -201,5 +201,5 @@ def fit_preference_model(model, tokenizer, examples: Sequence[PreferenceExample]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses

@@ -3,7 +3,8 @@ gradient on a *pairwise* preference model against a geometric mixture of the pol
 
 Read top to bottom. Models: the policy π_θ (``model.init``, SFT, trained), the frozen reference
 π_ref (``ref.init``, default a frozen copy of the policy as loaded) and the frozen preference model
-P(y ≻ y' | x) (``preference.init``, :mod:`alignforge.models.preference`). One step:
+P(y ≻ y' | x) (``preference.init``, :mod:`alignforge.models.preference`; or fitted here first on
+``nash.preference_data`` comparison records, ties as ½, and saved to ``<out>/preference``). One step:
 
 1. **Two players per prompt.** y ~ π_θ (the rollout: log π and log π_ref per token), and the
    opponent y' ~ π^β_mix ∝ π_θ^(1−β)·π_ref^β, the geometric mixture *per token* with
@@ -22,7 +23,7 @@ Metrics per step: ``win_rate`` = mean P(y ≻ y') — the preference model's win
 policy against the mixture —, ``kl`` (Σ_t k1 per response), score/length/eos. Exact resume: the
 rollout generators are seeded by (seed, step); the prompt sampler and β_KL are saved with the weights.
 
-Outputs: ``model/``, ``metrics.jsonl``, ``samples.jsonl``, ``config.yaml``, ``DONE``.
+Outputs: ``model/``, ``preference/`` (when fitted here), ``metrics.jsonl``, ``samples.jsonl``, ``config.yaml``, ``DONE``.
 """
 
 from __future__ import annotations
@@ -74,9 +75,37 @@ def model_preference(model, tok, max_len: int, batch_size: int) -> PreferenceFn:
     return fn
 
 
+def preference_model(cfg: NashConfig, out: Path, device: torch.device):
+    """``(model, tokenizer)``: ``preference.init`` as saved, or — with ``nash.preference_data`` — a
+    fresh head on the backbone ``preference.init or model.init`` fitted on those records (saved to
+    ``<out>/preference`` once, so a resumed run reuses it instead of refitting)."""
+    from alignforge.data.records import read_records
+    from alignforge.models.heads import init_from_causal_lm, load_scorer, save_scorer
+    from alignforge.models.preference import fit_preference_model, preference_examples
+
+    ncfg = cfg.nash
+    if not ncfg.preference_data:
+        return load_scorer(cfg.preference.init, device=str(device))
+    saved = out / "preference"
+    if not (saved / "config.json").exists():
+        if dist.is_main():
+            pm, pm_tok = init_from_causal_lm(cfg.preference.init or cfg.model.init, n_heads=1, head_names=["preference"],
+                                             seed=cfg.seed, device=str(device))
+            examples = preference_examples(read_records(ncfg.preference_data))
+            losses = fit_preference_model(pm, pm_tok, examples, steps=ncfg.preference_steps, lr=ncfg.preference_lr,
+                                          batch_size=ncfg.preference_batch_size, max_len=ncfg.preference_max_len,
+                                          seed=cfg.seed)
+            k = max(1, min(20, len(losses) // 5))
+            print(f"nash: preference model fitted on {len(examples)} pairs from {ncfg.preference_data}: loss "
+                  f"{sum(losses[:k]) / k:.4f} (first {k} steps) → {sum(losses[-k:]) / k:.4f} (last {k})")
+            save_scorer(pm, pm_tok, saved)
+        dist.barrier()
+    return load_scorer(saved, device=str(device))
+
+
 def run(cfg: NashConfig, preference_fn: PreferenceFn | None = None) -> Path:
     """Train; ``preference_fn`` replaces ``preference.init`` (tests, oracle ablations)."""
-    out, device, finished = start_stage(cfg, "nash")
+    out, device, finished = start_stage(cfg, "nash", clear_also=("preference",))  # force refits it
     if finished:
         return out
     rank, main_rank = dist.rank(), dist.is_main()
@@ -84,8 +113,9 @@ def run(cfg: NashConfig, preference_fn: PreferenceFn | None = None) -> Path:
         raise ConfigError("nash needs data.train (prompt records)")
     if not cfg.model.init:
         raise ConfigError("nash needs model.init (an SFT stage folder or a local HF model directory)")
-    if preference_fn is None and not cfg.preference.init:
-        raise ConfigError("nash needs preference.init (a preference model saved by alignforge.models.preference)")
+    if preference_fn is None and not cfg.preference.init and not cfg.nash.preference_data:
+        raise ConfigError("nash needs preference.init (a preference model saved by alignforge.models.preference) "
+                          "or nash.preference_data (comparison records to fit one on)")
     tcfg, ncfg, rcfg = cfg.train, cfg.nash, cfg.rollout
     if rcfg.prompts % dist.world_size():
         raise ConfigError(f"config key 'rollout.prompts' ({rcfg.prompts}) must split evenly over "
@@ -98,10 +128,9 @@ def run(cfg: NashConfig, preference_fn: PreferenceFn | None = None) -> Path:
     policy, tok = load_model(cfg)
     policy.to(device).eval()  # dropout off: the engine's log-probs come from an eval-mode forward
     ref = load_reference(cfg.ref.init, policy, device)
+    injected = preference_fn is not None
     if preference_fn is None:
-        from alignforge.models.heads import load_scorer
-
-        pm, pm_tok = load_scorer(cfg.preference.init, device=str(device))
+        pm, pm_tok = preference_model(cfg, out, device)
         pm.eval().requires_grad_(False)
         preference_fn = model_preference(pm, pm_tok, ncfg.preference_max_len, cfg.preference.batch_size)
 
@@ -135,7 +164,7 @@ def run(cfg: NashConfig, preference_fn: PreferenceFn | None = None) -> Path:
     if main_rank:
         print(f"nash: {len(prompts)} prompts, {ncfg.steps} steps × {rcfg.prompts} prompts; mixture β="
               f"{ncfg.mixture_beta}, KL β={kl_ctl.value} ({cfg.kl.estimator}); preference "
-              f"{'injected' if cfg.preference.init is None else cfg.preference.init}; {n_matmul / 1e6:.2f}M matmul "
+              f"{'injected' if injected else out / 'preference' if ncfg.preference_data else cfg.preference.init}; {n_matmul / 1e6:.2f}M matmul "
               f"params on {device}" + (f"; resuming at step {step}" if resumed else ""))
     logger = MetricsLogger(out, cfg.runtime, total_steps=ncfg.steps,
                            resume_offset=resumed.metrics_offset if resumed else None, description="nash")
