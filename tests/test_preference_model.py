@@ -91,3 +91,30 @@ def test_a_few_steps_learn_a_preference(tok):
     after = preference_probs(model, tok, ["Pick one"] * 4, arms, ["c"] * 4)
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
     assert (after < 0.2).all() and (after < before).all()
+
+
+def test_a_preference_cycle_is_learned_where_a_scalar_reward_cannot_be():
+    """Non-transitive preferences a ≻ b ≻ c ≻ a: the pairwise model fits all three; any scalar
+    reward under Bradley–Terry must rank one pair against its label, and its best fit is the
+    all-½ model (by the cycle's symmetry) — shown by fitting three free scores with the same loss
+    the reward stage uses."""
+    from alignforge.losses import bradley_terry_loss
+
+    tok = word_tokenizer()
+    cycle = [("a", "b"), ("b", "c"), ("c", "a")]
+    data = [PreferenceExample("Pick one", w, l) for w, l in cycle]
+    model = tiny_scorer(tok, seed=2)
+    fit_preference_model(model, tok, data, steps=80, lr=1e-2, batch_size=3, seed=0)
+    p = preference_probs(model, tok, ["Pick one"] * 3, [w for w, _ in cycle], [l for _, l in cycle])
+    assert (p > 0.8).all(), p
+
+    r = torch.zeros(3, requires_grad=True)  # scalar rewards of a, b, c
+    opt = torch.optim.Adam([r], lr=0.1)
+    w_idx, l_idx = torch.tensor([0, 1, 2]), torch.tensor([1, 2, 0])
+    for _ in range(300):
+        loss = bradley_terry_loss(r[w_idx], r[l_idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    p_scalar = torch.sigmoid(r[w_idx] - r[l_idx]).detach()
+    assert float(p_scalar.min()) <= 0.5 + 1e-3 and float(loss) >= math.log(2) - 1e-4
