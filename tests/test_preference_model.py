@@ -117,4 +117,4 @@ def test_a_preference_cycle_is_learned_where_a_scalar_reward_cannot_be():
         loss.backward()
         opt.step()
     p_scalar = torch.sigmoid(r[w_idx] - r[l_idx]).detach()
-    assert float(p_scalar.min()) <= 0.5 + 1e-3 and float(loss) >= math.log(2) - 1e-4
+    assert float(p_scalar.min()) <= 0.5 + 1e-3 and float(loss.detach()) >= math.log(2) - 1e-4
