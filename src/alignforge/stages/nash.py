@@ -87,7 +87,8 @@ def preference_model(cfg: NashConfig, out: Path, device: torch.device):
     if not ncfg.preference_data:
         return load_scorer(cfg.preference.init, device=str(device))
     saved = out / "preference"
-    if not (saved / "config.json").exists():
+    # Rank 0 decides (and fits) alone; the others wait, then every rank loads the same files.
+    if dist.broadcast_object(not (saved / "config.json").exists()):
         if dist.is_main():
             pm, pm_tok = init_from_causal_lm(cfg.preference.init or cfg.model.init, n_heads=1, head_names=["preference"],
                                              seed=cfg.seed, device=str(device))
