@@ -861,6 +861,8 @@ class NashSection:
     preference_max_len: int = option(512, "longest (prompt, y, y') sequence the preference model reads; longer "
                                           "pairs have the prompt cut from the left")
     eval_prompts: int = option(64, "data.eval prompts for the eval-time win-rate vs the mixture / KL (0 = off)")
+    eval_world: Optional[str] = option(None, "world folder: gold reward, gold win-rate vs the previous eval's "
+                                             "policy, and eval.json (gold protocol vs SFT) at the end; null = off")
     preference_data: Optional[str] = option(None, "comparison/ranking/rating records: fit the preference model "
                                                   "first, on the backbone preference.init (a causal LM; null = "
                                                   "model.init), saved to <out>/preference; null = load preference.init")

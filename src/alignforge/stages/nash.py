@@ -20,10 +20,14 @@ P(y ≻ y' | x) (``preference.init``, :mod:`alignforge.models.preference`; or fi
    1) over minibatches of ``train.batch_size`` responses.
 
 Metrics per step: ``win_rate`` = mean P(y ≻ y') — the preference model's win-rate of the current
-policy against the mixture —, ``kl`` (Σ_t k1 per response), score/length/eos. Exact resume: the
+policy against the mixture —, ``kl`` (Σ_t k1 per response), score/length/eos; with
+``nash.eval_world`` (through ``alignforge.eval``, never the judge itself) the gold reward and
+``gold_win_rate_vs_prev``, the gold win-rate of the policy against the previous evaluation's
+policy (the issue's "win-rate against past checkpoints"; not carried over a resume). Exact resume: the
 rollout generators are seeded by (seed, step); the prompt sampler and β_KL are saved with the weights.
 
-Outputs: ``model/``, ``preference/`` (when fitted here), ``metrics.jsonl``, ``samples.jsonl``, ``config.yaml``, ``DONE``.
+Outputs: ``model/``, ``preference/`` (when fitted here), ``eval.json`` (gold protocol vs SFT,
+with ``nash.eval_world``), ``metrics.jsonl``, ``samples.jsonl``, ``config.yaml``, ``DONE``.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from alignforge.cli import run_stage
 from alignforge.config import ConfigError, NashConfig, save_config
 from alignforge.data.batching import encode_prompt, pad_id_of
 from alignforge.generation import Generation, generate
+from alignforge.io import atomic_write_text
 from alignforge.losses import entropy_from_logits, kl_estimate, masked_mean, ppo_policy_loss
 from alignforge.models.load import load_reference, matmul_params
 from alignforge.perf import Throughput
@@ -193,16 +198,32 @@ def run(cfg: NashConfig, preference_fn: PreferenceFn | None = None) -> Path:
                             reuse_logprobs=rcfg.reuse_logprobs, batch_size=rcfg.batch_size)
         return ro, probs["p"], probs["opp"]
 
-    def evaluate() -> dict[str, Any]:
-        if not main_rank or not eval_ids:
+    previous: dict[str, Any] = {}  # the last gold evaluation, for the win-rate against past checkpoints
+
+    def evaluate(final: bool) -> dict[str, Any]:
+        if not main_rank or not eval_ids:  # evaluation runs on rank 0 only (no collectives inside)
             return {}
         ro, p, _ = play(eval_ids, [q.prompt for q in eval_prompts], R.step_generator(cfg.seed, 0, salt=17))
         kl = ((ro.logprobs - ro.ref_logprobs) * ro.mask).sum(1)
-        return {"eval_win_rate": float(p.mean()), "eval_kl": float(kl.mean()),
-                "eval_response_length": float(ro.lengths.mean())}
+        row = {"eval_win_rate": float(p.mean()), "eval_kl": float(kl.mean()),
+               "eval_response_length": float(ro.lengths.mean())}
+        if ncfg.eval_world:
+            from alignforge.eval.metrics import win_rate
+
+            kw = dict(max_new_tokens=params.max_new_tokens, seed=cfg.seed)
+            ev = R.gold_eval(policy, tok, eval_prompts, ncfg.eval_world, name=f"step{step}", ref=ref, **kw)
+            row.update(R.gold_metrics(ev))
+            if "ev" in previous:  # Nash-MD should not lose to its own past (gold judge, ties = ½)
+                row["gold_win_rate_vs_prev"] = win_rate(ev.values("sample"), previous["ev"].values("sample"),
+                                                        n_boot=200, seed=cfg.seed).value
+            previous["ev"] = ev
+            if final:
+                report, _ = R.final_report(policy, ref, tok, eval_prompts, ncfg.eval_world, name="nash", **kw)
+                atomic_write_text(out / "eval.json", json.dumps(report, indent=1))
+        return row
 
     if step == 0 and tcfg.eval_every:  # the curves start at the initial (SFT) policy
-        row0 = evaluate()
+        row0 = evaluate(final=False)
         if row0:
             logger.log(0, **row0)
     while step < ncfg.steps:
@@ -255,7 +276,7 @@ def run(cfg: NashConfig, preference_fn: PreferenceFn | None = None) -> Path:
         minutes = (elapsed_before + time.perf_counter() - t_start) / 60
         out_of_time = dist.broadcast_object(tcfg.max_minutes is not None and minutes >= tcfg.max_minutes)
         if (tcfg.eval_every and step % tcfg.eval_every == 0) or last or out_of_time:
-            row.update(evaluate())
+            row.update(evaluate(final=last or out_of_time))
             with open(out / "samples.jsonl", "a", encoding="utf-8") if main_rank else open(os.devnull, "w") as f:
                 for i in range(min(4, len(ro))):
                     f.write(json.dumps({"step": step, "prompt": prompts[idx[i]].prompt, "response": (ro.texts or [""])[i],
