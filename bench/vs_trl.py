@@ -255,9 +255,10 @@ def alignforge_worker(stage: str, fixture: Path, steps: int, batch: int, seed: i
     # Threads: worker_main already set torch's, and runtime.threads unset leaves them as they are.
     if stage == "sft":
         from alignforge.stages import sft
-        # ``batch`` examples per step: packed rows of SEQ_LEN hold several examples each, so ask
-        # for the rows that hold about ``batch`` of them (tok/step in the table shows the match).
-        rows = max(1, round(batch * 110 / SEQ_LEN))
+        # ``batch`` examples per step: a packed row of SEQ_LEN holds SEQ_LEN // 110 whole fixture
+        # examples (~107 tokens each with the template), so ask for the rows that hold ``batch``
+        # of them (tok/step in the table shows how close the two sides are).
+        rows = max(1, -(-batch // max(1, SEQ_LEN // 110)))
         cfg = build_config(SFTConfig, None, {**common, "data.train": str(fixture / "sft.jsonl"),
                                              "train.batch_size": rows, "sft.samples": 0, "sft.eval_fraction": 0.0})
         sft.run(cfg)
@@ -379,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     trl_version = subprocess.run([trl_python, "-c", "import trl, accelerate; print(trl.__version__, accelerate.__version__)"],
                                  capture_output=True, text=True, check=True).stdout.split()
     torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()[0]
     peak = measure_matmul_peak(torch.float32, cache=False)
     print(f"fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s ({args.threads} threads)", flush=True)
 
@@ -392,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     if args.smoke and args.results is None:
         return 0
-    meta = {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
+    meta = {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": f"{machine()}; 1-min load average {load_start:.1f} at the start, "
+                                                                         f"{os.getloadavg()[0]:.1f} at the end (other work on the box slows both sides)",
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
                          "transformers": transformers.__version__, "trl": trl_version[0],
                          "accelerate": trl_version[1], "alignforge": alignforge.__version__},
