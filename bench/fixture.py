@@ -79,7 +79,12 @@ def build(out: str | Path = DEFAULT_OUT, rows: int = ROWS, seed: int = SEED) -> 
     import torch
     import transformers
 
-    from alignforge.data.records import Comparison, Demonstration, PromptRecord, write_records
+    from alignforge.data.records import (
+        Comparison,
+        Demonstration,
+        PromptRecord,
+        write_records,
+    )
     from alignforge.io import atomic_dir, atomic_write_text
     from alignforge.models.load import build_model, matmul_params, save_model
     from alignforge.models.tokenizer import train_tokenizer

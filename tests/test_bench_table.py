@@ -73,8 +73,8 @@ def test_table_and_results_markdown(vs):
     assert lines[3] == "| sft | alignforge 0.1.0 | 2,400 | 0.500 | 1,200 | 14.4% | 1,000 | 3.0 | 2.40× |"
     goals = vs.goal_lines(rows)
     # 14.4% < 60% MFU; 2.4× ≥ 2× stretch; RSS 1000/800 = 1.25× ≤ 2×.
-    assert goals == ["sft: MFU 14.4% vs goal 60% (NOT met); 2.40× TRL vs stretch 2× (met); "
-                     "peak RSS 1.25× TRL's (met)"]
+    assert goals == [("sft: MFU 14.4% vs goal 60% (NOT met); 2.40× TRL vs stretch 2× (met); "
+                      "peak RSS 1.25× TRL's (met)")]
     meta = {"date": "2026-11-25 14:00 UTC", "machine": "test cpu", "peak_gflops": 100.0,
             "versions": {"torch": "2.13.0", "trl": "1.16.0"}, "settings": {"batch": 16},
             "goals": goals, "notes": "note line"}
