@@ -7,11 +7,18 @@ import math
 
 import pytest
 import torch
+from rl_helpers import word_tokenizer
 
 from alignforge.data.records import Comparison, Ranking
-from alignforge.models.preference import (PreferenceExample, encode_both_orders, fit_preference_model,
-                                          pair_logits, preference_examples, preference_loss, preference_probs)
-from rl_helpers import word_tokenizer
+from alignforge.models.preference import (
+    PreferenceExample,
+    encode_both_orders,
+    fit_preference_model,
+    pair_logits,
+    preference_examples,
+    preference_loss,
+    preference_probs,
+)
 
 torch.set_num_threads(1)
 

@@ -26,8 +26,8 @@ a Bradley–Terry reward model that must drop ties).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +52,7 @@ class PreferenceExample:
     weight: float = 1.0
 
 
-def preference_examples(records: Iterable[Record], stats: Optional[PairStats] = None) -> list[PreferenceExample]:
+def preference_examples(records: Iterable[Record], stats: PairStats | None = None) -> list[PreferenceExample]:
     """Comparison / ranking / rating records → examples (chosen as ``a``, target 1; ties → ½).
 
     Non-tie records go through :func:`alignforge.data.preferences.expand_preferences` (rankings'
@@ -71,8 +71,8 @@ def preference_examples(records: Iterable[Record], stats: Optional[PairStats] = 
     return out
 
 
-def encode_both_orders(tokenizer, prompt: Prompt, a: str, b: str, *, max_len: Optional[int] = None,
-                       min_prompt_tokens: int = 8) -> Optional[tuple[list[int], list[int]]]:
+def encode_both_orders(tokenizer, prompt: Prompt, a: str, b: str, *, max_len: int | None = None,
+                       min_prompt_tokens: int = 8) -> tuple[list[int], list[int]] | None:
     """``(ids(x, a, b), ids(x, b, a))`` — equal lengths; the prompt is cut from the left to fit
     ``max_len``; ``None`` when the two responses leave fewer than ``min_prompt_tokens`` for it."""
     p = prompt_ids(tokenizer, prompt)
@@ -125,7 +125,7 @@ def pair_logits(model, ab_rows: Sequence[Sequence[int]], ba_rows: Sequence[Seque
     return 0.5 * (f[:n] - f[n:])
 
 
-def preference_loss(logits: torch.Tensor, targets: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+def preference_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Weighted mean binary cross-entropy ``−[t log σ(z) + (1−t) log σ(−z)]`` (Σ w·ℓ / Σ w)."""
     per = F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction="none")
     if weights is None:
@@ -134,7 +134,7 @@ def preference_loss(logits: torch.Tensor, targets: torch.Tensor, weights: Option
     return (per * weights).sum() / weights.sum()
 
 
-def encode_examples(tokenizer, examples: Sequence[PreferenceExample], max_len: Optional[int] = None
+def encode_examples(tokenizer, examples: Sequence[PreferenceExample], max_len: int | None = None
                     ) -> tuple[list[list[int]], list[list[int]], list[int]]:
     """Encode examples in both orders; returns ``(ab_rows, ba_rows, kept_indices)`` (too long → dropped)."""
     ab, ba, kept = [], [], []
@@ -149,7 +149,7 @@ def encode_examples(tokenizer, examples: Sequence[PreferenceExample], max_len: O
 
 @torch.no_grad()
 def preference_probs(model, tokenizer, prompts: Sequence[Prompt], a: Sequence[str], b: Sequence[str],
-                     *, max_len: Optional[int] = None, batch_size: int = 32) -> torch.Tensor:
+                     *, max_len: int | None = None, batch_size: int = 32) -> torch.Tensor:
     """``P(a_i ≻ b_i | prompt_i)`` for text triples. A pair too long for ``max_len`` is an error
     here (a score for it would be silently wrong), not a skip."""
     if not (len(prompts) == len(a) == len(b)):
@@ -174,7 +174,7 @@ def preference_probs(model, tokenizer, prompts: Sequence[Prompt], a: Sequence[st
 
 
 def fit_preference_model(model, tokenizer, examples: Sequence[PreferenceExample], *, steps: int, lr: float = 1e-3,
-                         batch_size: int = 8, max_len: Optional[int] = None, seed: int = 0,
+                         batch_size: int = 8, max_len: int | None = None, seed: int = 0,
                          weight_decay: float = 0.0) -> list[float]:
     """A plain AdamW loop on :func:`preference_loss` (shuffled minibatches, seeded); returns the
     per-step losses. For a full run with checkpoints/metrics use a stage; this is what the Nash

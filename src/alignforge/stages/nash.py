@@ -35,8 +35,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -46,13 +47,25 @@ from alignforge.config import ConfigError, NashConfig, save_config
 from alignforge.data.batching import encode_prompt, pad_id_of
 from alignforge.generation import Generation, generate
 from alignforge.io import atomic_write_text
-from alignforge.losses import entropy_from_logits, kl_estimate, masked_mean, ppo_policy_loss
+from alignforge.losses import (
+    entropy_from_logits,
+    kl_estimate,
+    masked_mean,
+    ppo_policy_loss,
+)
 from alignforge.models.load import load_reference, matmul_params
 from alignforge.perf import Throughput
 from alignforge.stages.sft import load_model
 from alignforge.train import checkpoint as ckpt
 from alignforge.train import distributed as dist
-from alignforge.train.loop import EpochSampler, make_optimizer, make_scheduler, optimizer_step, seed_everything, start_stage
+from alignforge.train.loop import (
+    EpochSampler,
+    make_optimizer,
+    make_scheduler,
+    optimizer_step,
+    seed_everything,
+    start_stage,
+)
 from alignforge.train.tracking import MetricsLogger
 
 #: An injected preference (tests, oracle ablations): (prompts, policy generation, mixture generation)
@@ -210,7 +223,7 @@ def run(cfg: NashConfig, preference_fn: PreferenceFn | None = None) -> Path:
         if ncfg.eval_world:
             from alignforge.eval.metrics import win_rate
 
-            kw = dict(max_new_tokens=params.max_new_tokens, seed=cfg.seed)
+            kw = {"max_new_tokens": params.max_new_tokens, "seed": cfg.seed}
             ev = R.gold_eval(policy, tok, eval_prompts, ncfg.eval_world, name=f"step{step}", ref=ref, **kw)
             row.update(R.gold_metrics(ev))
             if "ev" in previous:  # Nash-MD should not lose to its own past (gold judge, ties = ½)
