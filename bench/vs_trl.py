@@ -140,6 +140,16 @@ def results_markdown(table: str, meta: dict) -> str:
     )
 
 
+def contention_warning(rows: list[dict]) -> str:
+    """A warning when an MFU is above 100%: then the peak was measured while other work held the
+    CPU (or that work stopped mid-run), so rates taken at different moments do not compare."""
+    over = [f"{r['stage']}/{r['library']}" for r in rows if r["mfu"] > 1.0]
+    if not over:
+        return ""
+    return (f"**Warning: MFU above 100% for {', '.join(over)}: the machine's load changed during the "
+            "run, so these numbers and ratios are not trustworthy; rerun on an idle machine.**\n\n")
+
+
 def goal_lines(rows: list[dict]) -> list[str]:
     """Per stage: is each goal met, from the numbers in ``rows`` (no judgement typed by hand)."""
     out = []
@@ -185,7 +195,8 @@ def trl_worker(stage: str, fixture: Path, steps: int, batch: int, seed: int) -> 
     datasets.disable_progress_bars()
     tok = AutoTokenizer.from_pretrained(fixture / "model")
     model = AutoModelForCausalLM.from_pretrained(fixture / "model")
-    rows = [json.loads(line) for line in open(fixture / ("sft.jsonl" if stage == "sft" else "pref.jsonl"))]
+    data = (fixture / ("sft.jsonl" if stage == "sft" else "pref.jsonl")).read_text()
+    rows = [json.loads(line) for line in data.splitlines() if line.strip()]
     stamps: list[float] = []
     tokens: list[float] = []
 
@@ -193,10 +204,11 @@ def trl_worker(stage: str, fixture: Path, steps: int, batch: int, seed: int) -> 
         def on_step_end(self, args, state, control, **kw):
             stamps.append(time.perf_counter())
 
-    common = dict(output_dir=tempfile.mkdtemp(prefix="trl-"), per_device_train_batch_size=batch,
-                  gradient_accumulation_steps=1, max_steps=steps, learning_rate=LR, lr_scheduler_type="constant",
-                  logging_steps=steps, save_strategy="no", report_to="none", use_cpu=True, seed=seed,
-                  dataloader_num_workers=0, max_length=SEQ_LEN, disable_tqdm=True, bf16=False)
+    common = {"output_dir": tempfile.mkdtemp(prefix="trl-"), "per_device_train_batch_size": batch,
+              "gradient_accumulation_steps": 1, "max_steps": steps, "learning_rate": LR,
+              "lr_scheduler_type": "constant", "logging_steps": steps, "save_strategy": "no",
+              "report_to": "none", "use_cpu": True, "seed": seed, "dataloader_num_workers": 0,
+              "max_length": SEQ_LEN, "disable_tqdm": True, "bf16": False}
     if stage == "sft":
         # Messages, so TRL applies the same chat template as alignforge; loss on the answer only.
         ds = datasets.Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
@@ -229,10 +241,10 @@ def trl_worker(stage: str, fixture: Path, steps: int, batch: int, seed: int) -> 
 
 def alignforge_worker(stage: str, fixture: Path, steps: int, batch: int, seed: int) -> dict:
     """Run the real alignforge stage for ``steps`` steps; return the raw measurement."""
-    import alignforge
-    from alignforge.config import DPOConfig, SFTConfig, build_config
     from transformers import AutoModelForCausalLM
 
+    import alignforge
+    from alignforge.config import DPOConfig, SFTConfig, build_config
     from alignforge.models.load import matmul_params
     from alignforge.train import tracking
 
@@ -302,7 +314,7 @@ def ensure_trl_venv(venv: Path = VENV) -> Path:
     py = venv / "bin" / "python"
     if not py.exists():
         subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
-    if subprocess.run([str(py), "-c", "import trl, accelerate"], capture_output=True).returncode != 0:
+    if subprocess.run([str(py), "-c", "import trl, accelerate"], capture_output=True, check=False).returncode != 0:
         subprocess.run([str(py), "-m", "pip", "install", "-q", "trl", "accelerate"], check=True)
     return py
 
@@ -402,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
             "settings": {"batch": args.batch, "warm-up steps": args.warmup, "measured steps": args.steps,
                          "threads": args.threads, "seq_len": SEQ_LEN, "lr": LR},
             "peak_gflops": peak / 1e9, "goals": goal_lines(rows),
-            "notes": ("Not benchmarked yet: reward, GRPO, RLOO, PPO, the sampling engine vs "
+            "notes": (contention_warning(rows) + "Not benchmarked yet: reward, GRPO, RLOO, PPO, the sampling engine vs "
                       "`model.generate`, and the ≈30 M scale row (issue 11 is open).")}
     out = args.results or RESULTS
     from alignforge.io import atomic_write_text

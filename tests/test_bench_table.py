@@ -94,3 +94,12 @@ def test_non_pad_token_count(vs):
              "attention_mask": torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])}
     assert vs._non_pad_tokens(batch) == 8.0
     assert vs._non_pad_tokens({"input_ids": torch.ones(1, 7, dtype=torch.long)}) == 7.0  # padding-free
+
+
+def test_contention_warning_only_when_mfu_exceeds_one(vs):
+    rows = vs.summarise(_runs(vs), warmup=2, peak_flops=1e11)
+    assert vs.contention_warning(rows) == ""
+    # A peak 10× too low (measured while the CPU was busy) pushes alignforge to 144% MFU.
+    rows = vs.summarise(_runs(vs), warmup=2, peak_flops=1e10)
+    warning = vs.contention_warning(rows)
+    assert "MFU above 100% for sft/alignforge:" in warning and "sft/trl" not in warning
