@@ -47,14 +47,16 @@ def test_eval_stage_writes_eval_json_with_protocol_fields(tiny_setup, capsys):
     assert "win vs sft" in capsys.readouterr().out
 
 
-def test_eval_stage_clear_errors(tiny_setup, capsys):
+def test_eval_stage_clear_errors(tiny_setup, capsys, tmp_path, monkeypatch):
     root = tiny_setup
+    monkeypatch.chdir(tmp_path)  # a failed eval must not leave runs/default/eval behind
     assert cli_main(["eval", "--world", str(root / "world")]) == 2
     assert "at least one checkpoint" in capsys.readouterr().err
     assert cli_main(["eval", str(root / "sft")]) == 2
     assert "needs eval.world" in capsys.readouterr().err
     assert cli_main(["eval", str(root / "sft"), "--world", str(root / "world"), "eval.baseline=nope"]) == 2
     assert "not one of the checkpoints" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_best_of_n_policies_use_the_reward_model_and_the_kl_bound(tiny_setup):

@@ -58,8 +58,6 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     apply_threads(cfg.runtime)
     device = resolve_device(cfg.runtime)
     out = cfg.out_dir()
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
     names = ev.names or [_name_of(c) for c in ev.checkpoints]
     if len(set(names)) != len(names):
         raise ConfigError(f"eval: two checkpoints share a name ({names}); set eval.names")
@@ -93,6 +91,9 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         prompts = prompts[: ev.max_prompts]
     heldout_path = ev.heldout or (str(Path(ev.world) / "heldout.jsonl") if ev.world else None)
     heldout = [r.text for r in read_records(heldout_path, kind="text")] if heldout_path else []
+    # Only now, with every input checked, does the stage write anything.
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
 
     # --- the policies ---
     evals, bpb = [], {}
