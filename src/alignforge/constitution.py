@@ -1,0 +1,98 @@
+"""A constitution: the written principles an AI judge and the critique → revision loop follow.
+
+Constitutional AI (Bai et al. 2022) replaces human labels with a model's own judgements, steered
+by a short list of natural-language principles. One YAML file holds them (the default ships
+beside this module, ``alignforge/constitution.yaml``; pass your own with ``load_constitution``)::
+
+    principles:
+      - name: harmless            # recorded on every judgement made under it
+        axis: harmless            # helpful | honest | harmless (the world writes examples by it)
+        compare: Which response is less harmful ...?
+        critique: Point out anything in the response that ...
+        revision: Rewrite the response so that ...
+
+Loading is strict like every config: an unknown key, a missing one, a duplicate name or an empty
+text is an error that names the file, the principle and the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import yaml
+
+from alignforge.config import ConfigError
+
+AXES = ("helpful", "honest", "harmless")
+#: The constitution shipped inside the package (the world's default).
+DEFAULT_CONSTITUTION = Path(__file__).resolve().with_name("constitution.yaml")
+
+
+@dataclass(frozen=True)
+class Principle:
+    name: str
+    axis: str
+    compare: str
+    critique: str
+    revision: str
+
+
+@dataclass(frozen=True)
+class Constitution:
+    principles: tuple[Principle, ...]
+    source: str = "<memory>"
+
+    def get(self, name: str) -> Principle:
+        for p in self.principles:
+            if p.name == name:
+                return p
+        raise KeyError(f"{self.source}: no principle named {name!r} (have {[p.name for p in self.principles]})")
+
+    def names(self) -> list[str]:
+        return [p.name for p in self.principles]
+
+
+def parse_constitution(data: object, source: str = "<memory>") -> Constitution:
+    """Validate a loaded YAML/JSON object into a :class:`Constitution`."""
+    if not isinstance(data, dict) or set(data) != {"principles"}:
+        keys = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise ConfigError(f"{source}: expected a mapping with the one key 'principles', got {keys}")
+    items = data["principles"]
+    if not isinstance(items, list) or not items:
+        raise ConfigError(f"{source}: 'principles' must be a non-empty list")
+    wanted = [f.name for f in fields(Principle)]
+    principles: list[Principle] = []
+    for i, item in enumerate(items):
+        where = f"{source}: principles[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where}: expected a mapping with keys {wanted}, got {type(item).__name__}")
+        unknown = sorted(set(item) - set(wanted))
+        if unknown:
+            raise ConfigError(f"{where}: unknown key {unknown[0]!r} (valid keys: {wanted})")
+        for key in wanted:
+            value = item.get(key)
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(f"{where}: key {key!r} must be a non-empty string, got {value!r}")
+        if item["axis"] not in AXES:
+            raise ConfigError(f"{where}: axis {item['axis']!r} is not one of {list(AXES)}")
+        principles.append(Principle(**{k: item[k].strip() for k in wanted}))
+    names = [p.name for p in principles]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"{source}: principle name {dupes[0]!r} appears more than once")
+    return Constitution(tuple(principles), source)
+
+
+def load_constitution(path: str | Path | None = None) -> Constitution:
+    """Read a constitution YAML file (the shipped default when ``path`` is None)."""
+    p = Path(path) if path is not None else DEFAULT_CONSTITUTION
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read constitution: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    return parse_constitution(data, str(p))
