@@ -46,3 +46,28 @@ def test_demo_quick_killed_then_resumed_reports_oracle_over_sft_over_random(tmp_
         assert name in report["sample"] and "win_rate" in report["sample"][name]
     html = (root / "report.html").read_text()
     assert "Headline" in html and "data:image/png;base64," in html and "<script" not in html
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_every_demo_step_builds_a_valid_config_full_included(tmp_path, quick):
+    """`demo --full` adds frontier, RLOO/GRPO and iterate-round steps: each must resolve to a strict
+    stage config (an unknown or mistyped key would only surface ~10 minutes into a run)."""
+    from alignforge.stages.demo import demo_pipeline
+    from alignforge.stages.pipeline import step_config
+
+    p = demo_pipeline(quick=quick, full=True, out_root=str(tmp_path), time_cap=30.0, threads=1)
+    names = [s.name for s in p.steps]
+    assert "eval" not in names and names[-1] == "eval-full"
+    refs = {n: str(tmp_path / n) for n in names + ["policy", "round", "prev_round"] + [s.name for s in p.round_steps]}
+    refs["round"] = "1"
+    for step in p.steps + p.round_steps:
+        cfg = step_config(p, step, tmp_path / step.name, refs)
+        assert cfg.runtime.threads == (None if step.stage in ("world", "tokenizer") else 1)
+        if hasattr(cfg, "train") and step.stage in ("pretrain", "sft", "reward", "dpo"):
+            assert cfg.train.max_minutes == 30.0
+    evals = {s.name: step_config(p, s, tmp_path / s.name, refs) for s in p.steps if s.stage == "eval"}
+    full = evals["eval-full"].eval
+    assert full.best_of_n == [2, 4, 8, 16] and len(full.names) == len(full.checkpoints) == 12
+    ppo_it = step_config(p, p.round_steps[2], tmp_path / "ppo-it", refs)
+    assert ppo_it.model.init == refs["policy"] and ppo_it.ref.init == refs["sft"]
+    assert p.rounds == 2 and demo_pipeline(quick=quick).rounds == 0

@@ -35,9 +35,16 @@ def _sizes(quick: bool) -> dict[str, Any]:
 
 
 def demo_pipeline(run: str = "demo", quick: bool = False, seed: int = 0, beta: float = 0.05,
-                  out_root: str | None = None) -> Pipeline:
+                  out_root: str | None = None, full: bool = False, threads: int = 2,
+                  time_cap: float | None = None) -> Pipeline:
+    """The demo's steps; ``full`` adds the β frontiers, RLOO/GRPO, best-of-n and two iterate rounds
+    at the same sizes (same run folder, so the demo's finished steps are reused, not rerun).
+    ``time_cap`` (minutes) replaces every training stage's safety cap — the stages are
+    step-bounded, so raising it on a slow machine changes nothing but how long they may take."""
     s = _sizes(quick)
-    threads = {"runtime.threads": 2, "runtime.progress": False}
+    if time_cap is not None:
+        s.update({k: float(time_cap) for k in ("pre_min", "sft_min", "rm_min", "dpo_min")})
+    threads = {"runtime.threads": threads, "runtime.progress": False}
     save_every = 10 if quick else 50  # quick: a checkpoint early enough that a kill lands mid-stage
     train = lambda minutes, steps=100000: {"train.max_minutes": minutes, "train.max_steps": steps,  # noqa: E731
                                            "train.eval_every": 0, "train.save_every": save_every,
@@ -57,6 +64,19 @@ def demo_pipeline(run: str = "demo", quick: bool = False, seed: int = 0, beta: f
                           "kl.coef": kl, "ppo.steps": s["ppo_steps"], "rollout.prompts": s["ppo_prompts"],
                           "sampling.max_new_tokens": s["new_tokens"], "ppo.eval_world": "{world}",
                           "ppo.eval_prompts": s["eval_prompts"] // 2, **threads}
+    dpo = lambda b: {"model.init": "{sft}", "data.train": "{collect}/train.jsonl",  # noqa: E731
+                     "data.eval": "{collect}/eval.jsonl", "dpo.beta": b, "train.lr": 5e-5,
+                     **train(s["dpo_min"], s["dpo_steps"]), **threads}
+    reinforce = lambda algorithm: {"model.init": "{sft}", "reward.init": "{reward}",  # noqa: E731
+                                   "data.train": world_files("prompts_train.jsonl"),
+                                   "data.eval": world_files("prompts_test.jsonl"), "kl.coef": beta,
+                                   "kl.estimator": "k3" if algorithm == "grpo" else "k1",
+                                   "reinforce.algorithm": algorithm, "reinforce.k": 4, "reinforce.epochs": 2,
+                                   "reinforce.minibatch_size": 16, "reinforce.steps": s["ppo_steps"],
+                                   "rollout.prompts": s["ppo_prompts"] // 4, "rollout.missing_eos_penalty": 1.0,
+                                   "sampling.max_new_tokens": s["new_tokens"], "train.lr": 2e-5,
+                                   "reinforce.eval_world": "{world}", "reinforce.eval_prompts": s["eval_prompts"] // 2,
+                                   **threads}
     steps = [
         Step("world", "world", values={}),
         Step("tokenizer", "tokenizer", values={"data.train": world_files("corpus.jsonl"),
@@ -68,16 +88,15 @@ def demo_pipeline(run: str = "demo", quick: bool = False, seed: int = 0, beta: f
                                              **train(s["pre_min"], s["pre_steps"]), **threads}),
         Step("sft", "sft", values={"model.init": "{pretrain}", "data.train": world_files("sft.jsonl"), "train.lr": 1e-3,
                                    "train.weight_decay": 0.0, "train.batch_size": 8, "train.seq_len": s["seq"],
-                                   "train.warmup_steps": 10, **train(s["sft_min"], s["sft_steps"]), **threads}),
+                                   "train.warmup_steps": 10, **train(s["sft_min"], s["sft_steps"]), **threads},
+             alias="policy"),
         Step("collect", "collect", values=collect("default")),
         Step("collect-biased", "collect", values=collect("length_biased")),
         Step("reward", "reward", values=reward("collect")),
         Step("reward-biased", "reward", values=reward("collect-biased")),
         Step("ppo", "ppo", values=ppo("reward", beta)),
         Step("ppo-hack", "ppo", values=ppo("reward-biased", 0.0)),
-        Step("dpo", "dpo", values={"model.init": "{sft}", "data.train": "{collect}/train.jsonl",
-                                   "data.eval": "{collect}/eval.jsonl", "dpo.beta": 0.1, "train.lr": 5e-5,
-                                   **train(s["dpo_min"], s["dpo_steps"]), **threads}),
+        Step("dpo", "dpo", values=dpo(0.1)),
         Step("rsft", "rsft", values={"model.init": "{sft}", "reward.init": "{reward}",
                                      "data.train": world_files("prompts_train.jsonl"), "rsft.rounds": 1,
                                      "rsft.n": s["rsft_n"], "rsft.prompts_per_round": s["rsft_prompts"],
@@ -91,7 +110,36 @@ def demo_pipeline(run: str = "demo", quick: bool = False, seed: int = 0, beta: f
                                      "eval.max_new_tokens": s["new_tokens"], "reward.init": "{reward}",
                                      **threads}),
     ]
-    return Pipeline(run=run, seed=seed, steps=steps, out_root=Path(out_root) if out_root else None)
+    rounds, round_steps = 0, []
+    if full:
+        # The frontiers: PPO at three KL β (the demo's β is the middle one), DPO at three β, best-of-n
+        # of SFT inside the eval; RLOO and GRPO at PPO's β and rollout size; then InstructGPT's "repeat".
+        names = ["pretrain", "sft", "ppo", "ppo-b0.01", "ppo-b0.2", "dpo", "dpo-b0.03", "dpo-b0.3", "rloo", "grpo",
+                 "rsft", "ppo-hack"]
+        eval_step = steps.pop()  # replaced by eval-full (an eval of everything), same settings
+        steps += [Step("ppo-b0.01", "ppo", values=ppo("reward", 0.01)),
+                  Step("ppo-b0.2", "ppo", values=ppo("reward", 0.2)),
+                  Step("dpo-b0.03", "dpo", values=dpo(0.03)), Step("dpo-b0.3", "dpo", values=dpo(0.3)),
+                  Step("rloo", "reinforce", values=reinforce("rloo")),
+                  Step("grpo", "reinforce", values=reinforce("grpo"))]
+        steps.append(Step("eval-full", "eval", values={**eval_step.values, "eval.names": names,
+                                                        "eval.checkpoints": ["{%s}" % n for n in names],
+                                                        "eval.best_of_n": [2, 4, 8, 16]}))
+        rounds = 2
+        round_steps = [
+            Step("collect-it", "collect", values={**collect("default"), "model.init": "{policy}",
+                                                  "collect.round": "{round}"}),
+            Step("reward-it", "reward", values=reward("collect-it")),
+            Step("ppo-it", "ppo", values={**ppo("reward-it", beta), "model.init": "{policy}", "ref.init": "{sft}",
+                                          "ppo.eval_world": None}, alias="policy"),
+            Step("eval-it", "eval", values={"eval.checkpoints": ["{policy}", "{sft}"],
+                                            "eval.names": ["round-{round}", "sft"], "eval.baseline": "sft",
+                                            "eval.world": "{world}", "eval.max_prompts": s["eval_n"],
+                                            "eval.max_new_tokens": s["new_tokens"], "eval.references": [],
+                                            **threads}),
+        ]
+    return Pipeline(run=run, seed=seed, steps=steps, rounds=rounds, round_steps=round_steps,
+                    out_root=Path(out_root) if out_root else None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -104,9 +152,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="output root (default runs/<run>)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--beta", type=float, default=0.05, help="PPO's KL coefficient")
+    parser.add_argument("--full", action="store_true",
+                        help="also the β frontiers, RLOO/GRPO, best-of-n and 2 iterate rounds (~+25 min; reuses "
+                             "a finished demo in the same folder)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads per stage")
+    parser.add_argument("--time-cap", type=float, default=None,
+                        help="safety cap per training stage in minutes (default 10; stages are step-bounded)")
     args = parser.parse_args(list(argv or []))
     run = args.run or ("demo-quick" if args.quick else "demo")
-    p = demo_pipeline(run, args.quick, args.seed, args.beta, args.out)
+    p = demo_pipeline(run, args.quick, args.seed, args.beta, args.out, full=args.full, threads=args.threads,
+                      time_cap=args.time_cap)
     t0 = time.perf_counter()
     try:
         refs = run_pipeline(p)
@@ -115,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from alignforge.eval.report import write_report
 
+    if "eval-full" in refs:  # the report's tables and frontier come from the eval of everything
+        refs = {**refs, "eval": refs["eval-full"]}
     report = write_report(Path(refs["eval"]).parent, refs)
     print(f"demo finished in {time.perf_counter() - t0:.0f}s; report: {report}", file=sys.stderr)
     return 0
