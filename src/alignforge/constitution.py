@@ -96,3 +96,36 @@ def load_constitution(path: str | Path | None = None) -> Constitution:
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
     return parse_constitution(data, str(p))
+
+
+# ---------------------------------------------------------------------------------------------
+# The AI judge's question (RLAIF). ONE renderer: the world's judging demonstrations
+# (alignforge.world.judging) and the judge (alignforge.aijudge) both call it, so a judge model
+# trained on the world sees at judging time exactly the text it was trained on.
+# ---------------------------------------------------------------------------------------------
+
+#: The two answers a judge may give; the first names the response shown first.
+JUDGE_CHOICES = ("(A)", "(B)")
+
+
+def render_conversation(prompt) -> str:
+    """A prompt (a string or a message list) as ``Human: … / Assistant: …`` lines."""
+    if isinstance(prompt, str):
+        return f"Human: {prompt}"
+    names = {"user": "Human", "assistant": "Assistant", "system": "System"}
+    return "\n".join(f"{names.get(m['role'], m['role'])}: {m['content']}" for m in prompt)
+
+
+def judge_prompt(principle: Principle, prompt, response_a: str, response_b: str) -> str:
+    """The feedback-model question of Constitutional AI (Bai et al. 2022, §4.1), one principle:
+
+    the conversation, the principle's ``compare`` question, the two responses as options (A) and
+    (B), and "The answer is:". The judge answers ``(A)`` or ``(B)`` (:data:`JUDGE_CHOICES`).
+    """
+    return (f"Consider the following conversation between a human and an assistant:\n"
+            f"{render_conversation(prompt)}\n"
+            f"{principle.compare}\n"
+            f"Options:\n"
+            f"(A) {response_a.strip()}\n"
+            f"(B) {response_b.strip()}\n"
+            f"The answer is:")
