@@ -129,3 +129,32 @@ def judge_prompt(principle: Principle, prompt, response_a: str, response_b: str)
             f"(A) {response_a.strip()}\n"
             f"(B) {response_b.strip()}\n"
             f"The answer is:")
+
+
+# ---------------------------------------------------------------------------------------------
+# Critique → revision (Constitutional AI's supervised phase, Bai et al. 2022 §3). ONE builder:
+# the world's critique demonstrations (alignforge.world.critiques) and `alignforge critique`
+# (alignforge.stages.critique) both call it, so a model SFT'd on the world is asked exactly the
+# conversation it was trained on.
+# ---------------------------------------------------------------------------------------------
+
+#: What the user turns of the critique loop start with (the paper's "Critique Request:" /
+#: "Revision Request:" labels), so a model can tell the requests from an ordinary question.
+CRITIQUE_REQUEST = "Critique request: "
+REVISION_REQUEST = "Revision request: "
+
+
+def critique_messages(principle: Principle, prompt, response: str) -> list[dict[str, str]]:
+    """The conversation whose next assistant turn is the critique: the prompt's turns, the
+    ``response`` under critique, then a user turn with the principle's critique request."""
+    from alignforge.data.records import as_messages
+
+    return [*as_messages(prompt), {"role": "assistant", "content": response},
+            {"role": "user", "content": CRITIQUE_REQUEST + principle.critique}]
+
+
+def revision_messages(principle: Principle, prompt, response: str, critique: str) -> list[dict[str, str]]:
+    """:func:`critique_messages` + the critique + a user turn with the principle's revision
+    request: the conversation whose next assistant turn is the revised response."""
+    return [*critique_messages(principle, prompt, response), {"role": "assistant", "content": critique},
+            {"role": "user", "content": REVISION_REQUEST + principle.revision}]
