@@ -26,6 +26,7 @@ class World:
     heldout: list[str] = field(default_factory=list)
     prompts: dict[str, list[PromptRecord]] = field(default_factory=dict)   # split -> prompts
     demos: list[Demonstration] = field(default_factory=list)               # SFT demonstrations
+    critiques: list[Demonstration] = field(default_factory=list)           # critique → revision turns (CAI)
 
     def __post_init__(self):
         self.parser = TaskParser(self.facts)
@@ -60,6 +61,10 @@ class World:
             "corpus": (f"corpus{ext}", [_text_record(t) for t in self.corpus]),
             "heldout": (f"heldout{ext}", [TextRecord(text=t, source="world") for t in self.heldout]),
             "sft": (f"sft{ext}", self.demos),
+            # Constitutional AI's critique → revision turns (world/critiques.py), alone and appended
+            # to the SFT demonstrations (one file for `alignforge sft`, whose data.train is one path).
+            "critique_sft": (f"critique_sft{ext}", self.critiques),
+            "sft_critique": (f"sft_critique{ext}", [*self.demos, *self.critiques]),
             "prompts_train": (f"prompts_train{ext}", self.prompts["train"]),
             "prompts_test": (f"prompts_test{ext}", self.prompts["test"]),
         }
@@ -114,6 +119,9 @@ def build_world(cfg: WorldConfig | None = None, *, corpus: bool = True, demos: b
         world.demos = [Demonstration(prompt=p, response=demonstrator(p), category=c, id=f"sft-{i}",
                                      source="world", policy="demonstrator")
                        for i, (c, p) in enumerate(pairs)]
+        from alignforge.world.critiques import critique_demonstrations
+
+        world.critiques = critique_demonstrations(world)
     return world
 
 
