@@ -895,3 +895,44 @@ class NashConfig(StageConfig):
     kl: KLSection = section(KLSection, "KL(π‖π_ref) penalty β in the reward (separate from nash.mixture_beta)")
     rollout: RolloutSection = section(RolloutSection, "rollout size (prompts per step), log-prob reuse")
     nash: NashSection = section(NashSection, "mixture_beta, steps, preference-model length")
+
+
+@dataclass
+class CritiqueSection:
+    constitution: Optional[str] = option(None, "constitution YAML (principles with critique / revision requests); "
+                                               "null = the one shipped with alignforge")
+    principles: list[str] = option(doc="names of the principles drawn from (uniformly, per prompt and round); "
+                                       "[] = all of the constitution's", factory=list)
+    rounds: int = option(1, "critique → revision iterations per prompt; each round critiques the previous "
+                            "revision under a newly drawn principle")
+    categories: list[str] = option(doc="keep only prompt records of these categories (e.g. [harmful, unknown, "
+                                       "benign]); [] = every prompt", factory=list)
+    max_prompts: Optional[int] = option(None, "critique at most this many (the first) prompts; null = all")
+    batch_size: int = option(64, "prompts per chunk: each step (answer, critique, revision) of a chunk is one "
+                                 "batched generate call; chunks are also the unit of resume and of sharding")
+    critique_max_new_tokens: int = option(64, "longest critique in tokens (answers and revisions use "
+                                              "sampling.max_new_tokens)")
+    finetune: bool = option(False, "then fine-tune model.init on revisions.jsonl with `alignforge sft` (train.*, "
+                                   "sft.*) in <out>/sft; the result is copied to <out>/model")
+    eval_world: Optional[str] = option(None, "world folder: gold reward of the initial vs the revised answers per "
+                                             "category, through alignforge.eval (gold.json); null = off")
+
+    def validate(self) -> None:
+        if self.rounds < 1 or self.batch_size < 1 or self.critique_max_new_tokens < 1:
+            raise ConfigError("config keys 'critique.rounds', 'critique.batch_size', "
+                              "'critique.critique_max_new_tokens': expected >= 1")
+        if self.max_prompts is not None and self.max_prompts < 1:
+            raise ConfigError(f"config key 'critique.max_prompts': expected >= 1 or null, got {self.max_prompts}")
+
+
+@dataclass
+class CritiqueConfig(StageConfig):
+    """Constitutional AI, supervised phase: the policy critiques and revises its own answers; revisions → SFT."""
+
+    stage_name: typing.ClassVar[str] = "critique"
+    model: ModelSection = section(ModelSection, "the policy: model.init = an SFT stage folder or a local HF model")
+    data: DataSection = section(DataSection, "data.train: red-team prompts (prompt records, or any with a prompt)")
+    sampling: SamplingSection = section(SamplingSection, "how answers, critiques and revisions are sampled")
+    train: TrainSection = section(TrainSection, "fine-tuning on the revisions (critique.finetune), as in sft")
+    sft: SFTSection = section(SFTSection, "fine-tuning specifics (batching, epochs, held-out share), as in sft")
+    critique: CritiqueSection = section(CritiqueSection, "constitution, principles, rounds, chunks, fine-tuning")
