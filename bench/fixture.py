@@ -12,7 +12,12 @@ so the fixture is the same bytes on every machine with the same library versions
 - ``pref.jsonl``: 256 comparisons on the same prompts; chosen = the true continuation,
   rejected = the continuation of another window (same length class, different text);
 - ``prompts.jsonl``: the same 256 prompts alone (online stages);
+- ``reward/``: a scalar-head reward model on the same random backbone (head seeded with
+  ``REWARD_HEAD_SEED``), the fixed reward both libraries' GRPO / RLOO / PPO rows score with;
 - ``fixture.json``: sizes, parameter counts and the versions that built it.
+
+``ensure_scale(out, "30m")`` adds ``model-30m/``: the same tokenizer with the ≈30 M ``small-30m``
+Llama (d 512, 8 layers, untied), for the scale row of SFT and DPO.
 
 Rows are cut from the tokenised corpus on token ids (window of 40 + 60 ids) and decoded, so
 their lengths re-tokenise to about 40/60: byte-level BPE merges can shift a boundary token.
@@ -32,6 +37,9 @@ SEED = 0
 # d 256, 4 layers, 4 heads, intermediate 688 is exactly the tiny-4m preset; only the untying
 # differs (TRL's and our trainers both handle either; untied is what the issue fixes).
 PRESET = "tiny-4m"
+REWARD_HEAD_SEED = 1
+# The scale row (issue 11): same tokenizer and data, a bigger model. name -> (preset, folder).
+SCALES = {"30m": ("small-30m", "model-30m")}
 DEFAULT_OUT = Path(__file__).resolve().parent / "_fixture"
 
 
@@ -86,6 +94,7 @@ def build(out: str | Path = DEFAULT_OUT, rows: int = ROWS, seed: int = SEED) -> 
         write_records,
     )
     from alignforge.io import atomic_dir, atomic_write_text
+    from alignforge.models.heads import init_from_causal_lm, save_scorer
     from alignforge.models.load import build_model, matmul_params, save_model
     from alignforge.models.tokenizer import train_tokenizer
 
@@ -113,11 +122,15 @@ def build(out: str | Path = DEFAULT_OUT, rows: int = ROWS, seed: int = SEED) -> 
                   "tied_embeddings": False,
                   "params": sum(p.numel() for p in model.parameters()),
                   "matmul_params": matmul_params(model)},
+        "reward": {"head_seed": REWARD_HEAD_SEED, "heads": 1},
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "tokenizers": tokenizers.__version__},
     }
     with atomic_dir(out) as tmp:
         save_model(model, tok, tmp / "model")
+        # The reward model reads the saved causal LM back, so its backbone is that model, bit for bit.
+        rm, rm_tok = init_from_causal_lm(tmp / "model", 1, ["reward"], seed=REWARD_HEAD_SEED)
+        save_scorer(rm, rm_tok, tmp / "reward")
         write_records(tmp / "sft.jsonl", demos)
         write_records(tmp / "pref.jsonl", comps)
         write_records(tmp / "prompts.jsonl", prompts)
@@ -126,11 +139,31 @@ def build(out: str | Path = DEFAULT_OUT, rows: int = ROWS, seed: int = SEED) -> 
 
 
 def ensure(out: str | Path = DEFAULT_OUT) -> Path:
-    """The fixture folder, built first if it is missing (what ``vs_trl.py`` calls)."""
+    """The fixture folder, built first if it is missing or older than this file's layout (no
+    reward model yet); what ``vs_trl.py`` calls. Rebuilding gives the same bytes."""
     out = Path(out)
-    if not (out / "fixture.json").is_file():
+    manifest = out / "fixture.json"
+    if not manifest.is_file() or "reward" not in json.loads(manifest.read_text()):
         build(out)
     return out
+
+
+def ensure_scale(out: str | Path, scale: str, seed: int = SEED) -> Path:
+    """``out/<folder>`` for ``scale`` (see ``SCALES``): the fixture's tokenizer with a bigger random,
+    untied Llama, built once. Returns the model folder."""
+    from alignforge.models.load import build_model, save_model
+    from alignforge.models.tokenizer import load_tokenizer
+
+    if scale not in SCALES:
+        raise ValueError(f"scale {scale!r}: expected one of {', '.join(SCALES)}")
+    preset, folder = SCALES[scale]
+    out = ensure(out)
+    target = out / folder
+    if not (target / "model.safetensors").is_file():
+        tok = load_tokenizer(out / "model")
+        model = build_model(preset, vocab_size=len(tok), seed=seed, tie_word_embeddings=False)
+        save_model(model, tok, target)  # atomic: the folder appears whole
+    return target
 
 
 def main(argv: list[str] | None = None) -> int:

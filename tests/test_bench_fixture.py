@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,7 @@ def test_two_builds_are_byte_identical(built):
     fa, fb = _files(a), _files(b)
     assert set(fa) == set(fb)
     assert {"model/model.safetensors", "model/tokenizer.json", "sft.jsonl", "pref.jsonl",
-            "prompts.jsonl", "fixture.json"} <= set(fa)
+            "prompts.jsonl", "fixture.json", "reward/model.safetensors", "reward/config.json"} <= set(fa)
     different = [name for name in fa if fa[name] != fb[name]]
     assert different == []
 
@@ -97,3 +98,38 @@ def test_rows_and_token_lengths(built):
         assert c.prompt == d.prompt == p.prompt
         assert c.chosen == d.response
         assert c.rejected != c.chosen and 52 <= n(c.rejected) <= 68
+
+
+def test_reward_model_is_the_backbone_with_one_seeded_head(built):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    fx, a, _ = built
+    rm = AutoModelForSequenceClassification.from_pretrained(a / "reward")
+    lm = AutoModelForCausalLM.from_pretrained(a / "model")
+    assert rm.config.num_labels == 1 and rm.config.pad_token_id == 0
+    backbone = dict(lm.model.named_parameters())
+    assert all(torch.equal(p, backbone[name]) for name, p in rm.model.named_parameters())
+    # The head: N(0, 1/(hidden+1)) from a generator seeded with REWARD_HEAD_SEED (init_from_causal_lm).
+    want = torch.randn(1, 256, generator=torch.Generator().manual_seed(fx.REWARD_HEAD_SEED)) * (1.0 / math.sqrt(257))
+    assert torch.equal(rm.score.weight.detach(), want)
+    assert json.loads((a / "fixture.json").read_text())["reward"] == {"head_seed": fx.REWARD_HEAD_SEED, "heads": 1}
+
+
+def test_scale_30m_preset_sizes():
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from alignforge.models.load import matmul_params, preset_config
+
+    fx = _load_fixture_module()
+    preset, folder = fx.SCALES["30m"]
+    cfg = preset_config(preset, 4096, tie_word_embeddings=False)
+    assert (cfg.hidden_size, cfg.num_hidden_layers, folder) == (512, 8, "model-30m")
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg)
+    # ≈30 M: 2·4096·512 embeddings + 8·(4·512² + 3·512·1376) matmuls + 17·512 RMSNorm weights.
+    assert matmul_params(model) == 8 * (4 * 512 * 512 + 3 * 512 * 1376) == 25_296_896
+    assert sum(p.numel() for p in model.parameters()) == 2 * 4096 * 512 + 25_296_896 + 17 * 512
+    with pytest.raises(ValueError, match="expected one of 30m"):
+        fx.ensure_scale("/nonexistent", "7b")
