@@ -110,6 +110,9 @@ def test_training_code_never_imports_the_gold_judge():
                "alignforge.world.facts", "alignforge.world.demonstrator", "alignforge.world.policies",
                "alignforge.world.config"):
         assert ok not in tainted, ok
+    # Constitutional AI's critique → revision: the world's examples (world.core imports them) and the stage
+    for ok in ("alignforge.world.critiques", "alignforge.stages.critique"):
+        assert ok not in tainted, ok
 
 
 @pytest.mark.parametrize("source", [
