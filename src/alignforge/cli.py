@@ -29,6 +29,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "dpo": ("alignforge.stages.dpo", "DPO family: sigmoid, IPO, conservative, hinge"),
     "rsft": ("alignforge.stages.rsft", "rejection-sampling (best-of-n) fine-tuning"),
     "rlaif": ("alignforge.stages.rlaif", "AI feedback with a constitution (Constitutional AI)"),
+    "critique": ("alignforge.stages.critique", "Constitutional AI's SL phase: self-critique → revision → SFT"),
     "nash": ("alignforge.stages.nash", "Nash-MD with a pairwise preference model"),
     "eval": ("alignforge.stages.eval", "evaluate checkpoints: gold judge, win-rates, KL, perplexity"),
     "pipeline": ("alignforge.stages.pipeline", "run a YAML list of stages, resumably"),

@@ -41,11 +41,16 @@ import random
 import re
 from dataclasses import dataclass
 
-from alignforge.constitution import Constitution, critique_messages, load_constitution, revision_messages
+from alignforge.constitution import (
+    Constitution,
+    critique_messages,
+    load_constitution,
+    revision_messages,
+)
 from alignforge.data.records import Demonstration
 from alignforge.world.config import DemonstratorSection
 from alignforge.world.demonstrator import Demonstrator
-from alignforge.world.tasks import HARMFUL, Task, sample_prompts
+from alignforge.world.tasks import Task, sample_prompts
 
 #: Category weights of the critique examples' prompts: the red-team categories first, plus
 #: questions with a checkable value (facts, sums) and harmless look-alikes of harmful requests.
