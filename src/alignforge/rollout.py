@@ -1,4 +1,4 @@
-"""Rollouts for online RL, shared by ``alignforge ppo`` and ``alignforge reinforce`` (RLOO/GRPO).
+"""Rollouts for online RL, shared by ``alignforge ppo``, ``reinforce`` (RLOO/GRPO) and ``nash``.
 
 One rollout = sample responses with the one sampling engine (:func:`alignforge.generation.generate`,
 KV-cached, batched) → score them with the frozen reward model (or an injected ``reward_fn``) →
@@ -22,14 +22,20 @@ minibatch of short answers costs only its own length.
 Evaluation helpers (:func:`proxy_eval`, :func:`gold_eval`, :func:`final_report`) are here too: the
 gold reward is reached only through ``alignforge.eval`` (the evaluation gateway), never by
 importing the world's judge (``tests/test_import_boundary.py``).
+
+The RL stages' shared set-up and step tail live here once (each stage still writes its own loop):
+:func:`check_rl_config`, :func:`encode_prompts`, :func:`resume_rl`, :func:`reward_eval`,
+:func:`initial_eval`, :func:`step_timings` and :func:`end_step` (eval, samples, log line, metrics,
+checkpoint, out-of-time stop, in that order).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -72,7 +78,7 @@ class Rollout:
     def position_ids(self) -> torch.Tensor:
         return (self.attention_mask.cumsum(1) - 1).clamp(min=0)
 
-    def select(self, idx: torch.Tensor | Sequence[int]) -> "Rollout":
+    def select(self, idx: torch.Tensor | Sequence[int]) -> Rollout:
         """Rows ``idx``, with the columns that are padding in every selected row cut off."""
         idx = torch.as_tensor(idx, dtype=torch.long)
         P = self.prompt_len
@@ -420,9 +426,147 @@ def final_report(policy, ref, tok, prompts: Sequence, world_dir: str, *, max_new
     reward difference, win-rate, KL(π‖π_ref)."""
     from alignforge.eval.protocol import compare
 
-    kw = dict(max_new_tokens=max_new_tokens, seed=seed, ref=ref)
+    kw = {"max_new_tokens": max_new_tokens, "seed": seed, "ref": ref}
     base = gold_eval(ref, tok, prompts, world_dir, name="sft", **kw)
     mine = gold_eval(policy, tok, prompts, world_dir, name=name, **kw)
     report = compare([base, mine], baseline="sft", modes=("sample",))
     report["prompts"] = len(prompts)
     return report, mine
+
+
+# ---------------------------------------------------------------------------------------------
+# The RL stages' shared set-up and step tail (ppo, reinforce, nash). Each stage keeps its own
+# loop; these are the pieces all three used to write out again.
+# ---------------------------------------------------------------------------------------------
+
+
+def check_rl_config(cfg: Any, stage: str) -> None:
+    """What every RL stage needs before it loads anything: prompts, a policy to start from, and
+    ``rollout.prompts`` that split evenly over the processes."""
+    from alignforge.train import distributed as dist
+
+    if not cfg.data.train:
+        raise ConfigError(f"{stage} needs data.train (prompt records)")
+    if not cfg.model.init:
+        raise ConfigError(f"{stage} needs model.init (an SFT stage folder or a local HF model directory)")
+    world = dist.world_size()
+    if cfg.rollout.prompts % world:
+        raise ConfigError(f"config key 'rollout.prompts' ({cfg.rollout.prompts}) must split evenly over "
+                          f"{world} processes")
+
+
+def encode_prompts(cfg: Any, tok, params: SamplingParams, n_eval: int) -> tuple[list, list, list, list]:
+    """(train prompts, their token ids, the first ``n_eval`` prompts of ``data.eval``, their ids).
+    Prompts are left-truncated so that prompt + response fits ``train.seq_len``."""
+    from alignforge.data.batching import encode_prompt
+
+    max_prompt = cfg.train.seq_len - params.max_new_tokens
+    if max_prompt < 1:
+        raise ConfigError(f"train.seq_len={cfg.train.seq_len} leaves no room for prompts with "
+                          f"sampling.max_new_tokens={params.max_new_tokens}")
+    prompts = read_prompts(cfg.data, "train")
+    prompt_ids = [encode_prompt(tok, p.prompt, max_prompt) for p in prompts]
+    eval_prompts = read_prompts(cfg.data, "eval")[:n_eval] if cfg.data.eval and n_eval else []
+    return prompts, prompt_ids, eval_prompts, [encode_prompt(tok, p.prompt, max_prompt) for p in eval_prompts]
+
+
+def resume_rl(out, *, model, optimizer, scheduler, sampler, kl_ctl) -> tuple[Any, int, float]:
+    """Load ``out/state`` when an earlier run left one: the weights, optimizer and schedule, and the
+    state every RL stage saves beside them (the prompt sampler's position, β). Returns (the
+    checkpoint or None, the step to go on from, the training seconds already spent); the stage
+    reads its own extras (ptx position, baseline) from ``checkpoint.data``."""
+    from alignforge.train import checkpoint as ckpt
+
+    resumed = ckpt.load_state(out, model=model, optimizer=optimizer, scheduler=scheduler)
+    if resumed is None:
+        return None, 0, 0.0
+    sampler.load_state_dict(resumed.data["sampler"])
+    kl_ctl.value = float(resumed.data["kl_coef"])
+    return resumed, resumed.step, float(resumed.extra.get("elapsed_s", 0.0))
+
+
+def reward_eval(policy, ref, tok, params: SamplingParams, *, final: bool, name: str, out, seed: int,
+                eval_ids: Sequence, eval_prompts: Sequence, eval_world: str | None, **reward: Any) -> dict[str, Any]:
+    """The evaluation of a reward-model stage (ppo, reinforce), on rank 0 only (there are no
+    collectives inside; other ranks get ``{}``): proxy reward, KL and length on the eval prompts
+    (``reward`` = the :func:`make_rollout` reward arguments); with ``eval_world`` the gold reward
+    per category, and when ``final`` the gold protocol vs SFT written to ``out/eval.json``."""
+    import json
+
+    from alignforge.io import atomic_write_text
+    from alignforge.train import distributed as dist
+
+    row: dict[str, Any] = {}
+    if not dist.is_main():
+        return row
+    if eval_ids:
+        row.update(proxy_eval(policy, ref, tok, eval_ids, params, seed=seed, **reward))
+    if eval_world and eval_prompts:
+        kw = {"max_new_tokens": params.max_new_tokens, "seed": seed}
+        if final:  # the gold protocol vs SFT (eval.json); its policy half gives the gold metrics
+            report, ev = final_report(policy, ref, tok, eval_prompts, eval_world, name=name, **kw)
+            atomic_write_text(out / "eval.json", json.dumps(report, indent=1))
+        else:
+            ev = gold_eval(policy, tok, eval_prompts, eval_world, **kw)
+        row.update(gold_metrics(ev))
+    return row
+
+
+def initial_eval(step: int, train: Any, evaluate: Callable[[bool], dict], logger) -> None:
+    """The curves start at the initial (SFT) policy: step 0 is evaluated and logged before any
+    update (not on a resume, nor with ``train.eval_every = 0``)."""
+    if step == 0 and train.eval_every:
+        row = evaluate(False)
+        if row:
+            logger.log(0, **row)
+
+
+def step_timings(ro: Rollout, train_s: float, train_tokens: int) -> dict[str, float]:
+    """Where a step's time went: sampling, scoring, training, and the two token rates."""
+    return {"generate_s": ro.timings["generate_s"], "score_s": ro.timings["score_s"], "train_s": train_s,
+            "rollout_tokens_per_s": float(ro.lengths.sum()) / max(ro.timings["generate_s"], 1e-9),
+            "train_tokens_per_s": train_tokens / max(train_s, 1e-9)}
+
+
+def end_step(stage: str, step: int, row: dict[str, Any], *, last: bool, train: Any, out, logger, clock,
+             evaluate: Callable[[bool], dict], samples: Sequence[dict], line: str,
+             model, optimizer, scheduler, sampler, kl_ctl, data: dict[str, Any] | None = None) -> bool:
+    """The end of every RL step after its metrics ``row``; returns True when the stage must stop
+    early (out of time). In this order:
+
+    1. out of time? (``train.max_minutes`` against ``clock``, a :class:`~alignforge.train.loop.StageClock`;
+       rank 0 decides for every process);
+    2. every ``train.eval_every`` steps, at the last step and when out of time: ``evaluate(final)``
+       into ``row`` (final at the last step or out of time) and ``samples`` appended to
+       ``samples.jsonl`` (rank 0);
+    3. ``line`` printed at the first and last step and every ``train.log_every`` (rank 0); ``row``
+       logged to ``metrics.jsonl``;
+    4. every ``train.save_every`` steps, at the last step and when out of time: the checkpoint —
+       weights, optimizer, schedule, the prompt sampler, β (``kl_ctl``) and the stage's own ``data``,
+       with the metrics offset and the training time, which is all an exact resume needs.
+    """
+    import json
+
+    from alignforge.train import checkpoint as ckpt
+    from alignforge.train import distributed as dist
+    from alignforge.train.loop import out_of_time
+
+    stop = out_of_time(train, clock)
+    main = dist.is_main()
+    if (train.eval_every and step % train.eval_every == 0) or last or stop:
+        row.update(evaluate(last or stop))
+        if main:
+            with open(out / "samples.jsonl", "a", encoding="utf-8") as f:
+                f.writelines(json.dumps(s) + "\n" for s in samples)
+    if main and (step % train.log_every == 0 or last or step == 1):
+        print(line)
+    logger.log(step, **row)
+    if (train.save_every and step % train.save_every == 0) or last or stop:
+        ckpt.save_state(out, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
+                        data={"sampler": sampler.state_dict(), "kl_coef": kl_ctl.value, **(data or {})},
+                        metrics_offset=logger.offset(), extra={"elapsed_s": clock.elapsed_s()})
+    if stop and not last:
+        if main:
+            print(f"{stage}: out of time after step {step} (train.max_minutes={train.max_minutes})")
+        return True
+    return False

@@ -33,31 +33,41 @@ own seed; advantages are whitened with global statistics; gradients are averaged
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from alignforge import rollout as R
 from alignforge.cli import run_stage
 from alignforge.config import ConfigError, PPOConfig, save_config
-from alignforge.data.batching import encode_prompt
-from alignforge.io import atomic_write_text
-from alignforge.losses import entropy_from_logits, masked_mean, ppo_policy_loss, value_loss
-from alignforge.models.load import matmul_params
+from alignforge.losses import (
+    entropy_from_logits,
+    masked_mean,
+    ppo_policy_loss,
+    value_loss,
+)
+from alignforge.models.load import load_reference, matmul_params
 from alignforge.perf import Throughput
 from alignforge.rl import explained_variance, gae, per_token_rewards
 from alignforge.stages.sft import load_model
-from alignforge.models.load import load_reference
 from alignforge.train import checkpoint as ckpt
 from alignforge.train import distributed as dist
-from alignforge.train.loop import (EpochSampler, lm_loss, make_scheduler, optimizer_step,
-                                  pack_blocks, pack_stream, param_groups, seed_everything,
-                                  start_stage)
+from alignforge.train.loop import (
+    EpochSampler,
+    StageClock,
+    lm_loss,
+    make_scheduler,
+    optimizer_step,
+    pack_blocks,
+    pack_stream,
+    param_groups,
+    seed_everything,
+    start_stage,
+)
 from alignforge.train.tracking import MetricsLogger
 
 
@@ -89,13 +99,8 @@ def run(cfg: PPOConfig, reward_fn: R.RewardFn | None = None) -> Path:
     if finished:
         return out
     world, rank, main_rank = dist.world_size(), dist.rank(), dist.is_main()
-    if not cfg.data.train:
-        raise ConfigError("ppo needs data.train (prompt records)")
-    if not cfg.model.init:
-        raise ConfigError("ppo needs model.init (an SFT stage folder or a local HF model directory)")
+    R.check_rl_config(cfg, "ppo")
     tcfg, pcfg, rcfg = cfg.train, cfg.ppo, cfg.rollout
-    if rcfg.prompts % world:
-        raise ConfigError(f"config key 'rollout.prompts' ({rcfg.prompts}) must split evenly over {world} processes")
     params = R.sampling_params(cfg)
     T = params.temperature if params.temperature > 0 else 1.0
 
@@ -110,14 +115,7 @@ def run(cfg: PPOConfig, reward_fn: R.RewardFn | None = None) -> Path:
     both.eval()  # dropout off everywhere (see the module docstring)
 
     # --- prompts (left-truncated so prompt + response fits train.seq_len) and optional ptx text ---
-    max_prompt = tcfg.seq_len - params.max_new_tokens
-    if max_prompt < 1:
-        raise ConfigError(f"train.seq_len={tcfg.seq_len} leaves no room for prompts with "
-                          f"sampling.max_new_tokens={params.max_new_tokens}")
-    prompts = R.read_prompts(cfg.data, "train")
-    prompt_ids = [encode_prompt(tok, p.prompt, max_prompt) for p in prompts]
-    eval_prompts = R.read_prompts(cfg.data, "eval")[:pcfg.eval_prompts] if cfg.data.eval and pcfg.eval_prompts else []
-    eval_ids = [encode_prompt(tok, p.prompt, max_prompt) for p in eval_prompts]
+    prompts, prompt_ids, eval_prompts, eval_ids = R.encode_prompts(cfg, tok, params, pcfg.eval_prompts)
     ptx = ptx_blocks(cfg, tok) if pcfg.ptx_coef > 0 else None
 
     n_mb = math.ceil(rcfg.prompts // world / pcfg.minibatch_size)  # minibatch_size is per process
@@ -126,12 +124,9 @@ def run(cfg: PPOConfig, reward_fn: R.RewardFn | None = None) -> Path:
     scheduler = make_scheduler(optimizer, tcfg)
     sampler = EpochSampler(len(prompts), cfg.seed)
     kl_ctl = R.kl_controller(cfg.kl)
-    ptx_pos, step, elapsed_before = 0, 0, 0.0
-    resumed = ckpt.load_state(out, model=both, optimizer=optimizer, scheduler=scheduler)
-    if resumed is not None:
-        step, elapsed_before = resumed.step, float(resumed.extra.get("elapsed_s", 0.0))
-        sampler.load_state_dict(resumed.data["sampler"])
-        kl_ctl.value, ptx_pos = float(resumed.data["kl_coef"]), int(resumed.data["ptx_pos"])
+    resumed, step, elapsed_before = R.resume_rl(out, model=both, optimizer=optimizer, scheduler=scheduler,
+                                                sampler=sampler, kl_ctl=kl_ctl)
+    ptx_pos = int(resumed.data["ptx_pos"]) if resumed else 0
     out.mkdir(parents=True, exist_ok=True)
     if main_rank:
         save_config(cfg, out / "config.yaml")
@@ -144,30 +139,15 @@ def run(cfg: PPOConfig, reward_fn: R.RewardFn | None = None) -> Path:
     logger = MetricsLogger(out, cfg.runtime, total_steps=pcfg.steps,
                            resume_offset=resumed.metrics_offset if resumed else None, description="ppo")
     meter = Throughput(n_matmul)
-    t_start = time.perf_counter()
+    clock = StageClock(elapsed_before)
     meter.pause()
-    rkw = dict(reward_model=reward_model, reward_head=head, reward_fn=reward_fn, batch_size=rcfg.batch_size)
+    rkw = {"reward_model": reward_model, "reward_head": head, "reward_fn": reward_fn, "batch_size": rcfg.batch_size}
 
-    def evaluate(final: bool) -> dict[str, Any]:
-        row: dict[str, Any] = {}
-        if not main_rank:  # evaluation runs on rank 0 only (no collectives inside)
-            return row
-        if eval_ids:
-            row.update(R.proxy_eval(policy, ref, tok, eval_ids, params, seed=cfg.seed, **rkw))
-        if pcfg.eval_world and eval_prompts:
-            kw = dict(max_new_tokens=params.max_new_tokens, seed=cfg.seed)
-            if final:  # the gold protocol vs SFT (eval.json); its policy half gives the gold metrics
-                report, ev = R.final_report(policy, ref, tok, eval_prompts, pcfg.eval_world, name="ppo", **kw)
-                atomic_write_text(out / "eval.json", json.dumps(report, indent=1))
-            else:
-                ev = R.gold_eval(policy, tok, eval_prompts, pcfg.eval_world, **kw)
-            row.update(R.gold_metrics(ev))
-        return row
+    def evaluate(final: bool) -> dict[str, Any]:  # rank 0 only; gold metrics with ppo.eval_world
+        return R.reward_eval(policy, ref, tok, params, final=final, name="ppo", out=out, seed=cfg.seed,
+                             eval_ids=eval_ids, eval_prompts=eval_prompts, eval_world=pcfg.eval_world, **rkw)
 
-    if step == 0 and tcfg.eval_every:  # the curves start at the initial (SFT) policy
-        row0 = evaluate(final=False)
-        if row0:
-            logger.log(0, **row0)
+    R.initial_eval(step, tcfg, evaluate, logger)  # the curves start at the initial (SFT) policy
     while step < pcfg.steps:
         # --- 1. rollout: sample, score, reference log-probs, values ---
         # Every rank draws the same global prompts and samples its own shard with its own seed.
@@ -236,32 +216,16 @@ def run(cfg: PPOConfig, reward_fn: R.RewardFn | None = None) -> Path:
             "explained_variance": explained_variance(ro.values, ro.returns, ro.mask),
             "value_mean": float(masked_mean(ro.values, ro.mask)),
             "advantage_mean": float(masked_mean(ro.advantages, ro.mask))})
-        row.update({"kl_coef": beta, "lr": scheduler.get_last_lr()[0], "generate_s": ro.timings["generate_s"],
-                               "score_s": ro.timings["score_s"], "train_s": t_train,
-                               "rollout_tokens_per_s": float(ro.lengths.sum()) / max(ro.timings["generate_s"], 1e-9),
-                               "train_tokens_per_s": train_tokens / max(t_train, 1e-9)})
-        last = step == pcfg.steps
-        minutes = (elapsed_before + time.perf_counter() - t_start) / 60
-        out_of_time = dist.broadcast_object(tcfg.max_minutes is not None and minutes >= tcfg.max_minutes)  # rank 0 decides
-        if (tcfg.eval_every and step % tcfg.eval_every == 0) or last or out_of_time:
-            row.update(evaluate(final=last or out_of_time))
-            with open(out / "samples.jsonl", "a", encoding="utf-8") if main_rank else open(os.devnull, "w") as f:
-                for i in range(min(4, len(ro))):
-                    f.write(json.dumps({"step": step, "prompt": prompts[idx[i]].prompt, "response": (ro.texts or [""])[i],
-                                        "score": float(ro.raw_scores[i])}) + "\n")
-        if main_rank and (step % tcfg.log_every == 0 or last or step == 1):
-            print(f"ppo: step {step}: score {row['score']:+.3f} kl {row['kl']:.3f} β {beta:.3g} len "
-                  f"{row['response_length']:.1f} clip {row['clip_frac']:.3f} ev {row['explained_variance']:.2f} "
-                  f"({row['generate_s']:.1f}s gen, {row['score_s']:.1f}s score, {t_train:.1f}s train)")
-        logger.log(step, **row)
-        if (tcfg.save_every and step % tcfg.save_every == 0) or last or out_of_time:
-            ckpt.save_state(out, model=both, optimizer=optimizer, scheduler=scheduler, step=step,
-                            data={"sampler": sampler.state_dict(), "kl_coef": kl_ctl.value, "ptx_pos": ptx_pos},
-                            metrics_offset=logger.offset(),
-                            extra={"elapsed_s": elapsed_before + time.perf_counter() - t_start})
-        if out_of_time and not last:
-            if main_rank:
-                print(f"ppo: out of time after step {step} (train.max_minutes={tcfg.max_minutes})")
+        row.update({"kl_coef": beta, "lr": scheduler.get_last_lr()[0], **R.step_timings(ro, t_train, train_tokens)})
+        samples = [{"step": step, "prompt": prompts[idx[i]].prompt, "response": (ro.texts or [""])[i],
+                    "score": float(ro.raw_scores[i])} for i in range(min(4, len(ro)))]
+        line = (f"ppo: step {step}: score {row['score']:+.3f} kl {row['kl']:.3f} β {beta:.3g} len "
+                f"{row['response_length']:.1f} clip {row['clip_frac']:.3f} ev {row['explained_variance']:.2f} "
+                f"({row['generate_s']:.1f}s gen, {row['score_s']:.1f}s score, {t_train:.1f}s train)")
+        # eval + samples.jsonl, the line, metrics.jsonl, the checkpoint; stop when out of time
+        if R.end_step("ppo", step, row, last=step == pcfg.steps, train=tcfg, out=out, logger=logger, clock=clock,
+                      evaluate=evaluate, samples=samples, line=line, model=both, optimizer=optimizer,
+                      scheduler=scheduler, sampler=sampler, kl_ctl=kl_ctl, data={"ptx_pos": ptx_pos}):
             break
 
     logger.close()

@@ -32,29 +32,37 @@ its shard of the step's prompts (whole groups) with its own seed; gradients are 
 
 from __future__ import annotations
 
-import json
-import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from alignforge import rollout as R
 from alignforge.cli import run_stage
 from alignforge.config import ConfigError, ReinforceConfig, save_config
-from alignforge.data.batching import encode_prompt
-from alignforge.io import atomic_write_text
-from alignforge.losses import entropy_from_logits, kl_estimate, masked_mean, ppo_policy_loss
-from alignforge.models.load import matmul_params
+from alignforge.losses import (
+    entropy_from_logits,
+    kl_estimate,
+    masked_mean,
+    ppo_policy_loss,
+)
+from alignforge.models.load import load_reference, matmul_params
 from alignforge.perf import Throughput
 from alignforge.rl import grpo_advantages, rloo_advantages
 from alignforge.stages.sft import load_model
-from alignforge.models.load import load_reference
 from alignforge.train import checkpoint as ckpt
 from alignforge.train import distributed as dist
-from alignforge.train.loop import (EpochSampler, make_optimizer, make_scheduler,
-                                  optimizer_step, seed_everything, start_stage)
+from alignforge.train.loop import (
+    EpochSampler,
+    StageClock,
+    make_optimizer,
+    make_scheduler,
+    optimizer_step,
+    seed_everything,
+    start_stage,
+)
 from alignforge.train.tracking import MetricsLogger
 
 
@@ -76,14 +84,9 @@ def run(cfg: ReinforceConfig, reward_fn: R.RewardFn | None = None) -> Path:
     if finished:
         return out
     world, rank, main_rank = dist.world_size(), dist.rank(), dist.is_main()
-    if not cfg.data.train:
-        raise ConfigError("reinforce needs data.train (prompt records)")
-    if not cfg.model.init:
-        raise ConfigError("reinforce needs model.init (an SFT stage folder or a local HF model directory)")
+    R.check_rl_config(cfg, "reinforce")
     tcfg, icfg, rcfg = cfg.train, cfg.reinforce, cfg.rollout
     algo, k = icfg.algorithm, icfg.k
-    if rcfg.prompts % world:
-        raise ConfigError(f"config key 'rollout.prompts' ({rcfg.prompts}) must split evenly over {world} processes")
     if icfg.minibatch_size % k:
         raise ConfigError(f"config key 'reinforce.minibatch_size' ({icfg.minibatch_size}) must be a multiple of "
                           f"reinforce.k ({k}): a group is never split across minibatches")
@@ -98,14 +101,7 @@ def run(cfg: ReinforceConfig, reward_fn: R.RewardFn | None = None) -> Path:
     reward_model, head = (None, 0) if reward_fn is not None else R.load_reward(cfg, tok, device)
 
     # --- prompts ---
-    max_prompt = tcfg.seq_len - params.max_new_tokens
-    if max_prompt < 1:
-        raise ConfigError(f"train.seq_len={tcfg.seq_len} leaves no room for prompts with "
-                          f"sampling.max_new_tokens={params.max_new_tokens}")
-    prompts = R.read_prompts(cfg.data, "train")
-    prompt_ids = [encode_prompt(tok, p.prompt, max_prompt) for p in prompts]
-    eval_prompts = R.read_prompts(cfg.data, "eval")[:icfg.eval_prompts] if cfg.data.eval and icfg.eval_prompts else []
-    eval_ids = [encode_prompt(tok, p.prompt, max_prompt) for p in eval_prompts]
+    prompts, prompt_ids, eval_prompts, eval_ids = R.encode_prompts(cfg, tok, params, icfg.eval_prompts)
 
     n = rcfg.prompts // world * k  # responses per process; minibatch_size is per process too
     n_mb = -(-n // icfg.minibatch_size)
@@ -114,13 +110,9 @@ def run(cfg: ReinforceConfig, reward_fn: R.RewardFn | None = None) -> Path:
     scheduler = make_scheduler(optimizer, tcfg)
     sampler = EpochSampler(len(prompts), cfg.seed)
     kl_ctl = R.kl_controller(cfg.kl)
-    baseline: float | None = None
-    step, elapsed_before = 0, 0.0
-    resumed = ckpt.load_state(out, model=policy, optimizer=optimizer, scheduler=scheduler)
-    if resumed is not None:
-        step, elapsed_before = resumed.step, float(resumed.extra.get("elapsed_s", 0.0))
-        sampler.load_state_dict(resumed.data["sampler"])
-        kl_ctl.value, baseline = float(resumed.data["kl_coef"]), resumed.data["baseline"]
+    resumed, step, elapsed_before = R.resume_rl(out, model=policy, optimizer=optimizer, scheduler=scheduler,
+                                                sampler=sampler, kl_ctl=kl_ctl)
+    baseline: float | None = resumed.data["baseline"] if resumed else None
     out.mkdir(parents=True, exist_ok=True)
     if main_rank:
         save_config(cfg, out / "config.yaml")
@@ -133,30 +125,15 @@ def run(cfg: ReinforceConfig, reward_fn: R.RewardFn | None = None) -> Path:
     logger = MetricsLogger(out, cfg.runtime, total_steps=icfg.steps,
                            resume_offset=resumed.metrics_offset if resumed else None, description=algo)
     meter = Throughput(n_matmul)
-    t_start = time.perf_counter()
+    clock = StageClock(elapsed_before)
     meter.pause()
-    rkw = dict(reward_model=reward_model, reward_head=head, reward_fn=reward_fn, batch_size=rcfg.batch_size)
+    rkw = {"reward_model": reward_model, "reward_head": head, "reward_fn": reward_fn, "batch_size": rcfg.batch_size}
 
-    def evaluate(final: bool) -> dict[str, Any]:
-        row: dict[str, Any] = {}
-        if not main_rank:  # evaluation runs on rank 0 only (no collectives inside)
-            return row
-        if eval_ids:
-            row.update(R.proxy_eval(policy, ref, tok, eval_ids, params, seed=cfg.seed, **rkw))
-        if icfg.eval_world and eval_prompts:
-            kw = dict(max_new_tokens=params.max_new_tokens, seed=cfg.seed)
-            if final:  # the gold protocol vs SFT (eval.json); its policy half gives the gold metrics
-                report, ev = R.final_report(policy, ref, tok, eval_prompts, icfg.eval_world, name=algo, **kw)
-                atomic_write_text(out / "eval.json", json.dumps(report, indent=1))
-            else:
-                ev = R.gold_eval(policy, tok, eval_prompts, icfg.eval_world, **kw)
-            row.update(R.gold_metrics(ev))
-        return row
+    def evaluate(final: bool) -> dict[str, Any]:  # rank 0 only; gold metrics with reinforce.eval_world
+        return R.reward_eval(policy, ref, tok, params, final=final, name=algo, out=out, seed=cfg.seed,
+                             eval_ids=eval_ids, eval_prompts=eval_prompts, eval_world=icfg.eval_world, **rkw)
 
-    if step == 0 and tcfg.eval_every:  # the curves start at the initial (SFT) policy
-        row0 = evaluate(final=False)
-        if row0:
-            logger.log(0, **row0)
+    R.initial_eval(step, tcfg, evaluate, logger)  # the curves start at the initial (SFT) policy
     while step < icfg.steps:
         # --- 1. rollout: k samples of each prompt, contiguous groups ---
         # Same global prompts on every rank, each samples its shard: a group never spans processes.
@@ -217,34 +194,18 @@ def run(cfg: ReinforceConfig, reward_fn: R.RewardFn | None = None) -> Path:
             "advantage_std": float(adv.std()) if len(adv) > 1 else 0.0,
             "group_score_std": float(grp.std(1).mean()) if k > 1 else 0.0,
             **{key: v / n_updates for key, v in sums.items()}})
-        row.update({"kl_coef": beta, "lr": scheduler.get_last_lr()[0], "generate_s": ro.timings["generate_s"],
-                               "score_s": ro.timings["score_s"], "train_s": t_train,
-                               "rollout_tokens_per_s": float(ro.lengths.sum()) / max(ro.timings["generate_s"], 1e-9),
-                               "train_tokens_per_s": train_tokens / max(t_train, 1e-9)})
+        row.update({"kl_coef": beta, "lr": scheduler.get_last_lr()[0], **R.step_timings(ro, t_train, train_tokens)})
         if baseline is not None:
             row["baseline"] = baseline
-        last = step == icfg.steps
-        minutes = (elapsed_before + time.perf_counter() - t_start) / 60
-        out_of_time = dist.broadcast_object(tcfg.max_minutes is not None and minutes >= tcfg.max_minutes)  # rank 0 decides
-        if (tcfg.eval_every and step % tcfg.eval_every == 0) or last or out_of_time:
-            row.update(evaluate(final=last or out_of_time))
-            with open(out / "samples.jsonl", "a", encoding="utf-8") if main_rank else open(os.devnull, "w") as f:
-                for i in range(0, min(4 * k, len(ro)), k):
-                    f.write(json.dumps({"step": step, "prompt": prompts[idx[i // k]].prompt,
-                                        "response": (ro.texts or [""])[i], "score": float(ro.raw_scores[i])}) + "\n")
-        if main_rank and (step % tcfg.log_every == 0 or last or step == 1):
-            print(f"reinforce: step {step}: score {row['score']:+.3f} kl {row['kl']:.3f} β {beta:.3g} "
-                  f"len {row['response_length']:.1f} ({row['generate_s']:.1f}s gen, {row['score_s']:.1f}s score, "
-                  f"{t_train:.1f}s train)")
-        logger.log(step, **row)
-        if (tcfg.save_every and step % tcfg.save_every == 0) or last or out_of_time:
-            ckpt.save_state(out, model=policy, optimizer=optimizer, scheduler=scheduler, step=step,
-                            data={"sampler": sampler.state_dict(), "kl_coef": kl_ctl.value, "baseline": baseline},
-                            metrics_offset=logger.offset(),
-                            extra={"elapsed_s": elapsed_before + time.perf_counter() - t_start})
-        if out_of_time and not last:
-            if main_rank:
-                print(f"reinforce: out of time after step {step} (train.max_minutes={tcfg.max_minutes})")
+        samples = [{"step": step, "prompt": prompts[idx[i // k]].prompt, "response": (ro.texts or [""])[i],
+                    "score": float(ro.raw_scores[i])} for i in range(0, min(4 * k, len(ro)), k)]
+        line = (f"reinforce: step {step}: score {row['score']:+.3f} kl {row['kl']:.3f} β {beta:.3g} "
+                f"len {row['response_length']:.1f} ({row['generate_s']:.1f}s gen, {row['score_s']:.1f}s score, "
+                f"{t_train:.1f}s train)")
+        # eval + samples.jsonl, the line, metrics.jsonl, the checkpoint; stop when out of time
+        if R.end_step("reinforce", step, row, last=step == icfg.steps, train=tcfg, out=out, logger=logger,
+                      clock=clock, evaluate=evaluate, samples=samples, line=line, model=policy, optimizer=optimizer,
+                      scheduler=scheduler, sampler=sampler, kl_ctl=kl_ctl, data={"baseline": baseline}):
             break
 
     logger.close()

@@ -10,7 +10,9 @@ copy lives here once:
   caller's loop: scale each micro-batch loss by its share of the global batch);
 - :func:`seed_everything`, :func:`epoch_order` — seeding and data order as a pure function of
   (seed, epoch), which is what makes resume exact;
-- :func:`lm_loss`, :func:`bits_per_byte` — the causal-LM loss and held-out bits per byte.
+- :func:`lm_loss`, :func:`bits_per_byte` — the causal-LM loss and held-out bits per byte;
+- :func:`start_stage`, :class:`StageClock`, :func:`out_of_time` — DONE/force, and the training
+  time across resumes against ``train.max_minutes``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import time
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -339,3 +342,23 @@ def start_stage(cfg: Any, name: str, clear_also: Sequence[str] = ()) -> tuple[An
     if cfg.force:
         ckpt.clear(out, also=tuple(clear_also))
     return out, device, False
+
+
+class StageClock:
+    """A stage's training time across resumes: the seconds its checkpoint saved plus this process's.
+    ``train.max_minutes`` is checked against it and every checkpoint stores it (``elapsed_s``)."""
+
+    def __init__(self, elapsed_before: float = 0.0):
+        self.elapsed_before = elapsed_before
+        self.start = time.perf_counter()
+
+    def elapsed_s(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.start
+
+
+def out_of_time(train: Any, clock: StageClock) -> bool:
+    """Has the stage spent ``train.max_minutes``? Rank 0 decides and broadcasts its answer, so that
+    every process stops after the same step (their clocks differ a little)."""
+    from alignforge.train import distributed as dist
+
+    return dist.broadcast_object(train.max_minutes is not None and clock.elapsed_s() / 60 >= train.max_minutes)
