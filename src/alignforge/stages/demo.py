@@ -29,7 +29,7 @@ def _sizes(quick: bool) -> dict[str, Any]:
                     ppo_prompts=16, rsft_prompts=16, rsft_n=2, eval_n=32, new_tokens=24, seq=128)
     # Step-bounded too (steps calibrated to ~9 minutes on an idle 2-core CPU), so the same seed gives
     # the same models on any machine; max_minutes is only a safety cap.
-    return dict(preset="tiny-4m", vocab=2048, pre_steps=450, pre_min=10.0, sft_steps=200, sft_min=10.0, prompts=400,
+    return dict(preset="tiny-4m", vocab=2048, pre_steps=400, pre_min=10.0, sft_steps=180, sft_min=10.0, prompts=400,
                 eval_prompts=150, rm_min=10.0, rm_steps=200, dpo_min=10.0, dpo_steps=150, ppo_steps=12,
                 ppo_prompts=32, rsft_prompts=128, rsft_n=4, eval_n=160, new_tokens=40, seq=256)
 
@@ -58,14 +58,22 @@ def demo_pipeline(run: str = "demo", quick: bool = False, seed: int = 0, beta: f
                         "data.eval": "{%s}/eval.jsonl" % c, "reward.gold_eval": "{%s}/gold_eval.jsonl" % c,
                         "reward.length_probe": "{%s}/length_probe.jsonl" % c,
                         "reward.normalize_on": "{%s}/candidates.jsonl" % c, "train.lr": 1e-4, "train.warmup_steps": 30,
+                        "reward.epochs": None,  # train.max_steps bounds it (one epoch would be ~310 steps)
                         "train.seq_len": 192, **train(s["rm_min"], s["rm_steps"]), **threads}
+    # PPO: lr 1e-4 measured best at this size (seed 0: 3e-4 reached KL 8 and unlearned refusals, gold −0.4
+    # vs 1e-4; 3e-5 barely moved in 12 steps).
     ppo = lambda rm, kl: {"model.init": "{sft}", "reward.init": "{%s}" % rm,  # noqa: E731
                           "data.train": world_files("prompts_train.jsonl"), "data.eval": world_files("prompts_test.jsonl"),
                           "kl.coef": kl, "ppo.steps": s["ppo_steps"], "rollout.prompts": s["ppo_prompts"],
                           "sampling.max_new_tokens": s["new_tokens"], "ppo.eval_world": "{world}",
-                          "ppo.eval_prompts": s["eval_prompts"] // 2, **threads}
+                          "ppo.eval_prompts": s["eval_prompts"] // 2, "train.lr": 1e-4, **threads}
+    # The hack: β = 0, a larger step and room to pad, gold measured every few steps so the report's
+    # panel shows proxy up while gold does not follow.
+    hack = {**ppo("reward-biased", 0.0), "train.lr": 3e-4, "sampling.max_new_tokens": s["new_tokens"] * 3 // 2,
+            "train.eval_every": max(1, s["ppo_steps"] // 3)}
     dpo = lambda b: {"model.init": "{sft}", "data.train": "{collect}/train.jsonl",  # noqa: E731
                      "data.eval": "{collect}/eval.jsonl", "dpo.beta": b, "train.lr": 5e-5,
+                     "dpo.kinds": ["comparison", "ranking"],  # the Likert-derived pairs: ~40% of the reference pre-pass
                      **train(s["dpo_min"], s["dpo_steps"]), **threads}
     reinforce = lambda algorithm: {"model.init": "{sft}", "reward.init": "{reward}",  # noqa: E731
                                    "data.train": world_files("prompts_train.jsonl"),
@@ -95,7 +103,7 @@ def demo_pipeline(run: str = "demo", quick: bool = False, seed: int = 0, beta: f
         Step("reward", "reward", values=reward("collect")),
         Step("reward-biased", "reward", values=reward("collect-biased")),
         Step("ppo", "ppo", values=ppo("reward", beta)),
-        Step("ppo-hack", "ppo", values=ppo("reward-biased", 0.0)),
+        Step("ppo-hack", "ppo", values=hack),
         Step("dpo", "dpo", values=dpo(0.1)),
         Step("rsft", "rsft", values={"model.init": "{sft}", "reward.init": "{reward}",
                                      "data.train": world_files("prompts_train.jsonl"), "rsft.rounds": 1,
