@@ -33,7 +33,6 @@ with ``nash.eval_world``), ``metrics.jsonl``, ``samples.jsonl``, ``config.yaml``
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -44,7 +43,7 @@ import torch
 from alignforge import rollout as R
 from alignforge.cli import run_stage
 from alignforge.config import ConfigError, NashConfig, save_config
-from alignforge.data.batching import encode_prompt, pad_id_of
+from alignforge.data.batching import pad_id_of
 from alignforge.generation import Generation, generate
 from alignforge.io import atomic_write_text
 from alignforge.losses import (
@@ -60,6 +59,7 @@ from alignforge.train import checkpoint as ckpt
 from alignforge.train import distributed as dist
 from alignforge.train.loop import (
     EpochSampler,
+    StageClock,
     make_optimizer,
     make_scheduler,
     optimizer_step,
@@ -128,17 +128,11 @@ def run(cfg: NashConfig, preference_fn: PreferenceFn | None = None) -> Path:
     if finished:
         return out
     rank, main_rank = dist.rank(), dist.is_main()
-    if not cfg.data.train:
-        raise ConfigError("nash needs data.train (prompt records)")
-    if not cfg.model.init:
-        raise ConfigError("nash needs model.init (an SFT stage folder or a local HF model directory)")
+    R.check_rl_config(cfg, "nash")
     if preference_fn is None and not cfg.preference.init and not cfg.nash.preference_data:
         raise ConfigError("nash needs preference.init (a preference model saved by alignforge.models.preference) "
                           "or nash.preference_data (comparison records to fit one on)")
     tcfg, ncfg, rcfg = cfg.train, cfg.nash, cfg.rollout
-    if rcfg.prompts % dist.world_size():
-        raise ConfigError(f"config key 'rollout.prompts' ({rcfg.prompts}) must split evenly over "
-                          f"{dist.world_size()} processes")
     params = R.sampling_params(cfg)
     T = params.temperature if params.temperature > 0 else 1.0
 
@@ -154,14 +148,7 @@ def run(cfg: NashConfig, preference_fn: PreferenceFn | None = None) -> Path:
         preference_fn = model_preference(pm, pm_tok, ncfg.preference_max_len, cfg.preference.batch_size)
 
     # --- prompts ---
-    max_prompt = tcfg.seq_len - params.max_new_tokens
-    if max_prompt < 1:
-        raise ConfigError(f"train.seq_len={tcfg.seq_len} leaves no room for prompts with "
-                          f"sampling.max_new_tokens={params.max_new_tokens}")
-    prompts = R.read_prompts(cfg.data, "train")
-    prompt_ids = [encode_prompt(tok, p.prompt, max_prompt) for p in prompts]
-    eval_prompts = R.read_prompts(cfg.data, "eval")[:ncfg.eval_prompts] if cfg.data.eval and ncfg.eval_prompts else []
-    eval_ids = [encode_prompt(tok, p.prompt, max_prompt) for p in eval_prompts]
+    prompts, prompt_ids, eval_prompts, eval_ids = R.encode_prompts(cfg, tok, params, ncfg.eval_prompts)
 
     n = rcfg.prompts // dist.world_size()
     mb_size = max(1, min(tcfg.batch_size, n))
@@ -170,12 +157,8 @@ def run(cfg: NashConfig, preference_fn: PreferenceFn | None = None) -> Path:
     scheduler = make_scheduler(optimizer, tcfg)
     sampler = EpochSampler(len(prompts), cfg.seed)
     kl_ctl = R.kl_controller(cfg.kl)
-    step, elapsed_before = 0, 0.0
-    resumed = ckpt.load_state(out, model=policy, optimizer=optimizer, scheduler=scheduler)
-    if resumed is not None:
-        step, elapsed_before = resumed.step, float(resumed.extra.get("elapsed_s", 0.0))
-        sampler.load_state_dict(resumed.data["sampler"])
-        kl_ctl.value = float(resumed.data["kl_coef"])
+    resumed, step, elapsed_before = R.resume_rl(out, model=policy, optimizer=optimizer, scheduler=scheduler,
+                                                sampler=sampler, kl_ctl=kl_ctl)
     out.mkdir(parents=True, exist_ok=True)
     if main_rank:
         save_config(cfg, out / "config.yaml")
@@ -188,7 +171,7 @@ def run(cfg: NashConfig, preference_fn: PreferenceFn | None = None) -> Path:
     logger = MetricsLogger(out, cfg.runtime, total_steps=ncfg.steps,
                            resume_offset=resumed.metrics_offset if resumed else None, description="nash")
     meter = Throughput(n_matmul)
-    t_start = time.perf_counter()
+    clock = StageClock(elapsed_before)
     meter.pause()
 
     def play(ids: list[list[int]], texts: list, generator: torch.Generator):
@@ -235,10 +218,7 @@ def run(cfg: NashConfig, preference_fn: PreferenceFn | None = None) -> Path:
                 atomic_write_text(out / "eval.json", json.dumps(report, indent=1))
         return row
 
-    if step == 0 and tcfg.eval_every:  # the curves start at the initial (SFT) policy
-        row0 = evaluate(final=False)
-        if row0:
-            logger.log(0, **row0)
+    R.initial_eval(step, tcfg, evaluate, logger)  # the curves start at the initial (SFT) policy
     while step < ncfg.steps:
         # --- 1. the policy's sample y and the mixture's sample y' for each prompt ---
         idx = dist.shard(sampler.take(rcfg.prompts).tolist())
@@ -285,27 +265,14 @@ def run(cfg: NashConfig, preference_fn: PreferenceFn | None = None) -> Path:
             **{key: v / n_updates for key, v in sums.items()}})
         row.update({"kl_coef": beta, "mixture_beta": ncfg.mixture_beta, "lr": scheduler.get_last_lr()[0],
                     "generate_score_s": ro.timings["generate_s"] + ro.timings["score_s"], "train_s": t_train})
-        last = step == ncfg.steps
-        minutes = (elapsed_before + time.perf_counter() - t_start) / 60
-        out_of_time = dist.broadcast_object(tcfg.max_minutes is not None and minutes >= tcfg.max_minutes)
-        if (tcfg.eval_every and step % tcfg.eval_every == 0) or last or out_of_time:
-            row.update(evaluate(final=last or out_of_time))
-            with open(out / "samples.jsonl", "a", encoding="utf-8") if main_rank else open(os.devnull, "w") as f:
-                for i in range(min(4, len(ro))):
-                    f.write(json.dumps({"step": step, "prompt": prompts[idx[i]].prompt, "response": (ro.texts or [""])[i],
-                                        "opponent": (opp.texts or [""])[i], "p_win": float(p_win[i])}) + "\n")
-        if main_rank and (step % tcfg.log_every == 0 or last or step == 1):
-            print(f"nash: step {step}: win-rate vs mixture {row['win_rate']:.3f} kl {row['kl']:.3f} β_KL {beta:.3g} "
-                  f"len {row['response_length']:.1f} ({row['generate_score_s']:.1f}s play, {t_train:.1f}s train)")
-        logger.log(step, **row)
-        if (tcfg.save_every and step % tcfg.save_every == 0) or last or out_of_time:
-            ckpt.save_state(out, model=policy, optimizer=optimizer, scheduler=scheduler, step=step,
-                            data={"sampler": sampler.state_dict(), "kl_coef": kl_ctl.value},
-                            metrics_offset=logger.offset(),
-                            extra={"elapsed_s": elapsed_before + time.perf_counter() - t_start})
-        if out_of_time and not last:
-            if main_rank:
-                print(f"nash: out of time after step {step} (train.max_minutes={tcfg.max_minutes})")
+        samples = [{"step": step, "prompt": prompts[idx[i]].prompt, "response": (ro.texts or [""])[i],
+                    "opponent": (opp.texts or [""])[i], "p_win": float(p_win[i])} for i in range(min(4, len(ro)))]
+        line = (f"nash: step {step}: win-rate vs mixture {row['win_rate']:.3f} kl {row['kl']:.3f} β_KL {beta:.3g} "
+                f"len {row['response_length']:.1f} ({row['generate_score_s']:.1f}s play, {t_train:.1f}s train)")
+        # eval + samples.jsonl, the line, metrics.jsonl, the checkpoint; stop when out of time
+        if R.end_step("nash", step, row, last=step == ncfg.steps, train=tcfg, out=out, logger=logger, clock=clock,
+                      evaluate=evaluate, samples=samples, line=line, model=policy, optimizer=optimizer,
+                      scheduler=scheduler, sampler=sampler, kl_ctl=kl_ctl):
             break
 
     logger.close()
