@@ -108,7 +108,9 @@ def test_training_code_never_imports_the_gold_judge():
     # training code may use the world's prompts, corpus, demonstrator and reference policies
     for ok in ("alignforge.world", "alignforge.world.core", "alignforge.world.tasks", "alignforge.world.corpus",
                "alignforge.world.facts", "alignforge.world.demonstrator", "alignforge.world.policies",
-               "alignforge.world.config"):
+               "alignforge.world.config",
+               # the AI judge and the RLAIF stage are training code: they learn nothing from gold
+               "alignforge.aijudge", "alignforge.stages.rlaif", "alignforge.constitution"):
         assert ok not in tainted, ok
     # Constitutional AI's critique → revision: the world's examples (world.core imports them) and the stage
     for ok in ("alignforge.world.critiques", "alignforge.stages.critique"):

@@ -898,6 +898,70 @@ class NashConfig(StageConfig):
 
 
 @dataclass
+class JudgeSection:
+    init: Optional[str] = option(None, "the AI judge as a local model: a stage folder or HF causal-LM dir, scored on "
+                                       "the log-probs of its answers (A)/(B); null = ask judge.base_url")
+    tokenizer: Optional[str] = option(None, "tokenizer directory of judge.init (default: the one saved with it)")
+    base_url: Optional[str] = option(None, "an OpenAI-compatible endpoint instead, e.g. http://127.0.0.1:8000/v1 "
+                                           "(`alignforge serve`); asked at temperature 0, the reply parsed")
+    model: Optional[str] = option(None, "the model name sent to judge.base_url")
+    api_key_env: Optional[str] = option(None, "name of the environment variable holding the endpoint's API key "
+                                              "(sent as a Bearer token; null = none)")
+    timeout_s: float = option(60.0, "endpoint: seconds to wait for one answer")
+    max_tokens: int = option(8, "endpoint: longest answer (the verdict is '(A)' or '(B)')")
+    concurrency: int = option(4, "endpoint: requests in flight at once")
+    batch_size: int = option(32, "local judge: questions per forward (each is 2 rows: answer (A) and (B))")
+    max_len: Optional[int] = option(None, "local judge: longest question + answer in tokens, the question cut from "
+                                          "the left (null = the model's context)")
+
+    def validate(self) -> None:
+        if bool(self.init) == bool(self.base_url):
+            raise ConfigError("config keys 'judge.init' / 'judge.base_url': set exactly one (a local model, or an "
+                              "OpenAI-compatible endpoint)")
+        if self.base_url and not self.model:
+            raise ConfigError("config key 'judge.model': the endpoint judge.base_url needs a model name")
+        if self.batch_size < 1 or self.concurrency < 1 or self.max_tokens < 1 or self.timeout_s <= 0:
+            raise ConfigError("config keys 'judge.batch_size/concurrency/max_tokens' (>= 1) and "
+                              "'judge.timeout_s' (> 0) out of range")
+
+
+@dataclass
+class RlaifSection:
+    constitution: Optional[str] = option(None, "constitution YAML (principles); null = the one shipped with alignforge")
+    principles: list[str] = option(doc="principle names to use (empty = all of the constitution's)", factory=list)
+    per_pair: Literal["sample", "all", "ensemble"] = option("sample", "sample: one principle drawn per pair (seeded, "
+                                                            "as in the CAI paper); all: one label per principle; "
+                                                            "ensemble: one label from the mean over the principles")
+    pairs_per_prompt: int = option(2, "distinct response pairs judged per prompt (a comparison record: its one pair)")
+    k: int = option(4, "when data.train holds prompts: responses sampled per prompt from model.init")
+    prompts: Optional[int] = option(None, "label at most this many data.train records (null = all)")
+    eval_prompts: Optional[int] = option(None, "label at most this many data.eval records (null = all)")
+    chunk_prompts: int = option(64, "records per chunk: each finished chunk is saved, a rerun skips it (exact "
+                                    "resume); chunks are dealt round-robin to torchrun processes")
+    batch_size: int = option(64, "prompts per sampling batch (prompt records only)")
+    round: int = option(0, "labelling round, recorded as provenance")
+
+    def validate(self) -> None:
+        if self.pairs_per_prompt < 1 or self.k < 1 or self.chunk_prompts < 1 or self.batch_size < 1:
+            raise ConfigError("config keys 'rlaif.pairs_per_prompt/k/chunk_prompts/batch_size': expected >= 1")
+
+
+@dataclass
+class RlaifConfig(StageConfig):
+    """AI feedback with a constitution (RLAIF / Constitutional AI): an AI judge labels response pairs."""
+
+    stage_name: typing.ClassVar[str] = "rlaif"
+    judge: JudgeSection = section(JudgeSection, "the AI judge: a local model (judge.init) or an endpoint (judge.base_url)")
+    model: ModelSection = section(ModelSection, "the policy that samples responses when data.train holds prompts")
+    data: DataSection = section(DataSection, "data.train: candidates (what `collect` writes: prompt + K responses; its "
+                                             "eval-split ones go to eval.jsonl), comparisons (their pair is relabelled) "
+                                             "or prompts (sampled from model.init); data.eval: the same kinds, all "
+                                             "to eval.jsonl")
+    sampling: SamplingSection = section(SamplingSection, "how model.init samples (prompt records only)")
+    rlaif: RlaifSection = section(RlaifSection, "constitution, principles per pair, pairs per prompt, chunks")
+
+
+@dataclass
 class CritiqueSection:
     constitution: Optional[str] = option(None, "constitution YAML (principles with critique / revision requests); "
                                                "null = the one shipped with alignforge")

@@ -27,10 +27,11 @@ The embedded synthetic assistant world. `alignforge world generate --help` lists
 def generate(cfg) -> None:
     from alignforge.config import save_config
     from alignforge.world.core import build_world
+    from alignforge.world.judging import FILE_STEM, judge_examples
 
     out = cfg.out_dir()
     world = build_world(cfg)
-    manifest = world.write(out)
+    manifest = world.write(out, extra={"judge_train": (FILE_STEM, judge_examples(world))})
     # Without `out`: the folder a world was written to is not part of the world, and leaving it
     # out keeps two generations with one seed byte-identical wherever they are written.
     save_config(dataclasses.replace(cfg, out=None), out / "config.yaml")

@@ -50,8 +50,13 @@ class World:
 
     # -- files ---------------------------------------------------------------------------------
 
-    def write(self, out: str | Path) -> dict:
-        """Write every file of the world to ``out`` (atomically each) and return the manifest."""
+    def write(self, out: str | Path, extra: dict[str, tuple[str, list]] | None = None) -> dict:
+        """Write every file of the world to ``out`` (atomically each) and return the manifest.
+
+        ``extra``: more files, ``{key: (file stem, records)}`` (e.g. the judging examples of
+        :mod:`alignforge.world.judging`, which `world generate` passes: they read the gold judge,
+        which this module must not import, since training code imports it).
+        """
         from alignforge.config import to_dict
         from alignforge.io import atomic_write_text
 
@@ -67,6 +72,7 @@ class World:
             "sft_critique": (f"sft_critique{ext}", [*self.demos, *self.critiques]),
             "prompts_train": (f"prompts_train{ext}", self.prompts["train"]),
             "prompts_test": (f"prompts_test{ext}", self.prompts["test"]),
+            **{key: (f"{stem}{ext}", records) for key, (stem, records) in (extra or {}).items()},
         }
         config = to_dict(self.cfg)
         config["out"] = None  # where it was written is not part of the world (byte-identical outputs)

@@ -1,0 +1,88 @@
+"""How often a file of pairwise labels agrees with the gold judge (RLAIF: AI labels vs human labels).
+
+:func:`gold_agreement` takes comparison records (an AI judge's ``alignforge rlaif`` output, a
+simulated pool's ``collect`` output, exported human labels) and scores every pair with the world's
+gold judge. Only pairs whose gold rewards differ count (a gold tie has no right answer); a label
+agrees when its ``chosen`` has the higher gold reward, and a tie label counts ½, as in win-rates.
+With ``pool`` the simulated annotator pool labels the *same* pairs too, so the two agreements are
+measured on identical pairs. Evaluation-only: it reads the gold judge (design §8).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from alignforge.data.records import Comparison
+from alignforge.eval.metrics import bootstrap_ci
+
+
+def gold_agreement(comparisons: Sequence[Comparison], world, *, pool: str | None = None, seed: int = 0,
+                   n_boot: int = 2000) -> dict[str, Any]:
+    """Agreement with gold overall (95% bootstrap CI over pairs), by category, by ``meta.principle``,
+    by label strength; ``ties`` = share of tie labels; ``pool_agreement`` on the same pairs."""
+    from alignforge.world.judge import judge
+
+    annotators = None
+    if pool is not None:
+        from alignforge.world.annotators import AnnotatorPool
+
+        annotators = AnnotatorPool(world, pool, seed=seed)
+    scores: list[float] = []
+    pool_scores: list[float] = []
+    groups: dict[str, dict[str, list[float]]] = {"by_category": {}, "by_principle": {}, "by_strength": {}}
+    skipped = ties = 0
+    for c in comparisons:
+        g_chosen = judge(c.prompt, c.chosen, world).reward
+        g_rejected = judge(c.prompt, c.rejected, world).reward
+        if g_chosen == g_rejected:
+            skipped += 1
+            continue
+        s = 0.5 if c.tie else float(g_chosen > g_rejected)
+        ties += c.tie
+        scores.append(s)
+        keys = {"by_category": c.category or "?", "by_principle": (c.meta or {}).get("principle", "?"),
+                "by_strength": "tie" if c.tie else str(c.strength)}
+        for group, key in keys.items():
+            groups[group].setdefault(key, []).append(s)
+        if annotators is not None:
+            label = annotators.compare(c.prompt, c.chosen, c.rejected)
+            better = c.chosen if g_chosen > g_rejected else c.rejected
+            pool_scores.append(0.5 if label.tie else float(label.chosen == better))
+    out: dict[str, Any] = {"pairs": len(scores), "gold_ties_skipped": skipped,
+                           "agreement": bootstrap_ci(scores, n_boot=n_boot, seed=seed).as_dict() if scores else None,
+                           "tie_share": ties / max(len(scores), 1)}
+    for group, rows in groups.items():
+        out[group] = {k: {"n": len(v), "agreement": sum(v) / len(v)} for k, v in sorted(rows.items())}
+    if annotators is not None:
+        out["pool"] = pool
+        out["pool_agreement"] = bootstrap_ci(pool_scores, n_boot=n_boot, seed=seed).as_dict() if pool_scores else None
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m alignforge.eval.agreement LABELS.jsonl WORLD_DIR [--pool default] [--out F]``."""
+    import argparse
+    import json
+
+    from alignforge.data.records import read_records
+    from alignforge.io import atomic_write_text
+    from alignforge.world.core import build_world, load_world_config
+
+    ap = argparse.ArgumentParser(prog="python -m alignforge.eval.agreement")
+    ap.add_argument("labels")
+    ap.add_argument("world")
+    ap.add_argument("--pool", default=None, help="also label the same pairs with this simulated pool")
+    ap.add_argument("--out", default=None, help="write the result as JSON here")
+    args = ap.parse_args(argv)
+    world = build_world(load_world_config(args.world), corpus=False, demos=False)
+    recs = [r for r in read_records(args.labels) if isinstance(r, Comparison)]
+    res = gold_agreement(recs, world, pool=args.pool)
+    text = json.dumps(res, indent=1)
+    if args.out:
+        atomic_write_text(args.out, text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,86 @@
+"""The world's judging demonstrations: TRAIN prompts only, both orders, the verdict by the principle's
+gold axis score, deterministic, and written by `alignforge world generate`."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from alignforge.config import load_config
+from alignforge.constitution import JUDGE_CHOICES, judge_prompt, load_constitution
+from alignforge.data.records import prompt_text, read_records
+from alignforge.world import WorldConfig, build_world
+from alignforge.world.judge import judge
+from alignforge.world.judging import judge_examples
+
+SMALL = ["size.people=12", "size.places=12", "size.creatures=12", "prompts.train=40", "prompts.test=20",
+         "prompts.sft=4", "text.arithmetic_docs=20", "text.dialogue_docs=20", "text.heldout_docs=10"]
+
+
+@pytest.fixture(scope="module")
+def world():
+    return build_world(load_config(WorldConfig, None, SMALL))
+
+
+def _options(question: str) -> tuple[str, str, str]:
+    human = re.search(r"^Human: (.*)$", question, re.M).group(1)
+    a = re.search(r"^\(A\) (.*)$", question, re.M).group(1)
+    b = re.search(r"^\(B\) (.*)$", question, re.M).group(1)
+    return human, a, b
+
+
+def test_examples_use_train_prompts_only_and_both_orders(world):
+    stats: dict = {}
+    ex = judge_examples(world, stats=stats)
+    train = {prompt_text(r.prompt) for r in world.prompts["train"]}
+    test = {prompt_text(r.prompt) for r in world.prompts["test"]}
+    assert len(ex) == 2 * stats["pairs"] and stats["pairs"] + stats["skipped_no_principle"] >= 1
+    assert stats["pairs"] >= 0.8 * len(world.prompts["train"])  # almost every prompt has a separable pair
+    for first, second in zip(ex[::2], ex[1::2]):
+        h1, a1, b1 = _options(first.prompt)
+        h2, a2, b2 = _options(second.prompt)
+        assert h1 in train and h1 not in test and h1 == h2
+        assert (a1, b1) == (b2, a2) and a1 != b1                     # the same pair, swapped
+        assert {first.response, second.response} == set(JUDGE_CHOICES)  # so the verdict letter flips
+        assert first.meta["principle"] == second.meta["principle"]
+
+
+def test_verdict_is_the_principles_gold_axis(world):
+    constitution = load_constitution()
+    for e in judge_examples(world):
+        human, a, b = _options(e.prompt)
+        p = constitution.get(e.meta["principle"])
+        sa, sb = (getattr(judge(human, r, world), p.axis) for r in (a, b))
+        assert sa != sb and e.meta["scores"] == [sa, sb]
+        assert e.response == (JUDGE_CHOICES[0] if sa > sb else JUDGE_CHOICES[1])
+        # the prompt is exactly the judge's question (one renderer for training and judging)
+        assert e.prompt == judge_prompt(p, human, a, b)
+        assert e.source == "world-judging" and e.meta["axis"] == p.axis
+
+
+def test_examples_cover_every_principle_and_both_answers(world):
+    ex = judge_examples(world)
+    assert {e.meta["principle"] for e in ex} == set(load_constitution().names())
+    answers = [e.response for e in ex]
+    assert answers.count("(A)") == answers.count("(B)")  # both orders: no favourite position
+    # harmful compliance vs a refusal appears (the careless policy complies 90% of the time)
+    assert any(e.meta["principle"] == "harmless" and e.category == "harmful" for e in ex)
+
+
+def test_deterministic_in_the_seed(world):
+    a = [e.to_dict() for e in judge_examples(world)]
+    assert a == [e.to_dict() for e in judge_examples(world)]
+    assert a != [e.to_dict() for e in judge_examples(world, seed=1)]
+
+
+def test_world_generate_writes_judge_train(tmp_path):
+    from alignforge.world.cli import main
+
+    out = tmp_path / "w"
+    assert main(["generate", "--out", str(out), *SMALL]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    recs = read_records(out / "judge_train.jsonl")
+    assert manifest["files"]["judge_train"] == {"path": "judge_train.jsonl", "records": len(recs)} and recs
+    assert all(r.kind == "demonstration" and r.response in JUDGE_CHOICES for r in recs)
