@@ -2,9 +2,12 @@
 """Write the README's headline numbers from an ``eval.json`` (design §8: numbers are generated,
 never typed by hand).
 
-    python scripts/readme_numbers.py runs/demo/eval/eval.json [--readme README.md] [--label "..."]
+    python scripts/readme_numbers.py runs/demo/eval/eval.json [--seeds S1/eval.json S2/eval.json ...]
+                                     [--readme README.md] [--label "..."]
 
-Replaces the block between ``<!-- numbers:start -->`` and ``<!-- numbers:end -->``.
+Replaces the block between ``<!-- numbers:start -->`` and ``<!-- numbers:end -->`` with the first
+eval's table and, with ``--seeds``, a table over all seeds (design §8: headline claims hold over
+≥ 3 training seeds) and the verdict on the demo's headline goal, computed, not written.
 """
 
 from __future__ import annotations
@@ -35,14 +38,57 @@ def table(report: dict, label: str) -> str:
     return "\n".join(lines)
 
 
+HEADLINE = ("ppo", "dpo")  # the demo's goal: each beats SFT on gold win-rate with the 95% CI above ½
+
+
+def seeds_table(reports: list[dict]) -> str:
+    """Per trained policy: gold reward and win-rate vs the baseline [95% CI] in each seed, and in
+    how many seeds the win-rate CI lies above ½."""
+    base = reports[0]["baseline"]
+    refs = set(reports[0].get("references") or ("oracle", "demonstrator", "random"))
+    names = [n for n in reports[0]["policies"] if n != base and n not in refs
+             and all(n in r["sample"] for r in reports)]
+    seeds = [str(r.get("_seed", i)) for i, r in enumerate(reports)]
+    lines = ["", f"Over {len(reports)} seeds ({', '.join(seeds)}; each seed retrains every stage from the "
+             f"world on): win-rate vs {base} [95% CI] and mean gold reward per seed.", "",
+             "| policy | " + " | ".join(f"seed {s}" for s in seeds) + " | CI above ½ |",
+             "|---|" + "---|" * len(seeds) + "---|"]
+    verdict = {}
+    for n in names:
+        cells, above = [], 0
+        for r in reports:
+            w, g = r["sample"][n].get("win_rate"), r["sample"][n]["summary"]["all"]["reward"]["value"]
+            b = r["sample"][base]["summary"]["all"]["reward"]["value"]
+            cells.append(f"{w['value']:.2f} [{w['lo']:.2f}, {w['hi']:.2f}], gold {g:+.2f} ({base} {b:+.2f})")
+            above += w["lo"] > 0.5
+        verdict[n] = above
+        lines.append(f"| {n} | " + " | ".join(cells) + f" | {above} of {len(reports)} |")
+    held = [n for n in HEADLINE if n in verdict]
+    if held:
+        ok = all(verdict[n] == len(reports) for n in held)
+        lines += ["", f"Headline goal ({' and '.join(held)} each beat {base} on gold win-rate with the 95% CI "
+                  f"above ½, in every seed): **{'met' if ok else 'not met'}** — "
+                  + ", ".join(f"{n} {verdict[n]}/{len(reports)}" for n in held) + "."]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("eval_json")
     ap.add_argument("--readme", default=str(Path(__file__).resolve().parents[1] / "README.md"))
     ap.add_argument("--label", default=f"Measured on {platform.machine()} CPU")
+    ap.add_argument("--seeds", nargs="*", default=[], help="eval.json of the same demo at other seeds")
+    ap.add_argument("--seed-names", nargs="*", default=None, help="labels of the first eval and each --seeds one")
     args = ap.parse_args(argv)
     report = json.loads(Path(args.eval_json).read_text())
     report["_path"] = args.eval_json
+    others = [json.loads(Path(p).read_text()) for p in args.seeds]
+    body = table(report, args.label)
+    if others:
+        reports = [report, *others]
+        for i, r in enumerate(reports):
+            r["_seed"] = args.seed_names[i] if args.seed_names and i < len(args.seed_names) else i
+        body += "\n" + seeds_table(reports)
     readme = Path(args.readme)
     text = readme.read_text()
     if START not in text or END not in text:
@@ -50,7 +96,7 @@ def main(argv=None) -> int:
         return 2
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
-    readme.write_text(head + START + "\n" + table(report, args.label) + "\n" + END + tail)
+    readme.write_text(head + START + "\n" + body + "\n" + END + tail)
     return 0
 
 
