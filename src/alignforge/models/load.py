@@ -10,6 +10,7 @@ Public API::
     save_model(model, tok, dir)        atomic, safetensors; LoRA adapters are merged first
     frozen_copy(model)                 the reference model: eval mode, no grads
     apply_lora(model, LoraSection)     peft LoRA (optional extra ``[peft]``)
+    prepare_for_training(model, cfg)   cfg.model's gradient checkpointing, then LoRA
 """
 
 from __future__ import annotations
@@ -315,6 +316,16 @@ def apply_lora(model, lora):
         task_type=TaskType.SEQ_CLS if is_scorer else TaskType.CAUSAL_LM,
     )
     return get_peft_model(model, cfg)
+
+
+def prepare_for_training(model, cfg):
+    """The last step of loading a model a stage trains (``cfg.model``): gradient checkpointing,
+    then LoRA adapters. Returns the model to train (a peft wrapper with LoRA)."""
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if cfg.model.lora.enabled:
+        model = apply_lora(model, cfg.model.lora)
+    return model
 
 
 def load_reference(ref_init: str | None, policy, device):

@@ -44,26 +44,39 @@ import json
 import math
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 
 from alignforge.cli import run_stage
 from alignforge.config import ConfigError, RewardConfig, save_config
 from alignforge.data.batching import EncodeStats, encode_example, encode_pair, pad_id_of
-from alignforge.data.preferences import PairStats, _prompt_key, expand_preferences, margins_for
+from alignforge.data.preferences import (
+    PairStats,
+    _prompt_key,
+    expand_preferences,
+    margins_for,
+)
 from alignforge.data.records import Prompt, Rating, ReadReport, Record, RecordError
 from alignforge.io import atomic_write_text
 from alignforge.losses import bradley_terry_loss, regression_loss
 from alignforge.models.heads import _base, sequence_scores, set_reward_normalization
-from alignforge.models.load import matmul_params
+from alignforge.models.load import matmul_params, prepare_for_training
 from alignforge.perf import Throughput, measure_matmul_peak
 from alignforge.train import checkpoint as ckpt
 from alignforge.train import distributed as dist
-from alignforge.train.loop import (EpochSampler, autocast, make_optimizer, make_scheduler,
-                                  optimizer_step, seed_everything, start_stage)
+from alignforge.train.loop import (
+    EpochSampler,
+    autocast,
+    make_optimizer,
+    make_scheduler,
+    optimizer_step,
+    seed_everything,
+    start_stage,
+)
 from alignforge.train.tracking import MetricsLogger
 
 AXES = ("helpful", "honest", "harmless")
@@ -82,12 +95,12 @@ class Item:
 
     prompt: Prompt
     chosen: str
-    rejected: Optional[str]
-    head: Optional[int] = None
+    rejected: str | None
+    head: int | None = None
     weight: float = 1.0
     margin: float = 0.0
     target: float = 0.0
-    strength: Optional[int] = None
+    strength: int | None = None
 
 
 def check_config(cfg: RewardConfig) -> None:
@@ -220,7 +233,7 @@ def collate_rows(rows: Sequence[Sequence[int]], pad_id: int, device: Any = "cpu"
     return ids.to(device), mask.to(device)
 
 
-def item_rewards(scores: torch.Tensor, heads: Sequence[Optional[int]], weights: torch.Tensor) -> torch.Tensor:
+def item_rewards(scores: torch.Tensor, heads: Sequence[int | None], weights: torch.Tensor) -> torch.Tensor:
     """Per row: the combined reward Σ c_h r_h (head None) or the one head's score (training view, no gate)."""
     combined = scores @ weights
     if all(h is None for h in heads):
@@ -371,13 +384,7 @@ def load_model(cfg: RewardConfig, out: Path):
                                          tokenizer=cfg.model.tokenizer)
     except FileNotFoundError as e:
         raise ConfigError(f"model.init={cfg.model.init}: {e}") from None
-    if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    if cfg.model.lora.enabled:
-        from alignforge.models.load import apply_lora
-
-        model = apply_lora(model, cfg.model.lora)
-    return model, tok
+    return prepare_for_training(model, cfg), tok
 
 
 def run(cfg: RewardConfig) -> Path:

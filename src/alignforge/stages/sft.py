@@ -25,22 +25,37 @@ import json
 import math
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from alignforge.cli import run_stage
 from alignforge.config import ConfigError, SFTConfig, save_config
-from alignforge.data.batching import (EncodeStats, Example, encode_example, encode_prompt, lm_loss,
-                                      make_batches, pad_id_of)
+from alignforge.data.batching import (
+    EncodeStats,
+    Example,
+    encode_example,
+    encode_prompt,
+    lm_loss,
+    make_batches,
+    pad_id_of,
+)
 from alignforge.data.records import Demonstration, ReadReport, RecordError
-from alignforge.models.load import matmul_params
+from alignforge.models.load import matmul_params, prepare_for_training
 from alignforge.perf import Throughput, measure_matmul_peak
 from alignforge.train import checkpoint as ckpt
 from alignforge.train import distributed as dist
-from alignforge.train.loop import (EpochSampler, autocast, make_optimizer, make_scheduler,
-                                  optimizer_step, seed_everything, start_stage)
+from alignforge.train.loop import (
+    EpochSampler,
+    autocast,
+    make_optimizer,
+    make_scheduler,
+    optimizer_step,
+    seed_everything,
+    start_stage,
+)
 from alignforge.train.tracking import MetricsLogger
 
 LN2 = math.log(2)
@@ -120,13 +135,7 @@ def load_model(cfg: SFTConfig):
     max_pos = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
     if max_pos is not None and cfg.train.seq_len > max_pos:
         raise ConfigError(f"train.seq_len={cfg.train.seq_len} exceeds the model's {max_pos} positions")
-    if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    if cfg.model.lora.enabled:
-        from alignforge.models.load import apply_lora
-
-        model = apply_lora(model, cfg.model.lora)
-    return model, tok
+    return prepare_for_training(model, cfg), tok
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,9 +249,8 @@ def run(cfg: SFTConfig) -> Path:
                            eos_token_id=tok.eos_token_id, pad_token_id=pad, tokenizer=tok)
         inner.train(was_training)
         with open(out / "samples.jsonl", "a", encoding="utf-8") as f:
-            for rec, text, why in zip(recs, gen.texts or [], gen.finish_reason):
-                f.write(json.dumps({"step": step, "prompt": rec.prompt, "response": text, "finish": why,
-                                    "reference": rec.response}, ensure_ascii=False) + "\n")
+            f.writelines(json.dumps({"step": step, "prompt": rec.prompt, "response": text, "finish": why,
+                                    "reference": rec.response}, ensure_ascii=False) + "\n" for rec, text, why in zip(recs, gen.texts or [], gen.finish_reason))
 
     def save(step: int) -> None:
         meter.pause()
