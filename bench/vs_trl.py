@@ -1,8 +1,14 @@
 """alignforge vs TRL, side by side in one sitting on the same fixture (issue 11).
 
-    python bench/vs_trl.py                      # SFT + DPO, 2 warm-up + 8 measured steps, batch 16
-    python bench/vs_trl.py --steps 20 --stages sft,dpo
-    python bench/vs_trl.py --smoke              # 1 measured step, batch 4; does not touch RESULTS.md
+    python bench/vs_trl.py                        # every row, 2 warm-up + 8 measured steps, batch 16
+    python bench/vs_trl.py --repeats 3 --profile  # median of 3 alternating runs; profile ours once
+    python bench/vs_trl.py --stages sft,dpo --scale 30m   # + the ≈30 M-parameter rows of SFT and DPO
+    python bench/vs_trl.py --smoke                # 1 measured step, batch 4; does not touch RESULTS.md
+
+Rows (``--stages``): sft, reward, dpo, grpo, rloo, ppo (TRL's trainers; PPO against the plain
+PyTorch loop of ``bench/ppo_reference.py`` because TRL 1.16 has no PPO trainer), sample-16x48 and
+sample-64x64 (the sampling engine against ``model.generate``), and with ``--scale 30m`` sft-30m and
+dpo-30m. What a step and its tokens are for each row: ``bench/vs_trl_workers.py``.
 
 What it does, in order:
 
@@ -12,26 +18,27 @@ What it does, in order:
    are installed into it — never into alignforge's dependencies);
 3. measures the fp32 matmul peak once, in this process, with the workers' thread count
    (:func:`alignforge.perf.measure_matmul_peak`, the design §8 routine);
-4. for each stage runs TRL then alignforge, alternately, each in a fresh subprocess;
-5. prints one table and (unless ``--smoke``) writes it into ``bench/RESULTS.md``.
+4. ``--repeats`` times: for each row runs the baseline and alignforge alternately (who goes first
+   alternates between repeats), each in a fresh subprocess;
+5. with ``--profile``, runs alignforge's worker once more per row under ``torch.profiler`` (the
+   measured steps only) and names the ops that take the time in the goal lines;
+6. prints one table (medians over repeats, min–max in brackets) and (unless ``--smoke``) writes it
+   into ``bench/RESULTS.md``.
 
-How each side is timed — the same way on both: a timestamp at the end of every optimizer step;
-the first ``--warmup`` steps are dropped; the measured time is from the end of the last warm-up
-step to the end of the last step, so data loading, collation, the optimizer and per-step Python
-all count. TRL: a ``TrainerCallback.on_step_end``. alignforge: the real stage
-(``alignforge.stages.sft.run`` / ``dpo.run`` built through ``alignforge.config.build_config``)
-with ``train.log_every=1``, stamped when it logs each step.
+How each side is timed — the same way on both: a timestamp at the end of every step; the first
+``--warmup`` steps are dropped; the measured time is from the end of the last warm-up step to the
+end of the last step, so data loading, collation, the optimizer and per-step Python all count.
+TRL: a ``TrainerCallback.on_step_end``. alignforge: the real stage, stamped when it logs each step
+(``train.log_every=1``). Tokens are real, non-pad tokens (see the workers' docstring).
 
-Tokens are real, non-pad tokens of the sequences the model runs on. TRL: counted exactly in each
-collated batch (the attention mask). alignforge: the stage's own count of real tokens over the
-run, divided by its steps (packing leaves almost no padding; the per-step counts of both sides
-are in the table as ``tok/step``). DPO counts prompt+chosen and prompt+rejected.
-
-MFU = 6 · non-embedding matmul params · tokens/s ÷ the peak of step 3 (design §8). TRL's DPO
-runs its reference model forward each step and alignforge's runs it once in a pre-pass before
-the loop; neither is in the 6·N count, and the pre-pass shows in the ``setup s`` column (from
-process start to the end of the first step, for both sides), not in the measured steps.
-Peak RSS is the worker process's own high-water mark (``os.wait4``), so TRL's and ours never mix.
+MFU = FLOPs per token × tokens/s ÷ the peak of step 3, with N = the policy's non-embedding matmul
+parameters (design §8) and FLOPs per token counted from the algorithm, the same for both sides of
+a row (:func:`flops_per_token`): 6N for SFT/reward/DPO (the reference forward of DPO is not
+counted: TRL runs it every step, alignforge once in a pre-pass that shows in ``setup s``); 12N for
+GRPO/RLOO (2N sampling + 2N reference + 2N reward model + 6N update); 8N + 12N × epochs for PPO
+(sampling, reference, reward and value forwards, then policy and value fwd+bwd each epoch); 2N
+for the sampling rows (generated tokens only). The reward model and value model share the policy's
+backbone size. Peak RSS is the worker process's own high-water mark (``os.wait4``).
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,12 +57,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+from vs_trl_workers import (
+    LR,
+    PPO_EPOCHS,
+    SEQ_LEN,
+    _non_pad_tokens,  # noqa: F401  (tests/test_bench_table.py checks the token count)
+    split_stage,
+)
+
 ROOT = BENCH.parent
 VENV = BENCH / ".trl-venv"
 RESULTS = BENCH / "RESULTS.md"
-STAGES = ("sft", "dpo")  # reward, GRPO, RLOO and PPO: not yet (see RESULTS.md)
-LR = 1e-5
-SEQ_LEN = 256  # > the longest fixture example (~110 tokens with the chat template)
+STAGES = ("sft", "reward", "dpo", "grpo", "rloo", "ppo", "sample-16x48", "sample-64x64")
+SCALE_STAGES = ("sft", "dpo")  # the rows --scale adds
+# Per stage: (firm MFU goal, stretch ratio to TRL), issue 11.
+GOALS = {"sft": (0.60, 2.0), "reward": (0.60, 2.0), "dpo": (0.60, 2.0),
+         "grpo": (0.45, 3.0), "rloo": (0.45, 3.0), "ppo": (0.45, 3.0)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,7 +85,7 @@ SEQ_LEN = 256  # > the longest fixture example (~110 tokens with the chat templa
 class Run:
     """One worker's measurement: ``stamps`` are step-end times (s), ``step_tokens`` per step."""
 
-    library: str  # "trl" | "alignforge"
+    library: str  # "trl" (the baseline of the row) | "alignforge"
     stage: str
     step_tokens: list[float]
     stamps: list[float]
@@ -74,6 +93,7 @@ class Run:
     matmul_params: int
     version: str
     peak_rss_bytes: int = 0
+    flops_per_token: float | None = None  # None: 6 · matmul_params (a training step)
 
     def measured(self, warmup: int) -> tuple[float, float, int]:
         """(tokens, seconds, steps) after the warm-up: from the end of step ``warmup`` on."""
@@ -87,15 +107,30 @@ class Run:
         return float(sum(self.step_tokens[warmup:])), seconds, len(self.stamps) - warmup
 
 
+def flops_per_token(stage: str, n: int, ppo_epochs: int = PPO_EPOCHS) -> float:
+    """Model FLOPs per counted token of a row (module docstring), N = ``n`` matmul parameters."""
+    base, _, _ = split_stage(stage)
+    if base in ("sft", "reward", "dpo"):
+        return 6.0 * n
+    if base in ("grpo", "rloo"):
+        return (2 + 2 + 2 + 6) * float(n)
+    if base == "ppo":
+        return (8 + 12 * ppo_epochs) * float(n)
+    if base == "sample":
+        return 2.0 * n
+    raise ValueError(f"stage {stage!r}: no FLOP count for it")
+
+
 def summarise(runs: list[Run], warmup: int, peak_flops: float) -> list[dict]:
-    """One row per run: tokens/s, s/step, MFU (6·N·tok/s ÷ peak), RSS, and alignforge/TRL ratio."""
+    """One row per run: tokens/s, s/step, MFU (FLOPs/token · tok/s ÷ peak), RSS, alignforge/TRL ratio."""
     rows = []
     for r in runs:
         tokens, seconds, steps = r.measured(warmup)
         tps = tokens / max(seconds, 1e-12)
+        fpt = r.flops_per_token if r.flops_per_token is not None else 6.0 * r.matmul_params
         rows.append({"stage": r.stage, "library": r.library, "version": r.version, "steps": steps,
                      "tok_per_step": tokens / steps, "tokens_per_s": tps, "s_per_step": seconds / steps,
-                     "mfu": 6.0 * r.matmul_params * tps / peak_flops, "peak_rss_mb": r.peak_rss_bytes / 2**20,
+                     "mfu": fpt * tps / peak_flops, "peak_rss_mb": r.peak_rss_bytes / 2**20,
                      "setup_s": r.setup_s, "ratio": None})
     trl = {row["stage"]: row for row in rows if row["library"] == "trl"}
     for row in rows:
@@ -104,14 +139,45 @@ def summarise(runs: list[Run], warmup: int, peak_flops: float) -> list[dict]:
     return rows
 
 
+def aggregate(per_repeat: list[list[dict]]) -> list[dict]:
+    """Rows of several alternating repeats → one row per (stage, library): medians, with the min and
+    max of tokens/s and of the ratio. The ratio is the median of each repeat's own ratio (its two
+    runs were neighbours in time, so they saw the same load), not a ratio of medians."""
+    keys = list(dict.fromkeys((r["stage"], r["library"]) for rows in per_repeat for r in rows))
+    out = []
+    for key in keys:
+        vals = [r for rows in per_repeat for r in rows if (r["stage"], r["library"]) == key]
+        row = dict(vals[0])
+        row["repeats"] = len(vals)
+        for f in ("tokens_per_s", "s_per_step", "tok_per_step", "mfu", "setup_s"):
+            row[f] = statistics.median(v[f] for v in vals)
+        row["peak_rss_mb"] = max(v["peak_rss_mb"] for v in vals)
+        row["tokens_per_s_range"] = (min(v["tokens_per_s"] for v in vals), max(v["tokens_per_s"] for v in vals))
+        ratios = [v["ratio"] for v in vals if v["ratio"] is not None]
+        row["ratio"] = statistics.median(ratios) if ratios else None
+        row["ratio_range"] = (min(ratios), max(ratios)) if ratios else None
+        out.append(row)
+    return out
+
+
 def format_table(rows: list[dict]) -> str:
-    """A Markdown table (it also reads fine in a terminal)."""
+    """A Markdown table (it also reads fine in a terminal). Aggregated rows (``repeats`` > 1) show
+    the min–max over repeats in brackets after the median."""
     head = ["stage", "library", "tokens/s", "s/step", "tok/step", "MFU", "peak RSS MB", "setup s",
             "alignforge/TRL"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
     for r in rows:
-        ratio = f"{r['ratio']:.2f}×" if r["ratio"] is not None else ""
-        lines.append(f"| {r['stage']} | {r['version']} | {r['tokens_per_s']:,.0f} | "
+        spread = r.get("repeats", 1) > 1
+        tps = f"{r['tokens_per_s']:,.0f}"
+        if spread:
+            lo, hi = r["tokens_per_s_range"]
+            tps += f" ({lo:,.0f}–{hi:,.0f})"
+        ratio = ""
+        if r["ratio"] is not None:
+            ratio = f"{r['ratio']:.2f}×"
+            if spread and r.get("ratio_range"):
+                ratio += f" ({r['ratio_range'][0]:.2f}–{r['ratio_range'][1]:.2f})"
+        lines.append(f"| {r['stage']} | {r['version']} | {tps} | "
                      f"{r['s_per_step']:.3f} | {r['tok_per_step']:,.0f} | {100 * r['mfu']:.1f}% | "
                      f"{r['peak_rss_mb']:,.0f} | {r['setup_s']:.1f} | {ratio} |")
     return "\n".join(lines)
@@ -150,156 +216,82 @@ def contention_warning(rows: list[dict]) -> str:
             "run, so these numbers and ratios are not trustworthy; rerun on an idle machine.**\n\n")
 
 
-def goal_lines(rows: list[dict]) -> list[str]:
-    """Per stage: is each goal met, from the numbers in ``rows`` (no judgement typed by hand)."""
+def profile_summary(profile: dict, top: int = 3) -> str:
+    """``{"wall_s", "ops": [[name, self seconds], ...]}`` → "aten::mm 41%, … ; outside aten ops 15%":
+    shares of the profiled wall time; what no op accounts for is Python and framework overhead."""
+    wall = max(profile["wall_s"], 1e-12)
+    ops = sorted(profile["ops"], key=lambda o: -o[1])
+    shown = ", ".join(f"{name} {100 * s / wall:.0f}%" for name, s in ops[:top])
+    outside = max(0.0, 1.0 - sum(s for _, s in ops) / wall)
+    return f"{shown}; outside aten ops {100 * outside:.0f}%"
+
+
+def goal_lines(rows: list[dict], profiles: dict[str, dict] | None = None) -> list[str]:
+    """Per stage: is each goal met, from the numbers in ``rows`` (no judgement typed by hand). When a
+    goal is missed and the stage was profiled, the ops that took its time are named after it."""
     out = []
     by = {(r["stage"], r["library"]): r for r in rows}
     for stage in dict.fromkeys(r["stage"] for r in rows):
         af, trl = by.get((stage, "alignforge")), by.get((stage, "trl"))
-        if af is None or trl is None:
+        base = split_stage(stage)[0]
+        if af is None or trl is None or base not in GOALS:
             continue
-        mfu_goal = 0.60 if stage in ("sft", "reward", "dpo") else 0.45
-        ratio_goal = 2.0 if stage in ("sft", "reward", "dpo") else 3.0
+        mfu_goal, ratio_goal = GOALS[base]
         rss = af["peak_rss_mb"] / max(trl["peak_rss_mb"], 1e-9)
+        met = (af["mfu"] >= mfu_goal, af["ratio"] >= ratio_goal, rss <= 2.0)
 
         def verdict(ok: bool) -> str:
             return "met" if ok else "NOT met"
 
-        out.append(f"{stage}: MFU {100 * af['mfu']:.1f}% vs goal {100 * mfu_goal:.0f}% "
-                   f"({verdict(af['mfu'] >= mfu_goal)}); {af['ratio']:.2f}× TRL vs stretch "
-                   f"{ratio_goal:.0f}× ({verdict(af['ratio'] >= ratio_goal)}); peak RSS "
-                   f"{rss:.2f}× TRL's ({verdict(rss <= 2.0)})")
+        line = (f"{stage}: MFU {100 * af['mfu']:.1f}% vs goal {100 * mfu_goal:.0f}% "
+                f"({verdict(met[0])}); {af['ratio']:.2f}× TRL vs stretch "
+                f"{ratio_goal:.0f}× ({verdict(met[1])}); peak RSS "
+                f"{rss:.2f}× TRL's ({verdict(met[2])})")
+        if not all(met) and profiles and stage in profiles:
+            line += f" — where alignforge's time goes (torch.profiler): {profile_summary(profiles[stage])}"
+        out.append(line)
     return out
 
 
 # ---------------------------------------------------------------------------------------------
-# Workers (each in its own process)
+# One worker (its own process)
 # ---------------------------------------------------------------------------------------------
-
-
-def _non_pad_tokens(batch) -> float:
-    if "attention_mask" in batch:
-        return float(batch["attention_mask"].sum())
-    return float(batch["input_ids"].numel())  # padding-free collation: every position is real
-
-
-def trl_worker(stage: str, fixture: Path, steps: int, batch: int, seed: int) -> dict:
-    """Train with TRL's own trainer for ``steps`` steps; return the raw measurement."""
-    import datasets
-    import transformers
-    import trl
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-
-    from alignforge.models.load import matmul_params
-
-    datasets.disable_progress_bars()
-    tok = AutoTokenizer.from_pretrained(fixture / "model")
-    model = AutoModelForCausalLM.from_pretrained(fixture / "model")
-    data = (fixture / ("sft.jsonl" if stage == "sft" else "pref.jsonl")).read_text()
-    rows = [json.loads(line) for line in data.splitlines() if line.strip()]
-    stamps: list[float] = []
-    tokens: list[float] = []
-
-    class Stamp(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            stamps.append(time.perf_counter())
-
-    common = {"output_dir": tempfile.mkdtemp(prefix="trl-"), "per_device_train_batch_size": batch,
-              "gradient_accumulation_steps": 1, "max_steps": steps, "learning_rate": LR,
-              "lr_scheduler_type": "constant", "logging_steps": steps, "save_strategy": "no",
-              "report_to": "none", "use_cpu": True, "seed": seed, "dataloader_num_workers": 0,
-              "max_length": SEQ_LEN, "disable_tqdm": True, "bf16": False}
-    if stage == "sft":
-        # Messages, so TRL applies the same chat template as alignforge; loss on the answer only.
-        ds = datasets.Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
-                                          "completion": [{"role": "assistant", "content": r["response"]}]}
-                                         for r in rows])
-        trainer = trl.SFTTrainer(model=model, args=trl.SFTConfig(**common), train_dataset=ds,
-                                 processing_class=tok, callbacks=[Stamp()])
-    elif stage == "dpo":
-        ds = datasets.Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
-                                          "chosen": [{"role": "assistant", "content": r["chosen"]}],
-                                          "rejected": [{"role": "assistant", "content": r["rejected"]}]}
-                                         for r in rows])
-        trainer = trl.DPOTrainer(model=model, args=trl.DPOConfig(**common, beta=0.1), train_dataset=ds,
-                                 processing_class=tok, callbacks=[Stamp()])
-    else:
-        raise ValueError(f"stage {stage!r}: the TRL worker knows {', '.join(STAGES)}")
-    collate = trainer.data_collator
-
-    def counting_collator(examples):
-        out = collate(examples)
-        tokens.append(_non_pad_tokens(out))
-        return out
-
-    trainer.data_collator = counting_collator
-    trainer.train()
-    # The dataloader may collate one batch ahead of the last step; keep one count per step.
-    return {"step_tokens": tokens[:len(stamps)], "stamps": stamps, "matmul_params": matmul_params(model),
-            "version": f"trl {trl.__version__} (transformers {transformers.__version__})"}
-
-
-def alignforge_worker(stage: str, fixture: Path, steps: int, batch: int, seed: int) -> dict:
-    """Run the real alignforge stage for ``steps`` steps; return the raw measurement."""
-    from transformers import AutoModelForCausalLM
-
-    import alignforge
-    from alignforge.config import DPOConfig, SFTConfig, build_config
-    from alignforge.models.load import matmul_params
-    from alignforge.train import tracking
-
-    stamps: list[float] = []
-    seen: set[int] = set()
-    log = tracking.MetricsLogger.log
-
-    def stamped_log(self, step, *a, **kw):  # one stamp per step (an eval row may log the same step)
-        if step not in seen:
-            seen.add(step)
-            stamps.append(time.perf_counter())
-        return log(self, step, *a, **kw)
-
-    tracking.MetricsLogger.log = stamped_log
-    out = Path(tempfile.mkdtemp(prefix="af-")) / stage
-    common = {"model.init": str(fixture / "model"), "out": str(out), "seed": seed, "train.lr": LR,
-              "train.max_steps": steps, "train.log_every": 1, "train.eval_every": 0, "train.save_every": 0,
-              "train.warmup_steps": 0, "train.schedule": "constant", "train.seq_len": SEQ_LEN,
-              "runtime.device": "cpu", "runtime.progress": False}
-    # Threads: worker_main already set torch's, and runtime.threads unset leaves them as they are.
-    if stage == "sft":
-        from alignforge.stages import sft
-        # ``batch`` examples per step: a packed row of SEQ_LEN holds SEQ_LEN // 110 whole fixture
-        # examples (~107 tokens each with the template), so ask for the rows that hold ``batch``
-        # of them (tok/step in the table shows how close the two sides are).
-        rows = max(1, -(-batch // max(1, SEQ_LEN // 110)))
-        cfg = build_config(SFTConfig, None, {**common, "data.train": str(fixture / "sft.jsonl"),
-                                             "train.batch_size": rows, "sft.samples": 0, "sft.eval_fraction": 0.0})
-        sft.run(cfg)
-    elif stage == "dpo":
-        from alignforge.stages import dpo
-        cfg = build_config(DPOConfig, None, {**common, "data.train": str(fixture / "pref.jsonl"),
-                                             "train.batch_size": batch, "dpo.beta": 0.1, "dpo.ref_cache": "memory",
-                                             "dpo.eval_fraction": 0.0, "dpo.kl_prompts": 0})
-        dpo.run(cfg)
-    else:
-        raise ValueError(f"stage {stage!r}: the alignforge worker knows {', '.join(STAGES)}")
-    done = json.loads((out / "DONE").read_text())
-    per_step = float(done["tokens"]) / done["step"]
-    return {"step_tokens": [per_step] * len(stamps), "stamps": stamps,
-            "matmul_params": matmul_params(AutoModelForCausalLM.from_pretrained(fixture / "model")),
-            "version": f"alignforge {alignforge.__version__}"}
 
 
 def worker_main(args) -> int:
     import torch
+    import vs_trl_workers as W
 
     t0 = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    fn = trl_worker if args.worker == "trl" else alignforge_worker
-    raw = fn(args.stage, Path(args.fixture), args.warmup + args.steps, args.batch, args.seed)
-    raw["setup_s"] = raw["stamps"][0] - t0 if raw["stamps"] else float("nan")
-    raw["stamps"] = [s - t0 for s in raw["stamps"]]
+    stamps: list[float] = []
+    prof = None
+    if args.profile_out:
+        from torch.profiler import ProfilerActivity, profile
+
+        prof = profile(activities=[ProfilerActivity.CPU])
+        if args.warmup == 0:
+            prof.start()
+
+    def stamp() -> None:
+        stamps.append(time.perf_counter())
+        if prof is not None and len(stamps) == args.warmup:  # profile the measured steps only
+            prof.start()
+
+    fn = W.trl_worker if args.worker == "trl" else W.alignforge_worker
+    raw = fn(args.stage, Path(args.fixture), args.warmup + args.steps, args.batch, args.seed, stamp)
+    if prof is not None:
+        prof.stop()
+        ops = [[e.key, e.self_cpu_time_total / 1e6] for e in prof.key_averages() if e.self_cpu_time_total > 0]
+        ops.sort(key=lambda o: -o[1])
+        Path(args.profile_out).write_text(json.dumps({"wall_s": stamps[-1] - stamps[args.warmup - 1]
+                                                      if args.warmup else stamps[-1] - t0, "ops": ops[:20]}))
+    raw["step_tokens"] = raw["step_tokens"][:len(stamps)]  # a dataloader may collate one batch ahead
+    raw["setup_s"] = stamps[0] - t0 if stamps else float("nan")
+    raw["stamps"] = [s - t0 for s in stamps]
+    raw["matmul_params"] = W.matmul_params_of(Path(args.fixture), args.stage)
     Path(args.result).write_text(json.dumps(raw))
     return 0
 
@@ -319,13 +311,15 @@ def ensure_trl_venv(venv: Path = VENV) -> Path:
     return py
 
 
-def run_worker(python: str, library: str, stage: str, args, fixture: Path) -> Run:
+def run_worker(python: str, library: str, stage: str, args, fixture: Path, profile_out: Path | None = None) -> Run:
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "result.json"
         cmd = [python, str(Path(__file__).resolve()), "--worker", library, "--stage", stage,
                "--fixture", str(fixture), "--result", str(result), "--steps", str(args.steps),
                "--warmup", str(args.warmup), "--batch", str(args.batch), "--seed", str(args.seed),
                "--threads", str(args.threads)]
+        if profile_out is not None:
+            cmd += ["--profile-out", str(profile_out)]
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false",
                "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -338,7 +332,8 @@ def run_worker(python: str, library: str, stage: str, args, fixture: Path) -> Ru
     # ru_maxrss is in KiB on Linux.
     return Run(library=library, stage=stage, step_tokens=raw["step_tokens"], stamps=raw["stamps"],
                setup_s=raw["setup_s"], matmul_params=raw["matmul_params"], version=raw["version"],
-               peak_rss_bytes=usage.ru_maxrss * 1024)
+               peak_rss_bytes=usage.ru_maxrss * 1024,
+               flops_per_token=flops_per_token(stage, raw["matmul_params"]))
 
 
 def machine() -> str:
@@ -353,12 +348,32 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
 
 
+def parse_stages(text: str, scale: str | None, smoke: bool) -> list[str]:
+    """The rows to run: ``--stages`` plus the scale rows; ``--smoke`` shrinks the sampling shapes."""
+    stages = [s for s in text.split(",") if s]
+    if scale:
+        stages += [f"{s}-{scale}" for s in SCALE_STAGES if f"{s}-{scale}" not in stages]
+    out = []
+    for s in stages:
+        base, sc, _ = split_stage(s)  # raises on a malformed sample-BxN
+        if base not in GOALS and base != "sample":
+            raise ValueError(f"--stages: unknown {s!r}; rows are {', '.join(STAGES)} (and <stage>-30m with --scale)")
+        if sc is not None and (base not in SCALE_STAGES or sc != "30m"):
+            raise ValueError(f"--stages: {s!r}: only {', '.join(SCALE_STAGES)} have a 30m row")
+        out.append("sample-4x8" if smoke and base == "sample" else s)
+    return list(dict.fromkeys(out))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, from {', '.join(STAGES)}")
+    ap.add_argument("--scale", choices=["30m"], default=None, help="also run SFT and DPO on the ≈30 M model")
     ap.add_argument("--steps", type=int, default=8, help="measured steps per run (after the warm-up)")
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=16, help="examples (SFT) or pairs (DPO) per step")
+    ap.add_argument("--batch", type=int, default=16, help="examples (SFT), pairs (reward/DPO) or completions "
+                                                          "(online) per step")
+    ap.add_argument("--repeats", type=int, default=1, help="alternating runs per row; the table shows medians")
+    ap.add_argument("--profile", action="store_true", help="profile alignforge's worker once per row")
     ap.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 16))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--smoke", action="store_true", help="1 measured step, batch 4; RESULTS.md untouched")
@@ -368,60 +383,102 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--worker", choices=["trl", "alignforge"], help=argparse.SUPPRESS)
     ap.add_argument("--stage", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
+    ap.add_argument("--profile-out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         return worker_main(args)
     if args.smoke:
         args.steps, args.batch = 1, 4
-    stages = [s for s in args.stages.split(",") if s]
-    unknown = [s for s in stages if s not in STAGES]
-    if unknown:
-        ap.error(f"--stages: unknown {', '.join(unknown)}; this version benchmarks {', '.join(STAGES)}")
+    if args.repeats < 1:
+        ap.error("--repeats: expected >= 1")
+    try:
+        stages = parse_stages(args.stages, args.scale, args.smoke)
+    except ValueError as e:
+        ap.error(str(e))
 
+    import fixture as fixture_mod
     import torch
     import transformers
 
     import alignforge
     from alignforge.perf import measure_matmul_peak
 
-    sys.path.insert(0, str(BENCH))
-    import fixture as fixture_mod
-
     fx = fixture_mod.ensure(args.fixture)
+    if args.scale:
+        fixture_mod.ensure_scale(fx, args.scale)
     trl_python = str(ensure_trl_venv())
     trl_version = subprocess.run([trl_python, "-c", "import trl, accelerate; print(trl.__version__, accelerate.__version__)"],
                                  capture_output=True, text=True, check=True).stdout.split()
     torch.set_num_threads(args.threads)
-    load_start = os.getloadavg()[0]
+    load_start = os.getloadavg()
     peak = measure_matmul_peak(torch.float32, cache=False)
     print(f"fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s ({args.threads} threads)", flush=True)
 
-    runs: list[Run] = []
-    for stage in stages:
-        for library, python in (("trl", trl_python), ("alignforge", sys.executable)):
-            print(f"{stage}: {library} ...", flush=True)
-            runs.append(run_worker(python, library, stage, args, fx))
-    rows = summarise(runs, args.warmup, peak)
+    per_repeat: list[list[dict]] = []
+    for rep in range(args.repeats):
+        runs: list[Run] = []
+        for stage in stages:
+            sides = [("trl", trl_python), ("alignforge", sys.executable)]
+            # TRL's venv is only needed for TRL's trainers; the other baselines run in this python.
+            if split_stage(stage)[0] in ("ppo", "sample"):
+                sides[0] = ("trl", sys.executable)
+            for library, python in (sides if rep % 2 == 0 else sides[::-1]):
+                print(f"[{rep + 1}/{args.repeats}] {stage}: {library} ...", flush=True)
+                runs.append(run_worker(python, library, stage, args, fx))
+        rows = summarise(runs, args.warmup, peak)
+        per_repeat.append(rows)
+        if args.repeats > 1:
+            print(format_table(rows), flush=True)
+    rows = aggregate(per_repeat) if args.repeats > 1 else per_repeat[0]
+    profiles: dict[str, dict] = {}
+    if args.profile:
+        with tempfile.TemporaryDirectory() as tmp:
+            for stage in stages:
+                print(f"profile: {stage}: alignforge ...", flush=True)
+                path = Path(tmp) / f"{stage}.json"
+                run_worker(sys.executable, "alignforge", stage, args, fx, profile_out=path)
+                profiles[stage] = json.loads(path.read_text())
+                print(f"  {profile_summary(profiles[stage], top=5)}", flush=True)
     table = format_table(rows)
     print(table)
+    goals = goal_lines(rows, profiles)
+    for line in goals:
+        print(line)
     if args.smoke and args.results is None:
         return 0
-    meta = {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": f"{machine()}; 1-min load average {load_start:.1f} at the start, "
-                                                                         f"{os.getloadavg()[0]:.1f} at the end (other work on the box slows both sides)",
+    load_end = os.getloadavg()
+    meta = {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": f"{machine()}; load average (1/5/15 min) {'/'.join(f'{x:.1f}' for x in load_start)} at "
+                       f"the start, {'/'.join(f'{x:.1f}' for x in load_end)} at the end (other work on the box "
+                       "slows both sides)",
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
                          "transformers": transformers.__version__, "trl": trl_version[0],
                          "accelerate": trl_version[1], "alignforge": alignforge.__version__},
             "settings": {"batch": args.batch, "warm-up steps": args.warmup, "measured steps": args.steps,
-                         "threads": args.threads, "seq_len": SEQ_LEN, "lr": LR},
-            "peak_gflops": peak / 1e9, "goals": goal_lines(rows),
-            "notes": (contention_warning(rows) + "Not benchmarked yet: reward, GRPO, RLOO, PPO, the sampling engine vs "
-                      "`model.generate`, and the ≈30 M scale row (issue 11 is open).")}
+                         "repeats": args.repeats, "threads": args.threads, "seq_len": SEQ_LEN, "lr": LR,
+                         "seed": args.seed},
+            "peak_gflops": peak / 1e9, "goals": goals,
+            "notes": contention_warning(rows) + NOTES}
     out = args.results or RESULTS
     from alignforge.io import atomic_write_text
 
     atomic_write_text(out, results_markdown(table, meta))
     print(f"wrote {out}")
     return 0
+
+
+NOTES = """## Notes
+
+- Rows: `trl` is the baseline of the row — TRL's trainer (SFT, reward, DPO, GRPO, RLOO), the plain
+  PyTorch loop of `bench/ppo_reference.py` (PPO: TRL 1.16 has no PPO trainer), transformers'
+  `model.generate` (sample-BxN). Online rows: 16 completions a step (4 prompts × 4 for GRPO/RLOO,
+  16 prompts for PPO), 48 new tokens, the fixture's fixed random reward model on both sides, a KL to
+  the frozen reference (GRPO β 0.04 k3 in the loss, RLOO β 0.05 k1 in the reward, PPO β 0.05), one
+  update per rollout (PPO: 2 epochs × 2 minibatches); time is end to end (sampling, scoring, update).
+- Tokens: real non-pad tokens; online rows count each rollout's prompt + completion tokens once.
+  Sampling rows count the B·N generated tokens (eos off, so both sides generate exactly N per row).
+- With repeats > 1 every number is the median over repeats and brackets give the min–max; the
+  ratio is the median of each repeat's own ratio (its two runs ran back to back)."""
 
 
 if __name__ == "__main__":

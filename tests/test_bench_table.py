@@ -103,3 +103,112 @@ def test_contention_warning_only_when_mfu_exceeds_one(vs):
     rows = vs.summarise(_runs(vs), warmup=2, peak_flops=1e10)
     warning = vs.contention_warning(rows)
     assert "MFU above 100% for sft/alignforge:" in warning and "sft/trl" not in warning
+
+
+def test_flops_per_token_by_row(vs):
+    n = 1_000_000
+    assert vs.flops_per_token("sft", n) == vs.flops_per_token("dpo-30m", n) == vs.flops_per_token("reward", n) == 6e6
+    # GRPO/RLOO: 2N sampling + 2N reference + 2N reward model + 6N update.
+    assert vs.flops_per_token("grpo", n) == vs.flops_per_token("rloo", n) == 12e6
+    # PPO, 2 epochs: 2N sampling + 2N ref + 2N reward + 2N value, then 2 × (6N policy + 6N value).
+    assert vs.flops_per_token("ppo", n, ppo_epochs=2) == 32e6
+    assert vs.flops_per_token("sample-16x48", n) == 2e6
+    with pytest.raises(ValueError, match="no FLOP count"):
+        vs.flops_per_token("kto", n)
+    # summarise uses the run's own FLOPs per token when it has one: 12e6 · 1000 tok/s / 1e11 = 12%.
+    trl, _ = _runs(vs)
+    trl.flops_per_token = 12e6
+    assert vs.summarise([trl], warmup=2, peak_flops=1e11)[0]["mfu"] == pytest.approx(0.12)
+
+
+def test_split_and_parse_stages(vs):
+    assert vs.split_stage("dpo-30m") == ("dpo", "30m", None)
+    assert vs.split_stage("sample-64x64") == ("sample", None, (64, 64))
+    assert vs.split_stage("grpo") == ("grpo", None, None)
+    with pytest.raises(ValueError, match="sample-<prompts>x<new tokens>"):
+        vs.split_stage("sample-16")
+    assert vs.parse_stages("sft,dpo", "30m", smoke=False) == ["sft", "dpo", "sft-30m", "dpo-30m"]
+    assert vs.parse_stages("ppo,sample-16x48,sample-64x64", None, smoke=True) == ["ppo", "sample-4x8"]
+    with pytest.raises(ValueError, match="unknown 'kto'"):
+        vs.parse_stages("sft,kto", None, smoke=False)
+    with pytest.raises(ValueError, match="only sft, dpo have a 30m row"):
+        vs.parse_stages("grpo-30m", None, smoke=False)
+
+
+def _row(vs, stage, library, tps, ratio=None, rss=800.0, mfu=0.1):
+    return {"stage": stage, "library": library, "version": library, "steps": 3, "tok_per_step": 1000.0,
+            "tokens_per_s": tps, "s_per_step": 1000.0 / tps, "mfu": mfu, "peak_rss_mb": rss, "setup_s": 2.0,
+            "ratio": ratio}
+
+
+def test_aggregate_medians_spread_and_paired_ratio(vs):
+    reps = [[_row(vs, "grpo", "trl", 1000.0), _row(vs, "grpo", "alignforge", 3000.0, ratio=3.0, rss=900.0)],
+            [_row(vs, "grpo", "trl", 500.0), _row(vs, "grpo", "alignforge", 2000.0, ratio=4.0, rss=950.0)],
+            [_row(vs, "grpo", "trl", 800.0), _row(vs, "grpo", "alignforge", 1600.0, ratio=2.0, rss=700.0)]]
+    trl, af = vs.aggregate(reps)
+    assert (trl["tokens_per_s"], trl["tokens_per_s_range"], trl["repeats"]) == (800.0, (500.0, 1000.0), 3)
+    assert trl["ratio"] is None and trl["ratio_range"] is None
+    assert af["tokens_per_s"] == 2000.0 and af["s_per_step"] == pytest.approx(0.5)
+    # The median of the paired ratios (3, 4, 2) is 3, not median(af) / median(trl) = 2.5.
+    assert af["ratio"] == 3.0 and af["ratio_range"] == (2.0, 4.0)
+    assert af["peak_rss_mb"] == 950.0  # the worst repeat
+    lines = vs.format_table([trl, af]).splitlines()
+    assert lines[2] == "| grpo | trl | 800 (500–1,000) | 1.250 | 1,000 | 10.0% | 800 | 2.0 |  |"
+    assert lines[3] == "| grpo | alignforge | 2,000 (1,600–3,000) | 0.500 | 1,000 | 10.0% | 950 | 2.0 | 3.00× (2.00–4.00) |"
+
+
+def test_goal_lines_online_and_sampling_rows_and_profile_reason(vs):
+    rows = [_row(vs, "ppo", "trl", 1000.0, rss=1000.0), _row(vs, "ppo", "alignforge", 3500.0, 3.5, 1500.0, 0.5),
+            _row(vs, "rloo", "trl", 1000.0), _row(vs, "rloo", "alignforge", 2000.0, 2.0, 800.0, 0.3),
+            _row(vs, "sample-16x48", "trl", 1000.0), _row(vs, "sample-16x48", "alignforge", 2500.0, 2.5)]
+    # 1.2 s of wall time: mm 0.6 s (50%), addmm 0.3 s (25%), softmax 0.06 s (5%); ops 0.984 s → 18% outside.
+    profile = {"wall_s": 1.2, "ops": [["aten::addmm", 0.3], ["aten::mm", 0.6], ["aten::_softmax", 0.06],
+                                      ["aten::copy_", 0.024]]}
+    assert vs.profile_summary(profile) == "aten::mm 50%, aten::addmm 25%, aten::_softmax 5%; outside aten ops 18%"
+    goals = vs.goal_lines(rows, {"rloo": profile, "ppo": profile})
+    assert goals == [
+        # Every goal met: no profile reason, even though the stage was profiled.
+        "ppo: MFU 50.0% vs goal 45% (met); 3.50× TRL vs stretch 3× (met); peak RSS 1.50× TRL's (met)",
+        ("rloo: MFU 30.0% vs goal 45% (NOT met); 2.00× TRL vs stretch 3× (NOT met); peak RSS 1.00× TRL's (met)"
+         " — where alignforge's time goes (torch.profiler): aten::mm 50%, aten::addmm 25%, aten::_softmax 5%; "
+         "outside aten ops 18%"),
+    ]  # the sampling row has no goal line
+
+
+def test_reference_ppo_gae_and_losses_against_hand_values_and_alignforge():
+    import torch
+
+    sys.path.insert(0, str(BENCH))
+    import ppo_reference as ref
+
+    from alignforge.losses import ppo_policy_loss, value_loss
+    from alignforge.rl import gae
+
+    # One response of 2 tokens then padding; γ = 1, λ = 0.5.
+    # δ_1 = 1 + 0 − 0.5 = 0.5, δ_0 = 0 + 0.5 − 0.2 = 0.3; A_1 = 0.5, A_0 = 0.3 + 0.5·0.5 = 0.55.
+    rewards = torch.tensor([[0.0, 1.0, 0.0]])
+    values = torch.tensor([[0.2, 0.5, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    adv = ref.gae(rewards * mask, values * mask, gamma=1.0, lam=0.5)
+    assert torch.allclose(adv, torch.tensor([[0.55, 0.5, 0.0]]))
+    g = torch.Generator().manual_seed(0)
+    r, v = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g)
+    m = (torch.arange(6)[None] < torch.tensor([[6], [3], [1], [5]])).float()
+    ours, _ = gae(r, v, m, gamma=0.9, lam=0.95)
+    assert torch.allclose(ref.gae(r * m, v * m, 0.9, 0.95) * m, ours, atol=1e-6)
+
+    # Clipped losses by hand: ratio e^0.5 ≈ 1.6487 clipped to 1.2 for A = 1 → pg = −1.2 (the min of
+    # the two surrogates); A = −1 keeps the unclipped 1.6487. Value: V 1.0, old 0.0, R 0.5 → clipped
+    # V = 0.2, max((1 − .5)², (.2 − .5)²) = 0.25, halved = 0.125.
+    new_lp, old_lp = torch.tensor([[0.5, 0.5]]), torch.zeros(1, 2)
+    a = torch.tensor([[1.0, -1.0]])
+    pg, vf = ref.ppo_losses(new_lp, old_lp, a, torch.ones(1, 2), torch.zeros(1, 2), torch.full((1, 2), 0.5),
+                            torch.ones(1, 2), clip=0.2, vclip=0.2)
+    assert pg.item() == pytest.approx((-1.2 + torch.e ** 0.5) / 2)
+    assert vf.item() == pytest.approx(0.125)
+    lp, olp, aa = torch.randn(3, 5, generator=g), torch.randn(3, 5, generator=g), torch.randn(3, 5, generator=g)
+    vv, ov, rr = torch.randn(3, 5, generator=g), torch.randn(3, 5, generator=g), torch.randn(3, 5, generator=g)
+    mm = (torch.rand(3, 5, generator=g) > 0.3).float()
+    pg, vf = ref.ppo_losses(lp, olp, aa, vv, ov, rr, mm, clip=0.2, vclip=0.2)
+    assert pg.item() == pytest.approx(ppo_policy_loss(lp, olp, aa, mm, clip=0.2)[0].item(), rel=1e-6)
+    assert vf.item() == pytest.approx(value_loss(vv, ov, rr, mm, clip=0.2)[0].item(), rel=1e-6)
