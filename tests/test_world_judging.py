@@ -84,3 +84,26 @@ def test_world_generate_writes_judge_train(tmp_path):
     recs = read_records(out / "judge_train.jsonl")
     assert manifest["files"]["judge_train"] == {"path": "judge_train.jsonl", "records": len(recs)} and recs
     assert all(r.kind == "demonstration" and r.response in JUDGE_CHOICES for r in recs)
+
+
+def test_gold_agreement_of_a_labels_file_by_hand(world):
+    from alignforge.data.records import Comparison
+    from alignforge.eval.agreement import gold_agreement, pool_labels
+
+    train = [r.prompt for r in world.prompts["train"] if r.category == "fact"][:3]
+    good, bad = world.oracle(train[0]), "I like turtles and the sea."
+    labels = [Comparison(prompt=train[0], chosen=good, rejected=bad, category="fact", meta={"principle": "helpful"}),
+              Comparison(prompt=train[1], chosen="I like turtles.", rejected=world.oracle(train[1]), category="fact",
+                         strength=2, meta={"principle": "honest"}),
+              Comparison(prompt=train[2], chosen="x y z", rejected=world.oracle(train[2]), tie=True, category="fact"),
+              Comparison(prompt=train[0], chosen=good, rejected=good + " ", category="fact")]  # gold tie: skipped
+    res = gold_agreement(labels, world, pool="default")
+    # right (1) + wrong (0) + tie (½) over 3 counted pairs
+    assert res["pairs"] == 3 and res["gold_ties_skipped"] == 1
+    assert res["agreement"]["value"] == pytest.approx(0.5) and res["tie_share"] == pytest.approx(1 / 3)
+    assert res["by_principle"]["helpful"] == {"n": 1, "agreement": 1.0}
+    assert res["by_principle"]["honest"] == {"n": 1, "agreement": 0.0}
+    assert 0.0 <= res["pool_agreement"]["value"] <= 1.0 and res["pool"] == "default"
+    relabelled = pool_labels(labels, world)
+    assert [{r.chosen, r.rejected} for r in relabelled] == [{c.chosen, c.rejected} for c in labels]
+    assert all(r.annotator.startswith("default-") for r in relabelled)

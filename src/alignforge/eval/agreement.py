@@ -59,8 +59,23 @@ def gold_agreement(comparisons: Sequence[Comparison], world, *, pool: str | None
     return out
 
 
+def pool_labels(comparisons: Sequence[Comparison], world, pool: str = "default", seed: int = 0) -> list[Comparison]:
+    """The simulated annotator pool's labels of the *same* pairs (the same label budget as an AI-labelled
+    file, pair for pair): what `collect` would have written for them. Measurement only."""
+    from alignforge.world.annotators import AnnotatorPool
+
+    annotators = AnnotatorPool(world, pool, seed=seed)
+    out = []
+    for c in comparisons:
+        label = annotators.compare(c.prompt, c.chosen, c.rejected)
+        label.category, label.round, label.policy, label.sampling = c.category, c.round, c.policy, c.sampling
+        out.append(label)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m alignforge.eval.agreement LABELS.jsonl WORLD_DIR [--pool default] [--out F]``."""
+    """``python -m alignforge.eval.agreement LABELS.jsonl WORLD_DIR [--pool default] [--out F]
+    [--pool-labels OUT.jsonl]`` (the last: write the pool's labels of the same pairs)."""
     import argparse
     import json
 
@@ -73,9 +88,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("world")
     ap.add_argument("--pool", default=None, help="also label the same pairs with this simulated pool")
     ap.add_argument("--out", default=None, help="write the result as JSON here")
+    ap.add_argument("--pool-labels", default=None, help="write the --pool's labels of the same pairs here (JSONL)")
     args = ap.parse_args(argv)
     world = build_world(load_world_config(args.world), corpus=False, demos=False)
     recs = [r for r in read_records(args.labels) if isinstance(r, Comparison)]
+    if args.pool_labels:
+        from alignforge.data.records import write_records
+
+        write_records(args.pool_labels, pool_labels(recs, world, args.pool or "default"))
     res = gold_agreement(recs, world, pool=args.pool)
     text = json.dumps(res, indent=1)
     if args.out:
