@@ -43,7 +43,6 @@ import dataclasses
 import json
 import math
 import random
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +69,7 @@ from alignforge.train import checkpoint as ckpt
 from alignforge.train import distributed as dist
 from alignforge.train.loop import (
     EpochSampler,
+    StageClock,
     autocast,
     make_optimizer,
     make_scheduler,
@@ -77,6 +77,7 @@ from alignforge.train.loop import (
     seed_everything,
     start_stage,
 )
+from alignforge.train.loop import out_of_time as stage_out_of_time
 from alignforge.train.tracking import MetricsLogger
 
 AXES = ("helpful", "honest", "harmless")
@@ -453,7 +454,7 @@ def run(cfg: RewardConfig) -> Path:
     peak = measure_matmul_peak(device=device, repeats=3) if dist.is_main() else None
     meter = Throughput(n_matmul, peak_flops=peak)
     ctx = autocast(cfg.runtime, device)
-    t_start = time.perf_counter()
+    clock = StageClock(elapsed_before)
     window_pairs = window_tokens = total_pairs = 0
 
     def evaluate(final: bool) -> dict[str, float]:
@@ -478,7 +479,7 @@ def run(cfg: RewardConfig) -> Path:
         meter.pause()
         ckpt.save_state(out, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
                         data=sampler.state_dict(), metrics_offset=logger.offset(),
-                        extra={"elapsed_s": elapsed_before + time.perf_counter() - t_start})
+                        extra={"elapsed_s": clock.elapsed_s()})
         meter.resume()
 
     # --- the loop: one iteration = one optimizer step over a global batch of micro-batches ---
@@ -502,8 +503,7 @@ def run(cfg: RewardConfig) -> Path:
         meter.add(tokens)
         window_pairs, window_tokens, total_pairs = window_pairs + pairs, window_tokens + tokens, total_pairs + pairs
         logger.progress(step)
-        minutes = (elapsed_before + time.perf_counter() - t_start) / 60
-        out_of_time = tcfg.max_minutes is not None and minutes >= tcfg.max_minutes
+        out_of_time = stage_out_of_time(tcfg, clock)  # rank 0 decides, so every process stops together
         last = step == max_steps or out_of_time
         row: dict[str, Any] = {}
         if step % tcfg.log_every == 0 or last:

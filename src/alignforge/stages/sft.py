@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ from alignforge.train import checkpoint as ckpt
 from alignforge.train import distributed as dist
 from alignforge.train.loop import (
     EpochSampler,
+    StageClock,
     autocast,
     make_optimizer,
     make_scheduler,
@@ -56,6 +56,7 @@ from alignforge.train.loop import (
     seed_everything,
     start_stage,
 )
+from alignforge.train.loop import out_of_time as stage_out_of_time
 from alignforge.train.tracking import MetricsLogger
 
 LN2 = math.log(2)
@@ -208,7 +209,7 @@ def run(cfg: SFTConfig) -> Path:
     meter = Throughput(n_matmul, peak_flops=peak)
     ctx = autocast(cfg.runtime, device)
     attention = scfg.attention
-    t_start = time.perf_counter()
+    clock = StageClock(elapsed_before)
 
     def evaluate() -> dict[str, float]:
         if eval_plan is None:
@@ -250,13 +251,14 @@ def run(cfg: SFTConfig) -> Path:
         inner.train(was_training)
         with open(out / "samples.jsonl", "a", encoding="utf-8") as f:
             f.writelines(json.dumps({"step": step, "prompt": rec.prompt, "response": text, "finish": why,
-                                    "reference": rec.response}, ensure_ascii=False) + "\n" for rec, text, why in zip(recs, gen.texts or [], gen.finish_reason))
+                                    "reference": rec.response}, ensure_ascii=False) + "\n"
+                         for rec, text, why in zip(recs, gen.texts or [], gen.finish_reason))
 
     def save(step: int) -> None:
         meter.pause()
         ckpt.save_state(out, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
                         data=sampler.state_dict(), metrics_offset=logger.offset(),
-                        extra={"elapsed_s": elapsed_before + time.perf_counter() - t_start})
+                        extra={"elapsed_s": clock.elapsed_s()})
         meter.resume()
 
     # --- the loop: one iteration = one optimizer step on a global batch of micro-batches ---
@@ -279,8 +281,7 @@ def run(cfg: SFTConfig) -> Path:
         step += 1
         meter.add(step_real_tokens)
         logger.progress(step)
-        minutes = (elapsed_before + time.perf_counter() - t_start) / 60
-        out_of_time = tcfg.max_minutes is not None and minutes >= tcfg.max_minutes
+        out_of_time = stage_out_of_time(tcfg, clock)  # rank 0 decides, so every process stops together
         last = step == max_steps or out_of_time
         row: dict[str, Any] = {}
         if step % tcfg.log_every == 0 or last:
