@@ -11,9 +11,24 @@ import time
 import pytest
 import torch
 
-from alignforge.aijudge import (STRENGTH_CUTS, EndpointJudge, JudgeError, LocalJudge, PairQuestion,
-                                combine_orders, judge_pairs, parse_verdict, strength_of, to_comparison)
-from alignforge.constitution import JUDGE_CHOICES, Principle, judge_prompt, load_constitution
+from alignforge.aijudge import (
+    STRENGTH_CUTS,
+    EndpointJudge,
+    JudgeError,
+    LocalJudge,
+    PairQuestion,
+    combine_orders,
+    judge_pairs,
+    parse_verdict,
+    strength_of,
+    to_comparison,
+)
+from alignforge.constitution import (
+    JUDGE_CHOICES,
+    Principle,
+    judge_prompt,
+    load_constitution,
+)
 
 torch.set_num_threads(1)
 
@@ -42,8 +57,8 @@ class LikesWord:
         self.asked += questions
         out = []
         for q in questions:
-            a = re.search(r"^\(A\) (.*)$", q, re.M).group(1)
-            b = re.search(r"^\(B\) (.*)$", q, re.M).group(1)
+            a = re.search(r"^\(A\) (.*)$", q, re.MULTILINE).group(1)
+            b = re.search(r"^\(B\) (.*)$", q, re.MULTILINE).group(1)
             ha, hb = self.word in a, self.word in b
             out.append(0.5 if ha == hb else 0.9 if ha else 0.1)
         return out

@@ -34,8 +34,8 @@ class LikesWord:
         self.asked += len(questions)
         out = []
         for q in questions:
-            a = re.search(r"^\(A\) (.*)$", q, re.M).group(1)
-            b = re.search(r"^\(B\) (.*)$", q, re.M).group(1)
+            a = re.search(r"^\(A\) (.*)$", q, re.MULTILINE).group(1)
+            b = re.search(r"^\(B\) (.*)$", q, re.MULTILINE).group(1)
             out.append(0.5 if (self.word in a) == (self.word in b) else 0.9 if self.word in a else 0.1)
         return out
 

@@ -25,9 +25,9 @@ def world():
 
 
 def _options(question: str) -> tuple[str, str, str]:
-    human = re.search(r"^Human: (.*)$", question, re.M).group(1)
-    a = re.search(r"^\(A\) (.*)$", question, re.M).group(1)
-    b = re.search(r"^\(B\) (.*)$", question, re.M).group(1)
+    human = re.search(r"^Human: (.*)$", question, re.MULTILINE).group(1)
+    a = re.search(r"^\(A\) (.*)$", question, re.MULTILINE).group(1)
+    b = re.search(r"^\(B\) (.*)$", question, re.MULTILINE).group(1)
     return human, a, b
 
 

@@ -39,9 +39,10 @@ import os
 import re
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 from alignforge.constitution import JUDGE_CHOICES, Principle, judge_prompt
 from alignforge.data.records import Comparison, Prompt

@@ -10,7 +10,8 @@ measured on identical pairs. Evaluation-only: it reads the gold judge (design §
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from alignforge.data.records import Comparison
 from alignforge.eval.metrics import bootstrap_ci

@@ -38,17 +38,32 @@ import json
 import random
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from alignforge.aijudge import Judge, PairQuestion, judge_pairs, load_judge, to_comparison
+from alignforge.aijudge import (
+    Judge,
+    PairQuestion,
+    judge_pairs,
+    load_judge,
+    to_comparison,
+)
 from alignforge.cli import run_stage
 from alignforge.config import ConfigError, RlaifConfig, save_config, to_dict
 from alignforge.constitution import Principle, load_constitution
-from alignforge.data.records import Candidates, Comparison, PromptRecord, Record, RecordError, iter_raw, parse_record
+from alignforge.data.records import (
+    Candidates,
+    Comparison,
+    PromptRecord,
+    Record,
+    RecordError,
+    iter_raw,
+    parse_record,
+)
 from alignforge.io import atomic_write_text
 from alignforge.train import checkpoint as ckpt
 from alignforge.train import distributed as dist

@@ -28,13 +28,24 @@ from __future__ import annotations
 
 import random
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from alignforge.constitution import JUDGE_CHOICES, Constitution, judge_prompt, load_constitution
+from alignforge.constitution import (
+    JUDGE_CHOICES,
+    Constitution,
+    judge_prompt,
+    load_constitution,
+)
 from alignforge.data.records import Demonstration
 from alignforge.world.judge import judge_batch
-from alignforge.world.policies import NoisyPolicy, Policy, demonstrator, oracle, random_policy
+from alignforge.world.policies import (
+    NoisyPolicy,
+    Policy,
+    demonstrator,
+    oracle,
+    random_policy,
+)
 
 FILE_STEM = "judge_train"
 PAIRS_PER_PROMPT = 1  # × 2 orders: 2 examples per train prompt (the default world: 4,000 examples)
