@@ -869,8 +869,18 @@ class NashSection:
     preference_steps: int = option(200, "preference-model optimizer steps when fitting it (preference_data)")
     preference_lr: float = option(1e-4, "preference-model learning rate when fitting it")
     preference_batch_size: int = option(8, "pairs per preference-model step (2 × rows: both orders)")
+    preference_warmup: int = option(0, "preference-model steps of linear learning-rate warmup when fitting it")
+    preference_margins: Optional[list[float]] = option(None, "Llama-2 margin per strength level 0..3 when fitting "
+                                                             "the preference model, e.g. [0, 0.33, 0.67, 1] (null = none)")
+    preference_eval_data: Optional[str] = option(None, "held-out comparison records (e.g. collect's eval.jsonl): the "
+                                                       "preference model's accuracy on them, in <out>/preference_eval.json")
 
     def validate(self) -> None:
+        if self.preference_margins is not None and len(self.preference_margins) != 4:
+            raise ConfigError(f"config key 'nash.preference_margins': expected 4 margins (strength 0..3), "
+                              f"got {self.preference_margins}")
+        if self.preference_warmup < 0:
+            raise ConfigError(f"config key 'nash.preference_warmup': expected >= 0, got {self.preference_warmup}")
         if self.preference_steps < 1 or self.preference_batch_size < 1 or not self.preference_lr > 0:
             raise ConfigError("config keys 'nash.preference_steps/preference_batch_size' (>= 1) and "
                               "'nash.preference_lr' (> 0) out of range")

@@ -21,7 +21,11 @@ which makes ``logit(B ≻ A) = −logit(A ≻ B)`` exactly, hence ``P(A≻B) + P
 
 Training (:func:`preference_loss`): binary cross-entropy of that logit against the target 1 for
 a preferred pair and ½ for a tie (a tie says "equally good", which this model can express, unlike
-a Bradley–Terry reward model that must drop ties).
+a Bradley–Terry reward model that must drop ties). Optionally a Llama-2 margin per strength level,
+``−log σ(logit − m(strength))``, as the reward stage's ``reward.margins`` (ties get none), and a
+linear warmup of the learning rate. :func:`preference_accuracy` is the held-out check: the share of
+non-tie pairs where P(chosen ≻ rejected) > ½ — the same number the reward stage reports as
+``eval_accuracy`` for a scalar reward model on the same file, so the two compare directly.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from alignforge.data.batching import pad_id_of, prompt_ids, response_ids
-from alignforge.data.preferences import PairStats, expand_preferences
+from alignforge.data.preferences import PairStats, expand_preferences, margins_for
 from alignforge.data.records import Comparison, Prompt, Record
 
 # Marks where response B starts. The eos closing A already ends it; the marker makes the boundary
@@ -50,6 +54,7 @@ class PreferenceExample:
     b: str
     target: float = 1.0
     weight: float = 1.0
+    strength: int | None = None  # 0..3 (negligibly .. significantly better), for margins
 
 
 def preference_examples(records: Iterable[Record], stats: PairStats | None = None) -> list[PreferenceExample]:
@@ -63,7 +68,8 @@ def preference_examples(records: Iterable[Record], stats: PairStats | None = Non
     records = list(records)
     ties = [r for r in records if isinstance(r, Comparison) and r.tie]
     rest = [r for r in records if not (isinstance(r, Comparison) and r.tie)]
-    out = [PreferenceExample(p.prompt, p.chosen, p.rejected, 1.0, p.weight) for p in expand_preferences(rest, stats)]
+    out = [PreferenceExample(p.prompt, p.chosen, p.rejected, 1.0, p.weight, p.strength)
+           for p in expand_preferences(rest, stats)]
     for r in ties:
         stats.comparisons += 1
         stats.by_source["tie"] += 1
@@ -125,8 +131,12 @@ def pair_logits(model, ab_rows: Sequence[Sequence[int]], ba_rows: Sequence[Seque
     return 0.5 * (f[:n] - f[n:])
 
 
-def preference_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Weighted mean binary cross-entropy ``−[t log σ(z) + (1−t) log σ(−z)]`` (Σ w·ℓ / Σ w)."""
+def preference_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None,
+                    margins: torch.Tensor | None = None) -> torch.Tensor:
+    """Weighted mean binary cross-entropy ``−[t log σ(z − m) + (1−t) log σ(−(z − m))]`` (Σ w·ℓ / Σ w);
+    ``m`` = 0 unless ``margins`` (Llama-2: a clearer preference must be won by a larger logit)."""
+    if margins is not None:
+        logits = logits - margins.to(logits.dtype)
     per = F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction="none")
     if weights is None:
         return per.mean()
@@ -175,18 +185,23 @@ def preference_probs(model, tokenizer, prompts: Sequence[Prompt], a: Sequence[st
 
 def fit_preference_model(model, tokenizer, examples: Sequence[PreferenceExample], *, steps: int, lr: float = 1e-3,
                          batch_size: int = 8, max_len: int | None = None, seed: int = 0,
-                         weight_decay: float = 0.0) -> list[float]:
-    """A plain AdamW loop on :func:`preference_loss` (shuffled minibatches, seeded); returns the
-    per-step losses. For a full run with checkpoints/metrics use a stage; this is what the Nash
-    stage and tests use to fit a preference model on a few hundred pairs."""
+                         weight_decay: float = 0.0, warmup_steps: int = 0,
+                         margins: Sequence[float] | None = None) -> list[float]:
+    """A plain AdamW loop on :func:`preference_loss` (shuffled minibatches, seeded; the learning
+    rate rises linearly over ``warmup_steps``, then stays); returns the per-step losses.
+    ``margins``: one margin per strength level 0..3 for preferred pairs (ties and pairs without a
+    strength get 0). For a full run with checkpoints/metrics use a stage; this is what the Nash
+    stage and tests use to fit a preference model on a few thousand pairs."""
     ab, ba, kept = encode_examples(tokenizer, examples, max_len)
     if not kept:
         raise ValueError("fit_preference_model: no example fits max_len")
     targets = torch.tensor([examples[i].target for i in kept])
     weights = torch.tensor([examples[i].weight for i in kept])
+    margin = torch.tensor(margins_for([examples[i] for i in kept], margins)) * (targets == 1.0)
     pad = pad_id_of(tokenizer)
     device = next(model.parameters()).device
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup_steps) if warmup_steps else 1.0)
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(kept), generator=gen).tolist()
     pos, losses = 0, []
@@ -197,9 +212,35 @@ def fit_preference_model(model, tokenizer, examples: Sequence[PreferenceExample]
         idx = order[pos:pos + batch_size]
         pos += batch_size
         logits = pair_logits(model, [ab[i] for i in idx], [ba[i] for i in idx], pad)
-        loss = preference_loss(logits, targets[idx].to(device), weights[idx].to(device))
+        loss = preference_loss(logits, targets[idx].to(device), weights[idx].to(device), margin[idx].to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sched.step()
         losses.append(float(loss.detach()))
     return losses
+
+
+def preference_accuracy(model, tokenizer, examples: Sequence[PreferenceExample], *, max_len: int | None = None,
+                        batch_size: int = 32) -> dict[str, float]:
+    """Held-out accuracy: share of preferred (non-tie) pairs with P(a ≻ b) > ½, overall and per
+    strength level, plus the mean BCE (ties included) — pairs too long for ``max_len`` are counted
+    in ``dropped``, not scored."""
+    _, _, kept = encode_examples(tokenizer, examples, max_len)
+    ex = [examples[i] for i in kept]
+    if not ex:
+        raise ValueError("preference_accuracy: no example fits max_len")
+    p = preference_probs(model, tokenizer, [e.prompt for e in ex], [e.a for e in ex], [e.b for e in ex],
+                         max_len=max_len, batch_size=batch_size)
+    t = torch.tensor([e.target for e in ex])
+    z = torch.logit(p.clamp(1e-6, 1 - 1e-6))
+    out = {"pairs": float((t == 1.0).sum()), "ties": float((t == 0.5).sum()), "dropped": float(len(examples) - len(ex)),
+           "loss": float(preference_loss(z, t))}
+    win = t == 1.0
+    if win.any():
+        out["accuracy"] = float((p[win] > 0.5).float().mean())
+    for s in range(4):
+        sel = win & torch.tensor([e.strength == s for e in ex])
+        if sel.any():
+            out[f"accuracy_strength{s}"] = float((p[sel] > 0.5).float().mean())
+    return out

@@ -22,8 +22,11 @@ P(y ≻ y' | x) (``preference.init``, :mod:`alignforge.models.preference`; or fi
 Metrics per step: ``win_rate`` = mean P(y ≻ y') — the preference model's win-rate of the current
 policy against the mixture —, ``kl`` (Σ_t k1 per response), score/length/eos; with
 ``nash.eval_world`` (through ``alignforge.eval``, never the judge itself) the gold reward and
-``gold_win_rate_vs_prev``, the gold win-rate of the policy against the previous evaluation's
-policy (the issue's "win-rate against past checkpoints"; not carried over a resume). Exact resume: the
+``gold_win_rate_vs_sft`` / ``gold_win_rate_vs_prev`` (with ``_lo``/``_hi``, a paired-bootstrap 95% CI),
+the gold win-rate of the policy against SFT and against the previous evaluation's policy (the issue's
+"win-rate against past checkpoints"; the previous one is not carried over a resume). With
+``nash.preference_eval_data`` the preference model's held-out accuracy goes to
+``preference_eval.json``. Exact resume: the
 rollout generators are seeded by (seed, step); the prompt sampler and β_KL are saved with the weights.
 
 Outputs: ``model/``, ``preference/`` (when fitted here), ``eval.json`` (gold protocol vs SFT,
@@ -99,27 +102,47 @@ def preference_model(cfg: NashConfig, out: Path, device: torch.device):
     ``<out>/preference`` once, so a resumed run reuses it instead of refitting)."""
     from alignforge.data.records import read_records
     from alignforge.models.heads import init_from_causal_lm, load_scorer, save_scorer
-    from alignforge.models.preference import fit_preference_model, preference_examples
+    from alignforge.models.preference import (
+        fit_preference_model,
+        preference_accuracy,
+        preference_examples,
+    )
 
     ncfg = cfg.nash
+    fitted = False
     if not ncfg.preference_data:
-        return load_scorer(cfg.preference.init, device=str(device))
-    saved = out / "preference"
-    # Rank 0 decides (and fits) alone; the others wait, then every rank loads the same files.
-    if dist.broadcast_object(not (saved / "config.json").exists()):
-        if dist.is_main():
-            pm, pm_tok = init_from_causal_lm(cfg.preference.init or cfg.model.init, n_heads=1, head_names=["preference"],
-                                             seed=cfg.seed, device=str(device))
-            examples = preference_examples(read_records(ncfg.preference_data))
-            losses = fit_preference_model(pm, pm_tok, examples, steps=ncfg.preference_steps, lr=ncfg.preference_lr,
-                                          batch_size=ncfg.preference_batch_size, max_len=ncfg.preference_max_len,
-                                          seed=cfg.seed)
-            k = max(1, min(20, len(losses) // 5))
-            print(f"nash: preference model fitted on {len(examples)} pairs from {ncfg.preference_data}: loss "
-                  f"{sum(losses[:k]) / k:.4f} (first {k} steps) → {sum(losses[-k:]) / k:.4f} (last {k})")
-            save_scorer(pm, pm_tok, saved)
-        dist.barrier()
-    return load_scorer(saved, device=str(device))
+        pm, pm_tok = load_scorer(cfg.preference.init, device=str(device))
+    else:
+        saved = out / "preference"
+        # Rank 0 decides (and fits) alone; the others wait, then every rank loads the same files.
+        fitted = dist.broadcast_object(not (saved / "config.json").exists())
+        if fitted:
+            if dist.is_main():
+                pm, pm_tok = init_from_causal_lm(cfg.preference.init or cfg.model.init, n_heads=1,
+                                                 head_names=["preference"], seed=cfg.seed, device=str(device))
+                examples = preference_examples(read_records(ncfg.preference_data))
+                t0 = time.perf_counter()
+                losses = fit_preference_model(pm, pm_tok, examples, steps=ncfg.preference_steps, lr=ncfg.preference_lr,
+                                              batch_size=ncfg.preference_batch_size, max_len=ncfg.preference_max_len,
+                                              seed=cfg.seed, warmup_steps=ncfg.preference_warmup,
+                                              margins=ncfg.preference_margins)
+                k = max(1, min(20, len(losses) // 5))
+                print(f"nash: preference model fitted on {len(examples)} pairs from {ncfg.preference_data} in "
+                      f"{time.perf_counter() - t0:.0f}s: loss {sum(losses[:k]) / k:.4f} (first {k} steps) → "
+                      f"{sum(losses[-k:]) / k:.4f} (last {k})")
+                save_scorer(pm, pm_tok, saved)
+            dist.barrier()
+        pm, pm_tok = load_scorer(saved, device=str(device))
+    if ncfg.preference_eval_data and dist.is_main() and (fitted or not (out / "preference_eval.json").exists()):
+        # Held-out accuracy, comparable with the reward stage's eval_accuracy on the same file.
+        acc = preference_accuracy(pm.eval(), pm_tok, preference_examples(read_records(ncfg.preference_eval_data)),
+                                  max_len=ncfg.preference_max_len, batch_size=cfg.preference.batch_size)
+        acc["data"] = str(ncfg.preference_eval_data)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "preference_eval.json", json.dumps(acc, indent=1))
+        print(f"nash: preference model held-out accuracy {acc.get('accuracy', float('nan')):.3f} on "
+              f"{int(acc['pairs'])} pairs of {ncfg.preference_eval_data} (loss {acc['loss']:.4f})")
+    return pm, pm_tok
 
 
 def run(cfg: NashConfig, preference_fn: PreferenceFn | None = None) -> Path:
@@ -209,9 +232,16 @@ def run(cfg: NashConfig, preference_fn: PreferenceFn | None = None) -> Path:
             kw = {"max_new_tokens": params.max_new_tokens, "seed": cfg.seed}
             ev = R.gold_eval(policy, tok, eval_prompts, ncfg.eval_world, name=f"step{step}", ref=ref, **kw)
             row.update(R.gold_metrics(ev))
-            if "ev" in previous:  # Nash-MD should not lose to its own past (gold judge, ties = ½)
-                row["gold_win_rate_vs_prev"] = win_rate(ev.values("sample"), previous["ev"].values("sample"),
-                                                        n_boot=200, seed=cfg.seed).value
+            if "sft" not in previous:  # the initial policy's evaluation (step 0), or the reference's after a resume
+                previous["sft"] = ev if step == 0 else R.gold_eval(ref, tok, eval_prompts, ncfg.eval_world, name="sft",
+                                                                   ref=ref, **kw)
+            # Nash-MD should not lose to its own past: gold win-rate (ties = ½, paired bootstrap 95% CI
+            # over the same prompts, same sampling seed) against SFT and against the previous evaluation.
+            for key, past in (("sft", previous["sft"]), ("prev", previous.get("ev"))):
+                if past is not None and step > 0:
+                    w = win_rate(ev.values("sample"), past.values("sample"), n_boot=1000, seed=cfg.seed)
+                    row.update({f"gold_win_rate_vs_{key}": w.value, f"gold_win_rate_vs_{key}_lo": w.lo,
+                                f"gold_win_rate_vs_{key}_hi": w.hi})
             previous["ev"] = ev
             if final:
                 report, _ = R.final_report(policy, ref, tok, eval_prompts, ncfg.eval_world, name="nash", **kw)

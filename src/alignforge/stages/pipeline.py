@@ -51,6 +51,7 @@ STAGE_RUNNERS: dict[str, tuple[str, str]] = {
     "rsft": ("alignforge.config:RSFTConfig", "alignforge.stages.rsft:run"),
     "ppo": ("alignforge.config:PPOConfig", "alignforge.stages.ppo:run"),
     "reinforce": ("alignforge.config:ReinforceConfig", "alignforge.stages.reinforce:run"),
+    "nash": ("alignforge.config:NashConfig", "alignforge.stages.nash:run"),
     "eval": ("alignforge.config:EvalConfig", "alignforge.stages.eval:run"),
 }
 STEP_KEYS = {"name", "stage", "config", "set", "as"}

@@ -19,7 +19,9 @@ and labels by it:
 The ``default`` pool agrees with the gold judge (and with each other) on ~75% of pairs of
 realistic candidates, like InstructGPT's labellers (~73%); ``length_biased`` prefers a padded
 wrong answer over a short right one often enough that a reward model fit to it can be hacked by
-padding. :func:`measure_agreement` measures both; ``bench/world_speed.py`` and the tests report it.
+padding; ``condorcet`` adds a taste for answer *styles* (:mod:`alignforge.world.styles`) rotated over
+three equal groups of annotators, so its majority preference over the styles is a cycle.
+:func:`measure_agreement` measures both; ``bench/world_speed.py`` and the tests report it.
 
 This module reads the gold judge, so training code must not import it (import-boundary test).
 """
@@ -35,6 +37,7 @@ from typing import Sequence
 from alignforge.data.records import FLAGS, Comparison, Prompt, Ranking, Rating, prompt_text
 from alignforge.world.config import ANNOTATOR_PRESETS, AnnotatorPoolConfig
 from alignforge.world.judge import GoldScore, judge
+from alignforge.world.styles import STYLES, style_of
 
 _WORD = re.compile(r"[A-Za-z]+|\d+")
 
@@ -44,6 +47,7 @@ class Annotator:
     id: str
     noise: float        # std of this annotator's utility noise
     length_bias: float  # utility per word
+    group: int = 0      # i mod 3: which rotation of the style order it likes (only with style_cycle > 0)
 
 
 class AnnotatorPool:
@@ -65,7 +69,7 @@ class AnnotatorPool:
         make = random.Random(f"{seed}:pool:{self.name}")
         self.annotators = [
             Annotator(f"{self.name}-{i}", cfg.noise * (1 + cfg.noise_spread * make.uniform(-1, 1)),
-                      make.gauss(cfg.length_bias, cfg.length_bias_spread))
+                      make.gauss(cfg.length_bias, cfg.length_bias_spread), i % len(STYLES))
             for i in range(cfg.annotators)
         ]
         self.rng = random.Random(f"{seed}:labels:{self.name}")
@@ -89,6 +93,10 @@ class AnnotatorPool:
         b = annotator.length_bias * len(response.split())
         if self.cfg.word_bias:
             b += sum(self.cfg.word_bias.get(t.lower(), 0.0) for t in _WORD.findall(response))
+        if self.cfg.style_cycle:
+            k = style_of(response)
+            if k is not None:  # the group ranks styles g, g+1, g+2 (mod 3) best first: +2, +1, 0 steps
+                b += self.cfg.style_cycle * (len(STYLES) - 1 - (k - annotator.group) % len(STYLES))
         return b
 
     def utility(self, annotator: Annotator, prompt: Prompt, response: str,

@@ -123,7 +123,8 @@ class AnnotatorPoolConfig:
 
     Annotator ``i`` has its own noise scale ``sigma_i`` (spread around ``noise``) and length bias
     ``b_i`` (spread around ``length_bias``), and its utility of a response is
-    ``u = gold.reward + b_i * words + sum(word_bias[w]) + N(0, sigma_i)``.
+    ``u = gold.reward + b_i * words + sum(word_bias[w]) + style_i(y) + N(0, sigma_i)``, where
+    ``style_i`` is 0 unless ``style_cycle`` > 0 (the non-transitive ``condorcet`` pool).
     """
 
     annotators: int = option(8, "pool size; each label records the annotator id (a0, a1, ...)")
@@ -140,8 +141,17 @@ class AnnotatorPoolConfig:
     tie_margin: float = option(0.0, "report a tie when |u_a - u_b| is below this (0 = only identical responses)")
     flag_miss: float = option(0.15, "probability of missing a flag the gold judge raises")
     flag_false: float = option(0.02, "probability of raising a flag the gold judge does not")
+    style_cycle: float = option(0.0, "utility step between answer styles (alignforge.world.styles) in each "
+                                     "annotator group's order: annotator i is in group g = i mod 3, which ranks "
+                                     "the styles g, g+1, g+2 (mod 3) best first (+2, +1, 0 steps; unstyled 0). "
+                                     "> 0 makes the majority prefer s0 > s1, s1 > s2 and s2 > s0 (a Condorcet "
+                                     "cycle); 0 = off")
 
     def validate(self) -> None:
+        if self.style_cycle < 0 or (self.style_cycle > 0 and self.annotators % 3):
+            raise ConfigError(f"config key 'style_cycle': expected >= 0, and when > 0 a pool of three equal groups "
+                              f"(annotators divisible by 3); got style_cycle={self.style_cycle}, "
+                              f"annotators={self.annotators}")
         if self.annotators < 1:
             raise ConfigError(f"config key 'annotators': expected >= 1, got {self.annotators}")
         if self.noise < 0 or not 0 <= self.noise_spread < 1:
@@ -156,10 +166,13 @@ class AnnotatorPoolConfig:
 #: Preset pools. ``default`` is calibrated to 70-80% agreement with gold and between annotators
 #: (InstructGPT's inter-labeller rate is ~73%);
 #: ``length_biased`` adds a strong liking for long answers, so a reward model fit to it is hackable
-#: by padding (the designed failure the gold judge exposes).
+#: by padding (the designed failure the gold judge exposes); ``condorcet`` is the default pool in
+#: three equal groups with rotated tastes over the answer styles, a preference cycle no scalar
+#: reward can represent (Nash-MD, docs/nash.md). The first two are frozen (tests/test_world_cycle.py).
 ANNOTATOR_PRESETS: dict[str, AnnotatorPoolConfig] = {
     "default": AnnotatorPoolConfig(),
     "length_biased": AnnotatorPoolConfig(length_bias=0.2, length_bias_spread=0.03),
+    "condorcet": AnnotatorPoolConfig(annotators=9, style_cycle=3.0),
 }
 
-PoolName = Literal["default", "length_biased"]
+PoolName = Literal["default", "length_biased", "condorcet"]
