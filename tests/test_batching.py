@@ -277,3 +277,37 @@ def test_pairs_in_one_forward_and_lm_loss_matches_hf_labels():
         total, n = lm_loss(model, one)
     assert n == sum(ex.loss_mask)
     torch.testing.assert_close(total / n, hf, rtol=1e-5, atol=1e-6)
+
+
+def test_targets_only_logprobs_equal_the_full_head_with_the_same_gradients():
+    """The sliced LM head (``token_logprobs(..., targets_only=True)``, what lm_loss and
+    sequence_logprobs use) gives the full path's log-probs at every target and 0 elsewhere, and the
+    same gradients; a wrapped model (not called directly) takes the full path."""
+    from alignforge.data.batching import token_logprobs
+
+    tok = tiny_tokenizer()
+    model = tiny_model("llama", len(tok))
+    examples = [encode_example(tok, "Say yes", "yes"), encode_example(tok, "What is 2+3?", "It is 5."),
+                encode_example(tok, "Name a colour", "Blue.")]
+    batch = collate(examples, [[0, 1], [2]], pad_id_of(tok))
+    full = token_logprobs(model, batch)
+    (-(full * batch.loss_mask).sum()).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    sliced = token_logprobs(model, batch, targets_only=True)
+    (-(sliced * batch.loss_mask).sum()).backward()
+    torch.testing.assert_close(sliced, full * batch.loss_mask, rtol=1e-5, atol=1e-6)
+    assert bool((sliced[~batch.loss_mask] == 0).all())
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n], rtol=1e-4, atol=1e-6, msg=n)
+
+    class Wrapped(torch.nn.Module):  # stands for DDP: only its own forward may be called
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, **kw):
+            return self.inner(**kw)
+
+    with torch.no_grad():
+        torch.testing.assert_close(token_logprobs(Wrapped(model), batch, targets_only=True), full.detach())

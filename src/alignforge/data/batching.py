@@ -415,9 +415,28 @@ def batch_pairs(pairs: Sequence[tuple[Example, Example]], pad_id: int) -> Batch:
 # ---------------------------------------------------------------------------------------------
 
 
-def token_logprobs(model, batch: Batch, attention: Attention = "mask") -> torch.Tensor:
-    """(B, L) log p(token t | tokens < t of its own example); 0 at t = 0 and where nothing predicts."""
+# Causal LMs whose logits are exactly ``lm_head(model(...).last_hidden_state)`` (no logit scaling or
+# soft-capping), so the head may run on a subset of positions.
+_PLAIN_HEAD = ("LlamaForCausalLM", "Qwen2ForCausalLM")
+
+
+def token_logprobs(model, batch: Batch, attention: Attention = "mask", targets_only: bool = False) -> torch.Tensor:
+    """(B, L) log p(token t | tokens < t of its own example); 0 at t = 0 and where nothing predicts.
+
+    ``targets_only``: compute only the positions of ``batch.loss_mask`` (0 elsewhere). For a Llama /
+    Qwen2 model called directly, the LM head and the log-softmax then run on the target tokens alone
+    (sliced cross-entropy: SFT and DPO train on the answer, about half of the tokens, and the
+    vocabulary-sized head is a quarter of a small model's matmuls). A wrapped model (DDP, peft) takes
+    the full path: its forward hooks must see the call.
+    """
     dtype = next(model.parameters()).dtype
+    if targets_only and type(model).__name__ in _PLAIN_HEAD:
+        hidden = model.model(**batch.model_inputs(attention, dtype)).last_hidden_state
+        tgt = batch.loss_mask[:, 1:]  # position t-1 predicts target t
+        logits = model.lm_head(hidden[:, :-1][tgt])
+        nll = F.cross_entropy(logits.float(), batch.input_ids[:, 1:][tgt], reduction="none")
+        lp = torch.zeros(tgt.shape, dtype=nll.dtype, device=nll.device).masked_scatter(tgt, -nll)
+        return F.pad(lp, (1, 0))
     logits = model(**batch.model_inputs(attention, dtype)).logits
     # fp32: bf16 log-probs are too coarse for ratios and KL. cross_entropy never materialises a
     # second (B, L, V) log-softmax tensor, which matters for 150k-token vocabularies.
@@ -433,7 +452,7 @@ def sequence_logprobs(model, batch: Batch, attention: Attention = "mask") -> tor
     The loss mask of an example's first token is always 0, so a target never reads across an
     example boundary (packing) — and the mask makes sure it never attends across one either.
     """
-    lp = token_logprobs(model, batch, attention)
+    lp = token_logprobs(model, batch, attention, targets_only=True)
     return per_example_sum(lp, batch)
 
 
@@ -448,5 +467,5 @@ def per_example_sum(values: torch.Tensor, batch: Batch) -> torch.Tensor:
 def lm_loss(model, batch: Batch, attention: Attention = "mask") -> tuple[torch.Tensor, int]:
     """(sum of target-token NLL, number of target tokens). Divide by the token count of the whole
     optimizer step (all micro-batches, all ranks) so every token weighs the same."""
-    lp = token_logprobs(model, batch, attention)
+    lp = token_logprobs(model, batch, attention, targets_only=True)
     return -(lp * batch.loss_mask).sum(), batch.loss_tokens
