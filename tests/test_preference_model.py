@@ -125,3 +125,34 @@ def test_a_preference_cycle_is_learned_where_a_scalar_reward_cannot_be():
         opt.step()
     p_scalar = torch.sigmoid(r[w_idx] - r[l_idx]).detach()
     assert float(p_scalar.min()) <= 0.5 + 1e-3 and float(loss.detach()) >= math.log(2) - 1e-4
+
+
+def test_margin_loss_by_hand_and_only_for_preferred_pairs():
+    z = torch.tensor([0.3, -1.2])
+    t = torch.tensor([1.0, 0.5])
+    m = torch.tensor([0.5, 0.0])
+    l1 = math.log1p(math.exp(-(0.3 - 0.5)))                              # -log σ(z − m)
+    l2 = -(0.5 * math.log(1 / (1 + math.exp(1.2))) + 0.5 * math.log(1 / (1 + math.exp(-1.2))))
+    assert preference_loss(z, t, margins=m).item() == pytest.approx((l1 + l2) / 2, rel=1e-6)
+
+
+def test_fit_with_margins_warmup_and_held_out_accuracy(tok):
+    """Margins per strength (a tie gets none), linear warmup, and preference_accuracy equal to the
+    share of preferred pairs with P > ½ computed by hand from preference_probs."""
+    from alignforge.models.preference import preference_accuracy
+
+    data = [PreferenceExample("Pick one", "c", x, strength=3) for x in ["a", "b", "d", "e"]]
+    data.append(PreferenceExample("Pick one", "a", "b", target=0.5, strength=None))
+    model = tiny_scorer(tok, seed=1)
+    losses = fit_preference_model(model, tok, data, steps=30, lr=3e-3, batch_size=5, seed=0, warmup_steps=10,
+                                  margins=[0.0, 0.3, 0.6, 1.0])
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
+    held = [PreferenceExample("Pick one", "c", "a", strength=2), PreferenceExample("Pick one", "a", "c", strength=1),
+            PreferenceExample("Pick one", "d", "e", strength=0), PreferenceExample("Pick one", "a", "b", target=0.5)]
+    acc = preference_accuracy(model, tok, held)
+    p = preference_probs(model, tok, ["Pick one"] * 3, ["c", "a", "d"], ["a", "c", "e"])
+    assert acc["pairs"] == 3 and acc["ties"] == 1 and acc["dropped"] == 0
+    assert acc["accuracy"] == pytest.approx(float((p > 0.5).float().mean()))
+    assert acc["accuracy_strength2"] == float(p[0] > 0.5) and acc["accuracy_strength1"] == float(p[1] > 0.5)
+    with pytest.raises(ValueError, match="4 entries"):
+        fit_preference_model(model, tok, data, steps=1, margins=[0.0, 1.0])
