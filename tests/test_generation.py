@@ -481,3 +481,24 @@ def test_sliding_window_qwen2_takes_hf_path_and_keeps_its_window():
         ref = ref_greedy(model, p, 10)
         assert gen.sequences[i] == ref
         assert torch.allclose(gen.logprobs[i], ref_logprobs(model, p, ref), atol=1e-4)
+
+
+@pytest.mark.parametrize("arch,backend", CASES)
+def test_repeated_prompts_share_one_prefill_and_match_fresh_forwards(arch, backend):
+    """k samples per prompt (GRPO/RLOO): each distinct prompt is prefilled once and its KV rows are
+    copied. Every row must still sample on its own (copies differ) and report the log-probs of a
+    fresh uncached forward of its own prompt + response; greedy copies are identical."""
+    model = model_for(arch)
+    a, b = prompts(2)
+    ps = [a, a, b, a, b, b]  # not contiguous: the copy map must follow the rows
+    sp = SamplingParams(temperature=1.0, max_new_tokens=8, seed=11)
+    gen = generate(model, ps, sp, eos_token_id=None, pad_token_id=PAD, backend=backend)
+    for i, p in enumerate(ps):
+        ref = ref_logprobs(model, p, gen.sequences[i], 1.0)
+        assert torch.allclose(gen.logprobs[i], ref, atol=1e-4), f"row {i}"
+    assert len({tuple(s) for s in gen.sequences}) > 2  # copies sampled independently
+    greedy = generate(model, ps, SamplingParams(temperature=0, max_new_tokens=8), eos_token_id=None,
+                      pad_token_id=PAD, backend=backend)
+    alone = generate(model, [a, b], SamplingParams(temperature=0, max_new_tokens=8), eos_token_id=None,
+                     pad_token_id=PAD, backend=backend)
+    assert greedy.sequences == [alone.sequences[j] for j in (0, 0, 1, 0, 1, 1)]

@@ -11,6 +11,7 @@ in). What it guarantees:
   and a key mask, so a prompt decodes the same alone or in a batch.
 * **One forward per step for the whole batch**, and finished rows stop costing compute: when at
   most half of the rows in the batch are still running, the batch (and its KV cache) is compacted.
+  Repeated prompts (k samples per prompt) are prefilled once and their KV rows copied.
 * **Deterministic** for a ``torch.Generator`` or ``SamplingParams.seed``.
 
 Two interchangeable backends do the forward passes:
@@ -434,9 +435,21 @@ def generate(
     live = torch.ones(B, dtype=torch.bool, device=device)  # row in the batch and not finished
     next_pos = positions[:, -1] + 1
 
+    # GRPO / RLOO sample k answers to each prompt: prefill every distinct prompt once and copy its
+    # KV-cache rows to the copies (the prefill is about half of a short rollout's matmul FLOPs).
+    distinct: dict[tuple[int, ...], int] = {}
+    source = [distinct.setdefault(tuple(int(t) for t in p), len(distinct)) for p in prompt_ids]
     with torch.inference_mode(), _eval_mode(models):
-        decoders = [_decoder(m, B, P + N, backend) for m in models]
-        logits = [d.forward(ids, positions, key_ok) for d in decoders]
+        if len(distinct) < B:
+            first = torch.tensor([source.index(u) for u in range(len(distinct))], device=device)
+            expand = torch.tensor(source, device=device)
+            decoders = [_decoder(m, len(distinct), P + N, backend) for m in models]
+            logits = [d.forward(ids[first], positions[first], key_ok[first])[expand] for d in decoders]
+            for d in decoders:
+                d.select(expand)
+        else:
+            decoders = [_decoder(m, B, P + N, backend) for m in models]
+            logits = [d.forward(ids, positions, key_ok) for d in decoders]
         if mixture is not None and logits[0].shape[-1] != logits[1].shape[-1]:
             raise ValueError(f"generate(mixture=...): policy and reference vocabularies differ "
                              f"({logits[0].shape[-1]} vs {logits[1].shape[-1]} logits); they must share a tokenizer")
