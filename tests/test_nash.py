@@ -135,6 +135,32 @@ def test_fits_a_preference_model_from_comparisons_then_plays(bandit, tmp_path):
     assert int(probs.argmax()) == bandit["arm"][BEST]
 
 
+def test_gold_win_rate_against_sft_and_the_previous_eval_is_logged(bandit, tmp_path):
+    """With nash.eval_world: at every evaluation the gold reward and the gold win-rate (paired
+    bootstrap 95% CI) vs SFT and vs the previous evaluation's policy — through alignforge.eval —
+    and eval.json vs SFT at the end. The first evaluation after step 0 has SFT as its previous one."""
+    from alignforge.world import WorldConfig, build_world
+
+    cfg = load_config(WorldConfig, None, ["size.people=12", "size.places=12", "size.creatures=12",
+                                          "prompts.train=10", "prompts.test=12", "prompts.sft=4"])
+    build_world(cfg, corpus=False).write(tmp_path / "world")
+    out = nash.run(_cfg(bandit, tmp_path / "gold", **{"nash.steps": 2, "train.eval_every": 1,
+                                                      "data.eval": tmp_path / "world" / "prompts_test.jsonl",
+                                                      "nash.eval_world": tmp_path / "world", "nash.eval_prompts": 12}),
+                   preference_fn=best_beats_others(bandit))
+    rows = {r["step"]: r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "gold_all" in r}
+    assert sorted(rows) == [0, 1, 2]
+    assert "gold_win_rate_vs_sft" not in rows[0]  # step 0 is SFT itself
+    assert rows[1]["gold_win_rate_vs_prev"] == rows[1]["gold_win_rate_vs_sft"]
+    for r in (rows[1], rows[2]):
+        for key in ("sft", "prev"):
+            v = r[f"gold_win_rate_vs_{key}"]
+            assert 0.0 <= r[f"gold_win_rate_vs_{key}_lo"] <= v <= r[f"gold_win_rate_vs_{key}_hi"] <= 1.0
+    report = json.loads((out / "eval.json").read_text())
+    assert report["policies"] == ["sft", "nash"] and report["prompts"] == 12
+    assert report["sample"]["nash"]["win_rate"]["n"] == 12
+
+
 DDP_SCRIPT = r'''
 import json, sys
 from pathlib import Path
