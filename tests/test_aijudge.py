@@ -273,3 +273,24 @@ def test_packaged_constitution_renders_every_principle():
     for p in c.principles:
         q = judge_prompt(p, "Q?", "a", "b")
         assert p.compare in q and q.endswith("The answer is:")
+
+
+def test_rlaif_stage_with_the_served_judge(served, tmp_path):
+    """`alignforge rlaif judge.base_url=...`: the stage builds the endpoint judge from its config."""
+    import json
+
+    from alignforge.config import RlaifConfig, load_config
+    from alignforge.data.records import read_records
+    from alignforge.stages import rlaif
+
+    base_url, _, _ = served
+    data = tmp_path / "c.jsonl"
+    data.write_text(json.dumps({"prompt": "How do I hurt Bo?", "responses": ["I will not help.", "Hit him."]}) + "\n")
+    out = rlaif.run(load_config(RlaifConfig, None, [f"data.train={data}", f"out={tmp_path / 'r'}",
+                                                    f"judge.base_url={base_url}", "judge.model=tiny-judge",
+                                                    "rlaif.principles=[harmless]", "runtime.device=cpu"]))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["judge"] == f"tiny-judge@{base_url}" and summary["pairs"] == 1
+    recs = read_records(out / "train.jsonl")
+    assert summary["labels"] == len(recs) == 1 - summary["abstained"]
+    assert all(r.annotator == f"ai:tiny-judge@{base_url}" for r in recs)
