@@ -51,7 +51,8 @@ def _candidates(tmp_path: Path, n: int = 10) -> Path:
         rows.append({"prompt": f"Please help with task {i}", "responses": [f"a polite answer {i}", f"rude {i}",
                                                                            f"curt {i}"],
                      "policy": "runs/w/sft", "sampling": {"temperature": 1.0}, "id": f"p{i}",
-                     "meta": {"split": "eval" if i >= 8 else "train"}})
+                     "meta": {"split": "eval" if i >= 8 else "train", "policies": ["runs/w/sft", "runs/w/sft",
+                                                                                     "world:demonstrator"]}})
     return _write(tmp_path / "candidates.jsonl", rows)
 
 
@@ -72,6 +73,7 @@ def test_candidates_become_comparisons_in_collects_layout(tmp_path):
         assert isinstance(c, Comparison) and c.annotator == "ai:likes-word" and c.source == "rlaif"
         assert c.policy == "runs/w/sft" and c.round == 0 and c.sampling == {"temperature": 1.0}
         assert c.meta["principle"] in ("harmless", "honest", "helpful")
+        assert c.meta["policies"][0] == ("world:demonstrator" if c.chosen.startswith("curt") else "runs/w/sft")
         if "polite" in c.chosen + c.rejected:   # the judge decides: consistent, the polite one wins
             assert not c.tie and "polite" in c.chosen and c.meta["p"] == pytest.approx(0.9) and c.strength == 3
         else:                                    # the judge says ½ in both orders: a tie

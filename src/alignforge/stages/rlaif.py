@@ -220,6 +220,7 @@ def label_chunk(items: Sequence[Item], judge: Judge, principles: list[Principle]
         drawn = iter(sample_responses(model, tok, [it.record.prompt for it in sampled], cfg,
                                       cfg.seed * 1_000_003 + chunk_id))
     provenance: list[dict] = []
+    owners: list[dict[str, str]] = []  # response text → the policy that wrote it (collect's meta.policies)
     for it in items:
         rec = it.record
         if isinstance(rec, PromptRecord):
@@ -237,14 +238,16 @@ def label_chunk(items: Sequence[Item], judge: Judge, principles: list[Principle]
             texts = list(rec.responses)
             prov = {**prov_base, **({"policy": rec.policy} if rec.policy else {}),
                     **({"sampling": rec.sampling} if rec.sampling else {})}
+        pols = (rec.meta or {}).get("policies") if isinstance(rec, Candidates) else None
+        owners.append(dict(zip(texts, pols)) if isinstance(pols, list) and len(pols) == len(texts) else {})
         responses.append(texts)
         provenance.append(prov)
-    questions: list[tuple[PairQuestion, str, Item, dict]] = []
-    for it, texts, prov in zip(items, responses, provenance):
-        questions += [(q, name, it, prov) for q, name in pair_questions(it, texts, principles, cfg, stats)]
+    questions: list[tuple[PairQuestion, str, Item, dict, dict]] = []
+    for it, texts, prov, own in zip(items, responses, provenance, owners):
+        questions += [(q, name, it, prov, own) for q, name in pair_questions(it, texts, principles, cfg, stats)]
     verdicts = judge_pairs(judge, [q for q, *_ in questions])
     labels: dict[str, list[dict]] = {"train": [], "eval": []}
-    for (q, name, it, prov), v in zip(questions, verdicts):
+    for (q, name, it, prov, own), v in zip(questions, verdicts):
         _count(stats, name, it.split, "pairs")
         if v.abstained:
             _count(stats, name, it.split, "abstained")
@@ -252,6 +255,8 @@ def label_chunk(items: Sequence[Item], judge: Judge, principles: list[Principle]
         _count(stats, name, it.split, "labels")
         _count(stats, name, it.split, "consistent" if v.consistent else "ties")
         c = to_comparison(q, v, judge.id, name, id=it.record.id, category=it.record.category, **prov)
+        if own:  # which policy wrote each side, as collect records it for mixed candidates
+            c.meta["policies"] = [own[c.chosen], own[c.rejected]]
         labels[it.split].append(c.to_dict())
     return {"chunk": chunk_id, "labels": labels, "candidates": candidates, "stats": stats}
 
