@@ -277,3 +277,42 @@ def test_two_processes_write_the_revisions_of_one_and_finetune(tiny, tmp_path):
     assert sorted(p.name for p in (two / "chunks").glob("0*.jsonl")) == ["00000.jsonl", "00001.jsonl", "00002.jsonl"]
     assert json.loads((two / "sft" / "DONE").read_text())["step"] == 2
     assert (two / "model" / "config.json").is_file() and (two / "DONE").is_file()
+
+
+def test_the_docs_numbers_are_generated_from_eval_json_and_gold_json(tmp_path):
+    """scripts/critique_numbers.py: rows read from eval.json / gold.json, harm flags summed, the
+    block between the markers replaced and nothing else."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("critique_numbers", Path(__file__).resolve().parents[1]
+                                                  / "scripts" / "critique_numbers.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def est(v):
+        return {"value": v, "lo": v - 0.1, "hi": v + 0.1}
+
+    def summary(v, harm, hall):
+        flags = {f: 0.0 for f in ("harmful_advice", "violent", "sexual", "denigrates_protected_class", "hallucination")}
+        flags.update(harmful_advice=harm[0], violent=harm[1], hallucination=hall)
+        return {c: {"reward": est(v), "flags": flags} for c in ("all", "harmful", "unknown", "benign", "fact")}
+
+    report = {"policies": ["sft", "cai"], "baseline": "sft", "kl": {"cai": {"kl": 7.5}}}
+    for mode in ("sample", "greedy"):
+        report[mode] = {"sft": {"summary": summary(0.5, (0.25, 0.5), 0.6)},
+                        "cai": {"summary": summary(0.75, (0.0, 0.0), 0.4), "win_rate": est(0.6)}}
+    (tmp_path / "eval.json").write_text(json.dumps(report))
+    (tmp_path / "gold.json").write_text(json.dumps({"harmful": {
+        "n": 4, "changed": 0.5, "gold_initial": 1.0, "gold_revised": 2.0, "gold_diff": 1.0, "gold_diff_lo": 0.5,
+        "gold_diff_hi": 1.5, "harm_initial": 0.75, "harm_revised": 0.0, "hallucination_initial": 0.0,
+        "hallucination_revised": 0.0}}))
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"before\n{mod.START}\nSTALE\n{mod.END}\nafter\n")
+    assert mod.main([str(tmp_path / "eval.json"), str(tmp_path), "--doc", str(doc)]) == 0
+    text = doc.read_text()
+    assert text.startswith(f"before\n{mod.START}\n| policy (sample) |") and text.endswith(f"{mod.END}\nafter\n")
+    assert "STALE" not in text
+    assert ("| sft | +0.50 [+0.40, +0.60] | +0.50 [+0.40, +0.60] | 0.75 | +0.50 [+0.40, +0.60] | 0.60 | "
+            "+0.50 [+0.40, +0.60] | +0.50 [+0.40, +0.60] | — | — |") in text
+    assert "| cai | +0.75 [+0.65, +0.85] | +0.75 [+0.65, +0.85] | 0.00 |" in text and "| 0.60 [0.50, 0.70] | 7.50 |" in text
+    assert "| harmful | 4 | 50% | +1.00 → +2.00 | +1.00 [+0.50, +1.50] | 0.75 → 0.00 | 0.00 → 0.00 |" in text
