@@ -311,8 +311,9 @@ def run(cfg: CritiqueConfig) -> Path:
         print(f"critique: {len(kept)} revisions → {out / REVISIONS}; {summary['changed']:.0%} differ from the "
               f"initial answer" + (f"; {summary['dropped_empty']} empty left out" if summary["dropped_empty"] else ""))
     dist.barrier()  # revisions.jsonl is on disk before any rank reads it (fine-tuning)
-    if not kept:
-        raise RecordError("every answer and revision came out empty: nothing to fine-tune on", path=str(out / REVISIONS))
+    if not kept and cfg.critique.finetune:
+        raise RecordError("every answer and revision came out empty: nothing to fine-tune on",
+                          path=str(out / REVISIONS))
 
     # --- 3. fine-tune on the revisions with alignforge sft itself ---
     if cfg.critique.finetune:
