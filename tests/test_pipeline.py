@@ -120,3 +120,15 @@ def test_pipeline_command_writes_the_report_when_runs_have_results(tmp_path, mon
     assert main(["p.yaml"]) == 0  # every step skipped; the report is drawn from the folders
     page = (tmp_path / "runs" / "t" / "report.html").read_text()
     assert "Training curves" in page and "data:image/png;base64," in page
+
+
+def test_every_registered_stage_with_a_config_class_can_be_a_pipeline_step():
+    """A stage the CLI knows (with a config object) is also a pipeline stage, and each runner
+    resolves to a real config class and a real function."""
+    from alignforge.stages.pipeline import STAGE_RUNNERS, _load
+
+    for name in ("rlaif", "critique", "nash", "reinforce"):
+        assert name in STAGE_RUNNERS
+    for name, (cfg_ref, fn_ref) in STAGE_RUNNERS.items():
+        assert callable(_load(fn_ref)), name
+        assert hasattr(_load(cfg_ref), "__dataclass_fields__"), name

@@ -52,6 +52,8 @@ STAGE_RUNNERS: dict[str, tuple[str, str]] = {
     "ppo": ("alignforge.config:PPOConfig", "alignforge.stages.ppo:run"),
     "reinforce": ("alignforge.config:ReinforceConfig", "alignforge.stages.reinforce:run"),
     "nash": ("alignforge.config:NashConfig", "alignforge.stages.nash:run"),
+    "rlaif": ("alignforge.config:RlaifConfig", "alignforge.stages.rlaif:run"),
+    "critique": ("alignforge.config:CritiqueConfig", "alignforge.stages.critique:run"),
     "eval": ("alignforge.config:EvalConfig", "alignforge.stages.eval:run"),
 }
 STEP_KEYS = {"name", "stage", "config", "set", "as"}
