@@ -10,18 +10,10 @@ from collections import Counter
 import pytest
 
 from alignforge.config import load_config
-from alignforge.constitution import (
-    CRITIQUE_REQUEST,
-    REVISION_REQUEST,
-    load_constitution,
-)
+from alignforge.constitution import CRITIQUE_REQUEST, REVISION_REQUEST, load_constitution
 from alignforge.data.records import Demonstration, read_records
 from alignforge.world import WorldConfig, build_world
-from alignforge.world.critiques import (
-    HARM_DOES,
-    critique_demonstrations,
-    critique_examples,
-)
+from alignforge.world.critiques import HARM_DOES, critique_demonstrations, critique_examples
 from alignforge.world.tasks import REFUSAL, content_split
 
 SMALL = ["size.people=30", "size.places=20", "size.creatures=20", "prompts.train=60", "prompts.test=30",

@@ -55,28 +55,10 @@ from typing import Any, Sequence
 import torch
 
 from alignforge.cli import run_stage
-from alignforge.config import (
-    ConfigError,
-    CritiqueConfig,
-    DataSection,
-    SFTConfig,
-    save_config,
-)
-from alignforge.constitution import (
-    Principle,
-    critique_messages,
-    load_constitution,
-    revision_messages,
-)
+from alignforge.config import ConfigError, CritiqueConfig, DataSection, SFTConfig, save_config
+from alignforge.constitution import Principle, critique_messages, load_constitution, revision_messages
 from alignforge.data.batching import encode_prompt, pad_id_of
-from alignforge.data.records import (
-    Demonstration,
-    Prompt,
-    PromptRecord,
-    ReadReport,
-    RecordError,
-    write_records,
-)
+from alignforge.data.records import Demonstration, Prompt, PromptRecord, ReadReport, RecordError, write_records
 from alignforge.generation import SamplingParams, generate
 from alignforge.io import atomic_dir, atomic_write_text
 from alignforge.train import checkpoint as ckpt

@@ -41,12 +41,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from alignforge.constitution import (
-    Constitution,
-    critique_messages,
-    load_constitution,
-    revision_messages,
-)
+from alignforge.constitution import Constitution, critique_messages, load_constitution, revision_messages
 from alignforge.data.records import Demonstration
 from alignforge.world.config import DemonstratorSection
 from alignforge.world.demonstrator import Demonstrator
