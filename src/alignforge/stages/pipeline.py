@@ -54,7 +54,6 @@ STAGE_RUNNERS: dict[str, tuple[str, str]] = {
     "nash": ("alignforge.config:NashConfig", "alignforge.stages.nash:run"),
     "rlaif": ("alignforge.config:RlaifConfig", "alignforge.stages.rlaif:run"),
     "critique": ("alignforge.config:CritiqueConfig", "alignforge.stages.critique:run"),
-    "critique": ("alignforge.config:CritiqueConfig", "alignforge.stages.critique:run"),
     "eval": ("alignforge.config:EvalConfig", "alignforge.stages.eval:run"),
 }
 STEP_KEYS = {"name", "stage", "config", "set", "as"}
