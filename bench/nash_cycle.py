@@ -35,14 +35,18 @@ from pathlib import Path
 import torch
 
 
-def label(world, pool, prompts, demo, rng: random.Random) -> list:
-    from alignforge.world.styles import restyle
+def label(world, pool, prompts, demo, rng: random.Random, all_pairs: bool = False) -> list:
+    """One label per prompt on two random styles of its answer; ``all_pairs``: one on each of the
+    three style pairs (so the same answer is seen in every style, and only its style explains
+    the labels' differences)."""
+    from alignforge.world.styles import cycle_pairs, restyle
 
     out = []
     for p in prompts:
         base = demo(p)
-        i, j = rng.sample(range(3), 2)
-        out.append(pool.compare(p, restyle(base, i), restyle(base, j)))
+        pairs = [tuple(rng.sample(pair, 2)) for pair in cycle_pairs()] if all_pairs else [rng.sample(range(3), 2)]
+        for i, j in pairs:
+            out.append(pool.compare(p, restyle(base, i), restyle(base, j)))
     return out
 
 
@@ -80,7 +84,9 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-prompts", type=int, default=300)
     ap.add_argument("--rm-steps", type=int, default=150)
     ap.add_argument("--pm-steps", type=int, default=150)
-    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--lr", type=float, default=1e-4, help="reward model learning rate (configs/world/reward.yaml's)")
+    ap.add_argument("--pm-lr", type=float, default=5e-4, help="preference model learning rate")
+    ap.add_argument("--all-pairs", action="store_true", help="label all three style pairs of every training answer")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
@@ -92,6 +98,7 @@ def main(argv=None) -> int:
     from alignforge.models.heads import init_from_causal_lm, load_scorer, save_scorer
     from alignforge.models.preference import (
         fit_preference_model,
+        preference_accuracy,
         preference_examples,
         preference_probs,
     )
@@ -124,7 +131,7 @@ def main(argv=None) -> int:
     eval_prompts = usable("test")[:args.eval_prompts]
     rng = random.Random(f"{args.seed}:cycle")
     write_records(out / "train.jsonl", label(world, AnnotatorPool(world, "condorcet", seed=args.seed), train_prompts,
-                                             demo, rng))
+                                             demo, rng, args.all_pairs))
     write_records(out / "eval.jsonl", label(world, AnnotatorPool(world, "condorcet", seed=args.seed + 1),
                                             eval_prompts, demo, rng))
 
@@ -135,7 +142,7 @@ def main(argv=None) -> int:
         f"out={rm_dir}", "reward.gold_eval=null", "reward.length_probe=null", "reward.normalize_on=null",
         "reward.kinds=[comparison]", "reward.epochs=null", f"train.max_steps={args.rm_steps}",
         "train.max_minutes=null", f"train.lr={args.lr}", f"runtime.threads={args.threads}", "runtime.progress=false",
-        "train.eval_every=0", "train.save_every=0", f"seed={args.seed}", "force=true"])
+        "train.eval_every=0", "train.save_every=0", f"seed={args.seed}"])  # a finished RM is reused
     reward_stage.run(cfg)
     rm_eval = json.loads((rm_dir / "eval.json").read_text())
 
@@ -144,11 +151,12 @@ def main(argv=None) -> int:
     pm, pm_tok = init_from_causal_lm(args.sft, n_heads=1, head_names=["preference"], seed=args.seed)
     t_pm = time.perf_counter()
     losses = fit_preference_model(pm, pm_tok, preference_examples(read_records(out / "train.jsonl")),
-                                  steps=args.pm_steps, lr=args.lr, batch_size=16, max_len=256, seed=args.seed,
+                                  steps=args.pm_steps, lr=args.pm_lr, batch_size=16, max_len=256, seed=args.seed,
                                   warmup_steps=min(30, args.pm_steps // 5))
     t_pm = time.perf_counter() - t_pm
     save_scorer(pm, pm_tok, pm_dir)
     pm.eval()
+    pm_acc = preference_accuracy(pm, pm_tok, preference_examples(read_records(out / "eval.jsonl")), max_len=256)
 
     # --- the three directions on held-out prompts ---
     rm, rm_tok = load_scorer(rm_dir)
@@ -184,9 +192,9 @@ def main(argv=None) -> int:
         "nash_md_from_skewed": nash_md(P, skewed, uniform, eta=1.0, beta=0.1, steps=200)[-1],
         "nash_md_ref_skewed": nash_md(P, skewed, skewed, eta=1.0, beta=0.1, steps=200)[-1],
     }
-    result = {"train_pairs": len(train_prompts), "eval_prompts": len(eval_prompts), "seed": args.seed,
-              "rm_steps": args.rm_steps, "pm_steps": args.pm_steps, "lr": args.lr,
-              "rm_eval_accuracy": rm_eval.get("eval_accuracy"), "pm_loss_first": sum(losses[:10]) / 10,
+    result = {"train_pairs": len(read_records(out / "train.jsonl")), "all_pairs": args.all_pairs, "eval_prompts": len(eval_prompts), "seed": args.seed,
+              "rm_steps": args.rm_steps, "pm_steps": args.pm_steps, "lr": args.lr, "pm_lr": args.pm_lr,
+              "rm_eval_accuracy": rm_eval.get("eval_accuracy"), "pm_eval_accuracy": pm_acc["accuracy"], "pm_loss_first": sum(losses[:10]) / 10,
               "pm_loss_last": sum(losses[-10:]) / 10, "pm_fit_s": t_pm, "directions": rows,
               "rm_mean_score": r_mean, "pm_matrix": P, "policies": games,
               "seconds": time.perf_counter() - t0}
@@ -196,10 +204,11 @@ def main(argv=None) -> int:
 
 
 def markdown(res: dict) -> str:
-    head = (f"Condorcet pool, {res['train_pairs']} training labels (one per prompt), {res['eval_prompts']} held-out "
-            f"prompts, seed {res['seed']}; RM {res['rm_steps']} steps (held-out label accuracy "
-            f"{res['rm_eval_accuracy']:.3f}), preference model {res['pm_steps']} steps, lr {res['lr']:g}, both on "
-            "the SFT backbone.")
+    head = (f"Condorcet pool, {res['train_pairs']} training labels ({'all three style pairs' if res.get('all_pairs') else 'one'} per prompt), {res['eval_prompts']} held-out "
+            f"prompts, seed {res['seed']}; RM (`alignforge reward`) {res['rm_steps']} steps at lr {res['lr']:g}, "
+            f"held-out label accuracy {res['rm_eval_accuracy']:.3f}; preference model {res['pm_steps']} steps at lr "
+            f"{res['pm_lr']:g}, held-out label accuracy {res['pm_eval_accuracy']:.3f}; both on the SFT backbone "
+            f"({res['seconds'] / 60:.0f} min in all).")
     cols = ("| direction | pool majority | RM: share r(sᵢ) > r(sⱼ) | RM: mean σ(rᵢ − rⱼ) | PM: mean P(sᵢ ≻ sⱼ) | "
             "PM: share P > ½ |")
     lines = [head, "", cols, "|---|---|---|---|---|---|"]
