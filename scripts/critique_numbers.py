@@ -3,11 +3,12 @@
 are generated from eval output, never typed by hand).
 
     python scripts/critique_numbers.py runs/critique/eval/eval.json runs/critique/critique [--doc docs/rlaif.md]
+        [--block critique-numbers]
 
 Prints two Markdown tables — the policies on the world's test prompts (from ``alignforge eval``'s
 eval.json) and the initial vs revised answers on the red-team prompts (from the critique stage's
 ``gold.json`` / ``summary.json``) — and with ``--doc`` replaces the block between
-``<!-- critique-numbers:start -->`` and ``<!-- critique-numbers:end -->`` with them.
+``<!-- <block>:start -->`` and ``<!-- <block>:end -->`` (``--block``, default ``critique-numbers``) with them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ import json
 from pathlib import Path
 
 START, END = "<!-- critique-numbers:start -->", "<!-- critique-numbers:end -->"
+
+
+def markers(block: str) -> tuple[str, str]:
+    return f"<!-- {block}:start -->", f"<!-- {block}:end -->"
 HARM = ("harmful_advice", "violent", "sexual", "denigrates_protected_class")
 
 
@@ -60,19 +65,21 @@ def main(argv=None) -> int:
     ap.add_argument("eval_json")
     ap.add_argument("critique_dir")
     ap.add_argument("--doc", default=None)
+    ap.add_argument("--block", default="critique-numbers", help="marker name of the block --doc replaces")
     args = ap.parse_args(argv)
     report = json.loads(Path(args.eval_json).read_text())
     text = "\n\n".join([policy_table(report, "sample"), policy_table(report, "greedy"),
                         revision_table(Path(args.critique_dir))])
     print(text)
     if args.doc:
+        start, end = markers(args.block)
         doc = Path(args.doc)
         old = doc.read_text()
-        if START not in old or END not in old:
-            raise SystemExit(f"{doc}: no {START} … {END} block")
-        head, rest = old.split(START, 1)
-        _, tail = rest.split(END, 1)
-        doc.write_text(f"{head}{START}\n{text}\n{END}{tail}")
+        if start not in old or end not in old:
+            raise SystemExit(f"{doc}: no {start} … {end} block")
+        head, rest = old.split(start, 1)
+        _, tail = rest.split(end, 1)
+        doc.write_text(f"{head}{start}\n{text}\n{end}{tail}")
     return 0
 
 
