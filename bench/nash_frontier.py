@@ -10,6 +10,8 @@ paired-bootstrap 95% CIs. Then the comparison at matched KL, read two ways:
 * **interpolated**: each method's win-rate linearly interpolated along its own frontier (points
   sorted by KL) at KL values inside *every* method's measured KL range — no extrapolation, so a
   KL outside one method's range gets no number for it ("—");
+* **pairwise**: the same, Nash-MD against PPO and against DPO separately, inside each pair's
+  common KL range (wider than the three-way one);
 * **nearest points**: for every Nash-MD point, the PPO and DPO point nearest in KL, with both CIs.
 
 Interpolated values carry no CI of their own (the endpoints' CIs are in the first table).
@@ -83,6 +85,20 @@ def markdown(report: dict, source: str) -> str:
     else:
         lines.append(f"The methods' KL ranges do not overlap (largest minimum {lo:.2f} > smallest maximum {hi:.2f}): "
                      "no interpolation; read the nearest points below.")
+    lines += ["", "Nash-MD against each method alone, interpolated inside the two frontiers' common KL range:", "",
+              "| vs | common KL range | KL (nats) | Nash-MD | other |", "|---|---|---|---|---|"]
+    for key, label, _ in METHODS[1:]:
+        if not (pts["nash"] and pts[key]):
+            continue
+        a = max(pts["nash"][0]["kl"]["kl"], pts[key][0]["kl"]["kl"])
+        b = min(pts["nash"][-1]["kl"]["kl"], pts[key][-1]["kl"]["kl"])
+        if a > b:
+            lines.append(f"| {label} | none ({a:.2f} > {b:.2f}) | | | |")
+            continue
+        for kl in sorted({round(a, 2), round((a + b) / 2, 2), round(b, 2)}):
+            kl = min(max(kl, a), b)
+            v, w = interpolate(pts["nash"], kl), interpolate(pts[key], kl)
+            lines.append(f"| {label} | [{a:.2f}, {b:.2f}] | {kl:.2f} | {v:.3f} | {w:.3f} |")
     lines += ["", "Nearest points in KL to each Nash-MD point:", "",
               "| Nash-MD | KL | win-rate | nearest PPO (KL, win-rate) | nearest DPO (KL, win-rate) |",
               "|---|---|---|---|---|"]
