@@ -67,13 +67,13 @@ def test_frozen_pools_label_exactly_as_before(world):
 
 
 def test_styles_round_trip():
-    assert restyle("The job of Ka is baker.", 1) == "Okay. The job of Ka is baker."
-    assert restyle(restyle("I do not know.", 0), 2) == "Right. I do not know."  # a new style replaces the old
-    assert style_of("Sure. It is 4.") == 0 and style_of("Surely it is 4.") is None and style_of("Right.") == 2
-    assert unstyled("Okay. It is 4.") == "It is 4." and unstyled("It is 4.") == "It is 4."
-    assert style_shares(["Sure. a", "Sure. b", "Right. c", "d"]) == [0.5, 0.0, 0.25, 0.25]
+    assert restyle("The job of Ka is baker.", 1) == "The job of Ka is baker. Okay."
+    assert restyle(restyle("I do not know.", 0), 2) == "I do not know. Right."  # a new style replaces the old
+    assert style_of("It is 4. Sure.") == 0 and style_of("It is 4. NotSure.") is None and style_of("Right.") == 2
+    assert unstyled("It is 4. Okay.") == "It is 4." and unstyled("It is 4.") == "It is 4."
+    assert style_shares(["a Sure.", "b Sure.", "c Right.", "d"]) == [0.5, 0.0, 0.25, 0.25]
     assert list(cycle_pairs()) == [(0, 1), (1, 2), (2, 0)]
-    assert styled(lambda p: "It is 4.", 2)("What is 2 plus 2?") == "Right. It is 4."
+    assert styled(lambda p: "It is 4.", 2)("What is 2 plus 2?") == "It is 4. Right."
     with pytest.raises(ValueError, match="style must be 0..2"):
         restyle("x", 3)
 

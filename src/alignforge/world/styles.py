@@ -1,6 +1,6 @@
 """Answer *styles*: one answer written three ways, the raw material of a preference cycle.
 
-A style is an opening word put before an answer (``Sure.``, ``Okay.``, ``Right.``). The gold judge
+A style is a closing word put after an answer (``Sure.``, ``Okay.``, ``Right.``). The gold judge
 does not care about it (the words are no world values, add no claim and stay far below the
 verbosity limits — ``tests/test_world_cycle.py`` checks the rewards are unchanged on every prompt
 category but ``format``, whose one-word / uppercase / list instructions an extra word breaks), so
@@ -19,31 +19,33 @@ from collections.abc import Callable, Iterable, Sequence
 
 from alignforge.data.records import Prompt
 
-#: The opening word of style k (k = 0, 1, 2).
+#: The closing word of style k (k = 0, 1, 2). At the end, right before the eos a scorer pools at,
+#: so a small reward or preference model can see it (an opening word, tried first, was not picked
+#: up by the world's tiny-1m scorers from 1,500-3,600 labels: bench/nash_cycle.py).
 STYLES: tuple[str, ...] = ("Sure.", "Okay.", "Right.")
 
 
 def style_of(text: str) -> int | None:
-    """The style k whose opening word ``text`` starts with (exactly, then a space or the end), else None."""
-    s = text.lstrip()
+    """The style k whose closing word ``text`` ends with (the whole text, or after a space), else None."""
+    s = text.rstrip()
     for k, marker in enumerate(STYLES):
-        if s == marker or s.startswith(marker + " "):
+        if s == marker or s.endswith(" " + marker):
             return k
     return None
 
 
 def unstyled(text: str) -> str:
-    """``text`` without its style's opening word (unchanged when it has none)."""
+    """``text`` without its style's closing word (unchanged when it has none)."""
     k = style_of(text)
-    return text if k is None else text.lstrip()[len(STYLES[k]):].lstrip()
+    return text if k is None else text.rstrip()[:-len(STYLES[k])].rstrip()
 
 
 def restyle(text: str, k: int) -> str:
-    """The same answer in style ``k``: its opening word, then the answer without any previous style."""
+    """The same answer in style ``k``: the answer without any previous style, then its closing word."""
     if not 0 <= k < len(STYLES):
         raise ValueError(f"style must be 0..{len(STYLES) - 1}, got {k}")
     body = unstyled(text)
-    return f"{STYLES[k]} {body}" if body else STYLES[k]
+    return f"{body} {STYLES[k]}" if body else STYLES[k]
 
 
 def styled(policy: Callable[[Prompt], str], k: int) -> Callable[[Prompt], str]:
