@@ -128,3 +128,17 @@ def test_collect_then_reward_end_to_end(world_and_policy, tmp_path):
         assert key in res and res[key] == res[key]  # present and not NaN
     assert res["gold_pairs"] == json.loads((out / "summary.json").read_text())["gold_pairs"]
     assert any(k.startswith("gold_accuracy_strength") for k in res)
+
+
+def test_collect_accepts_every_world_annotator_pool_preset():
+    """`collect.pool` lists exactly the world's presets (a new preset must be selectable)."""
+    import typing
+
+    from alignforge.config import CollectConfig, build_config
+    from alignforge.world.config import ANNOTATOR_PRESETS
+
+    section = typing.get_type_hints(CollectConfig)["collect"]
+    pool_type = typing.get_type_hints(section)["pool"]
+    assert set(typing.get_args(pool_type)) == set(ANNOTATOR_PRESETS)
+    for name in ANNOTATOR_PRESETS:
+        assert build_config(CollectConfig, None, {"collect.pool": name}).collect.pool == name

@@ -491,7 +491,8 @@ class CollectSection:
     k: int = option(4, "responses sampled per prompt (K)")
     prompts: Optional[int] = option(None, "label at most this many training prompts (default: all)")
     eval_prompts: int = option(200, "held-out prompts (from data.eval) for annotator- and gold-labelled eval pairs")
-    pool: Literal["default", "length_biased"] = option("default", "simulated annotator pool preset")
+    pool: Literal["default", "length_biased", "condorcet"] = option(
+        "default", "simulated annotator pool preset (condorcet: three groups whose answer-style tastes cycle)")
     labels: list[str] = option(doc="label kinds to write: comparison, ranking, rating",
                                factory=lambda: ["comparison", "ranking", "rating"])
     pairs_per_prompt: int = option(2, "pairwise comparisons per prompt (distinct candidate pairs, each by a random annotator)")
