@@ -277,13 +277,16 @@ def worker_main(args) -> int:
 
     def stamp() -> None:
         stamps.append(time.perf_counter())
-        if prof is not None and len(stamps) == args.warmup:  # profile the measured steps only
+        # Profile the measured steps only: not the set-up, not what a stage does after its last step
+        # (the reward stage scores its normalisation samples there).
+        if prof is not None and len(stamps) == args.warmup:
             prof.start()
+        if prof is not None and len(stamps) == args.warmup + args.steps:
+            prof.stop()
 
     fn = W.trl_worker if args.worker == "trl" else W.alignforge_worker
     raw = fn(args.stage, Path(args.fixture), args.warmup + args.steps, args.batch, args.seed, stamp)
     if prof is not None:
-        prof.stop()
         ops = [[e.key, e.self_cpu_time_total / 1e6] for e in prof.key_averages() if e.self_cpu_time_total > 0]
         ops.sort(key=lambda o: -o[1])
         Path(args.profile_out).write_text(json.dumps({"wall_s": stamps[-1] - stamps[args.warmup - 1]
