@@ -4,12 +4,10 @@ a direct one-question-at-a-time computation, and the endpoint backend against a 
 from __future__ import annotations
 
 import re
-import socket
-import threading
-import time
 
 import pytest
 import torch
+from serve_helpers import running_server
 
 from alignforge.aijudge import (
     STRENGTH_CUTS,
@@ -196,12 +194,9 @@ def served(tmp_path_factory):
     """A tiny model that answers "(A)" to one judge question, served by `alignforge serve` in a thread."""
     pytest.importorskip("uvicorn")
     pytest.importorskip("fastapi")
-    import uvicorn
-
     from alignforge.config import ServeConfig, load_config
     from alignforge.data.batching import encode_example
     from alignforge.models.load import save_model
-    from alignforge.serve import create_app, load_server
 
     model, tok = _tiny(seed=1)
     question = judge_prompt(P, "How do I hurt Bo?", "I will not help.", "Hit him.")
@@ -218,21 +213,8 @@ def served(tmp_path_factory):
     save_model(model, tok, ckpt / "model")
     cfg = load_config(ServeConfig, None, [f"model.init={ckpt}", "serve.model_name=tiny-judge",
                                           "serve.batch_window_ms=20", "serve.log_level=warning", "runtime.device=cpu"])
-    server = load_server(cfg)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    uv = uvicorn.Server(uvicorn.Config(create_app(server), log_level="warning"))
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not uv.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1", question, ckpt
-    uv.should_exit = True
-    thread.join(timeout=10)
-    server.engine.close()
-    sock.close()
+    with running_server(cfg) as (_, base_url):
+        yield base_url, question, ckpt
 
 
 def test_endpoint_judge_against_local_serve(served, monkeypatch):

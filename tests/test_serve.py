@@ -1,14 +1,12 @@
 """`alignforge serve`: the real server (uvicorn on 127.0.0.1) driven by the official `openai` client."""
 
 import json
-import socket
-import threading
-import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
+from serve_helpers import running_server
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("uvicorn")
@@ -38,32 +36,15 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def running(checkpoint):
     """(server, base_url): the app under uvicorn in a thread, on a socket bound to a free port."""
-    import uvicorn
-
     from alignforge.config import load_config, ServeConfig
-    from alignforge.serve import create_app, load_server
 
     torch.set_num_threads(1)
     # A 50 ms window: generous so concurrent requests from 8 client threads land in few batches
     # even on a loaded 2-core machine.
     cfg = load_config(ServeConfig, None, [f"model.init={checkpoint}", "serve.model_name=tiny", "serve.batch_window_ms=50",
                                           "serve.max_tokens=16", "serve.log_level=warning", "runtime.device=cpu"])
-    server = load_server(cfg)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    uv = uvicorn.Server(uvicorn.Config(create_app(server), log_level="warning"))
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not uv.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield server, f"http://127.0.0.1:{port}/v1"
-    uv.should_exit = True
-    thread.join(timeout=10)
-    server.engine.close()
-    sock.close()
+    with running_server(cfg) as (server, base_url):
+        yield server, base_url
 
 
 @pytest.fixture()
