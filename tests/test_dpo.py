@@ -300,6 +300,11 @@ def test_rankings_expand_to_weighted_pairs_and_ties_are_dropped(tiny, tmp_path):
     pairs, stats = dpo.read_pairs(cfg, "train")
     assert stats.ties_dropped == 1 and len(pairs) == 4 + 3
     assert sorted(p.weight for p in pairs)[:3] == pytest.approx([1 / 3] * 3)
+    rated = _write_jsonl(tmp_path / "rated.jsonl", rows + [{**PAIRS[5], "strength": 0}, {**PAIRS[6], "strength": 3}])
+    strong, stats = dpo.read_pairs(load_config(DPOConfig, None, _args(tiny, rated, tmp_path / "o") + [
+        "dpo.min_strength=1"]), "train")
+    assert stats.weak_dropped == 1 and len(strong) == len(pairs) + 1 and PAIRS[5]["chosen"] not in {
+        p.chosen for p in strong}
 
 
 def test_dpo_config_is_strict_and_errors_are_clear(tiny, tmp_path, capsys):
@@ -309,6 +314,8 @@ def test_dpo_config_is_strict_and_errors_are_clear(tiny, tmp_path, capsys):
         load_config(DPOConfig, None, ["dpo.betta=0.1"])
     with pytest.raises(ConfigError, match="label_smoothing"):
         load_config(DPOConfig, None, ["dpo.loss=ipo", "dpo.label_smoothing=0.1"])
+    with pytest.raises(ConfigError, match="dpo.min_strength"):
+        load_config(DPOConfig, None, ["dpo.min_strength=5"])
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(PAIRS[0]) + "\n" + json.dumps({"prompt": "x", "chosen": 3, "rejected": "y"}) + "\n")
     rc = dpo.main(_args(tiny, bad, tmp_path / "o"))

@@ -45,3 +45,20 @@ def test_gap_to_strength_and_margin_table():
     assert margins_for(pairs, None) == [0.0, 0.0]
     with pytest.raises(ValueError, match="4 entries"):
         margins_for(pairs, [1.0])
+
+
+def test_min_strength_drops_weak_pairs_keeps_unrated_ones_and_counts():
+    recs = [Comparison(prompt="p", chosen="x", rejected="y", strength=0),
+            Comparison(prompt="p", chosen="x", rejected="z", strength=2),
+            Comparison(prompt="p", chosen="u", rejected="v"),  # no strength (e.g. HH-RLHF): kept
+            Ranking(prompt="q", responses=["a", "b"], ranking=[1, 0]),  # rankings carry none: kept
+            Rating(prompt="r", response="good", likert=6), Rating(prompt="r", response="ok", likert=5),
+            Rating(prompt="r", response="bad", likert=2)]
+    stats = PairStats()
+    pairs = expand_preferences(recs, stats, min_strength=1)
+    # ratings: good>ok gap 1 → strength 0 (dropped), good>bad gap 4 → 3, ok>bad gap 3 → 2
+    assert sorted((p.chosen, p.rejected, p.strength) for p in pairs) == [
+        ("b", "a", None), ("good", "bad", 3), ("ok", "bad", 2), ("u", "v", None), ("x", "z", 2)]
+    assert stats.weak_dropped == 2 and stats.pairs == 5 and stats.as_dict()["weak_dropped"] == 2
+    assert len(expand_preferences(recs, min_strength=3)) == 3
+    assert len(expand_preferences(recs)) == 7

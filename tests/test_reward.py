@@ -59,6 +59,10 @@ def test_items_from_comparisons_rankings_and_ratings():
     # gap 4 → strength 3 → margin 2; bad = meh is a tie (dropped, counted)
     assert rate == [("good", "bad", 3, 2.0), ("good", "meh", 3, 2.0)]
     assert stats["ties_dropped"] == 2 and stats["pairs"] == 1 + 6 + 2
+    strong = reward.build_items(recs, cfg_with("reward.min_strength=3"), stats := {})
+    assert sorted((i.chosen, i.rejected) for i in strong if i.prompt != "q") == [("good", "bad"), ("good", "meh")]
+    assert stats["weak_dropped"] == 1 and len([i for i in strong if i.prompt == "q"]) == 6  # rankings kept
+    assert len(reward.eval_pairs(recs, cfg_with("reward.min_strength=3"))) == 1 + 6 + 2  # held out: every pair
     per_pair = reward.build_items(recs, cfg_with("reward.ranking_weight=per_pair"), {})
     assert all(i.weight == 1.0 and i.margin == 0.0 for i in per_pair)  # margins are off by default
 
@@ -141,7 +145,8 @@ def test_split_by_prompt_keeps_prompts_apart():
 @pytest.mark.parametrize("override, match", [
     ("reward.heads=[a,b]", "ratings' axes"), ("reward.safety_head=harmless", "not one of reward.heads"),
     ("reward.margins=[1,2]", "4 margins"), ("reward.kinds=[likes]", "reward.kinds"),
-    ("reward.combine={nope: 1.0}", "reward.combine")])
+    ("reward.combine={nope: 1.0}", "reward.combine"),
+    ("reward.min_strength=4", "reward.min_strength")])
 def test_bad_reward_config(override, match):
     with pytest.raises(ConfigError, match=match):
         reward.check_config(cfg_with(override))

@@ -528,6 +528,8 @@ class RewardSection:
                               factory=lambda: ["comparison", "ranking", "rating"])
     margins: Optional[list[float]] = option(None, "Llama-2 margin per strength level 0..3, e.g. [0, 0.33, 0.67, 1] "
                                                   "(null = no margin)")
+    min_strength: int = option(0, "train only on pairs labelled at least this strong (0..3; see dpo.min_strength); "
+                                  "held-out accuracy still uses every pair")
     ranking_weight: Literal["per_prompt", "per_pair"] = option("per_prompt", "per_prompt: a ranking's C(K,2) pairs "
                                                                "share one prompt's weight (InstructGPT); per_pair: 1 each")
     ratings: Literal["pairs", "regression"] = option("pairs", "Likert ratings → pairs between responses to one "
@@ -571,6 +573,9 @@ class DPOSection:
     epochs: Optional[float] = option(None, "passes over the training pairs; sets train.max_steps when given")
     kinds: list[str] = option(doc="record kinds to learn from: comparison, ranking, rating",
                               factory=lambda: ["comparison", "ranking", "rating"])
+    min_strength: int = option(0, "drop pairs labelled weaker than this (strength 0 negligibly … 3 significantly "
+                                  "better; rating pairs get theirs from the Likert gap); pairs without a strength "
+                                  "(rankings, HH-RLHF) are kept")
     eval_fraction: float = option(0.05, "held-out share of the pairs when data.eval is not given")
     max_eval_pairs: int = option(256, "evaluate on at most this many held-out pairs")
     kl_prompts: int = option(32, "held-out prompts sampled (T = 1) at each eval for KL(π‖π_ref); 0 = off")
@@ -583,6 +588,8 @@ class DPOSection:
             raise ConfigError(f"config key 'dpo.label_smoothing': expected 0 <= ε < 0.5, got {self.label_smoothing}")
         if self.label_smoothing and self.loss != "sigmoid":
             raise ConfigError("config key 'dpo.label_smoothing' applies to dpo.loss=sigmoid only")
+        if not 0 <= self.min_strength <= 3:
+            raise ConfigError(f"config key 'dpo.min_strength': expected 0..3, got {self.min_strength}")
 
 
 @dataclass

@@ -40,11 +40,13 @@ class PairStats:
     ratings: int = 0
     pairs: int = 0
     ties_dropped: int = 0
+    weak_dropped: int = 0
     by_source: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
     def as_dict(self) -> dict[str, int]:
         return {"comparisons": self.comparisons, "rankings": self.rankings, "ratings": self.ratings,
                 "pairs": self.pairs, "ties_dropped": self.ties_dropped,
+                "weak_dropped": self.weak_dropped,
                 **{f"pairs_from_{k}": v for k, v in self.by_source.items()}}
 
 
@@ -58,8 +60,9 @@ def likert_gap_to_strength(gap: int) -> int:
 
 
 def expand_preferences(records: Iterable[Record], stats: PairStats | None = None,
-                       use_ratings: bool = True) -> list[PreferencePair]:
-    """All training pairs implied by comparison, ranking and rating records (see module doc)."""
+                       use_ratings: bool = True, min_strength: int = 0) -> list[PreferencePair]:
+    """All training pairs implied by comparison, ranking and rating records (see module doc); pairs
+    with a strength below ``min_strength`` are dropped and counted (pairs without one are kept)."""
     stats = stats if stats is not None else PairStats()
     pairs: list[PreferencePair] = []
     ratings_by_prompt: dict[str, list[Rating]] = defaultdict(list)
@@ -88,6 +91,12 @@ def expand_preferences(records: Iterable[Record], stats: PairStats | None = None
             raise TypeError(f"expand_preferences takes comparison, ranking or rating records, got {rec.kind}")
     for group in ratings_by_prompt.values():
         pairs.extend(_pairs_from_ratings(group, stats))
+    if min_strength > 0:
+        # Why: an annotator's "negligibly better" is close to a coin flip (in the world, strength-0
+        # comparisons agree with the gold judge on 37-51% of the pairs gold decides).
+        kept = [p for p in pairs if p.strength is None or p.strength >= min_strength]
+        stats.weak_dropped += len(pairs) - len(kept)
+        pairs = kept
     stats.pairs = len(pairs)
     for p in pairs:
         stats.by_source[p.source] += 1

@@ -68,7 +68,7 @@ def read_pairs(cfg: DPOConfig, split: str) -> tuple[list[PreferencePair], PairSt
     report = ReadReport(str(getattr(cfg.data, split)))
     records = load_data_section(cfg.data, split, kind=kinds, report=report)
     stats = PairStats()
-    pairs = expand_preferences(records, stats, use_ratings="rating" in kinds)
+    pairs = expand_preferences(records, stats, use_ratings="rating" in kinds, min_strength=cfg.dpo.min_strength)
     if dist.is_main() and (report.skipped or getattr(report, "dropped", None)):
         print(f"dpo: {report.summary()}")
     if not pairs:

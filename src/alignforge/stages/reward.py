@@ -117,6 +117,8 @@ def check_config(cfg: RewardConfig) -> None:
         raise ConfigError(f"config key 'reward.safety_head': {r.safety_head!r} is not one of reward.heads {r.heads}")
     if not r.kinds or set(r.kinds) - set(KINDS):
         raise ConfigError(f"config key 'reward.kinds': expected some of {', '.join(KINDS)}, got {r.kinds}")
+    if not 0 <= r.min_strength <= 3:
+        raise ConfigError(f"config key 'reward.min_strength': expected 0..3, got {r.min_strength}")
     if r.margins is not None and len(r.margins) != 4:
         raise ConfigError(f"config key 'reward.margins': expected 4 margins (strength 0..3), got {r.margins}")
     if not 0.0 <= r.eval_fraction < 1.0:
@@ -137,7 +139,8 @@ def build_items(records: Sequence[Record], cfg: RewardConfig, stats: dict[str, A
     stats["records_not_used"] = stats.get("records_not_used", 0) + len(records) - len(kept)
     pstats = PairStats()
     use_rating_pairs = r.ratings == "pairs"
-    pairs = expand_preferences([x for x in kept if x.kind != "rating" or use_rating_pairs], pstats)
+    pairs = expand_preferences([x for x in kept if x.kind != "rating" or use_rating_pairs], pstats,
+                               min_strength=r.min_strength)
     items = [Item(p.prompt, p.chosen, p.rejected, None, p.weight if r.ranking_weight == "per_prompt" else 1.0,
                   m, strength=p.strength) for p, m in zip(pairs, margins_for(pairs, r.margins))]
     ratings = [x for x in kept if isinstance(x, Rating)]
@@ -150,7 +153,7 @@ def build_items(records: Sequence[Record], cfg: RewardConfig, stats: dict[str, A
             items += [Item(x.prompt, x.response, None, head=h, target=x.likert - 4.0) for x in rated]
         else:
             ax = PairStats()
-            ap = expand_preferences(rated, ax)
+            ap = expand_preferences(rated, ax, min_strength=r.min_strength)
             items += [Item(p.prompt, p.chosen, p.rejected, h, 1.0, m, strength=p.strength)
                       for p, m in zip(ap, margins_for(ap, r.margins))]
             stats[f"{axis}_ties_dropped"] = stats.get(f"{axis}_ties_dropped", 0) + ax.ties_dropped
@@ -163,7 +166,7 @@ def eval_pairs(records: Sequence[Record], cfg: RewardConfig) -> list[Item]:
     """Held-out pairs from every preference kind (whatever trained the model), without margins: accuracy
     is measured on any held-out preference, and a regression-trained model is still judged on pairs."""
     view = dataclasses.replace(cfg, reward=dataclasses.replace(cfg.reward, kinds=list(KINDS), ratings="pairs",
-                                                               margins=None))
+                                                               margins=None, min_strength=0))
     return build_items(records, view, {})
 
 
