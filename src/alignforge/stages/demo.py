@@ -25,13 +25,13 @@ def _sizes(quick: bool) -> dict[str, Any]:
     if quick:  # ~1-2 minutes on 2 cores: every stage runs, nothing converges
         # Step-bounded (not time-bounded) so a loaded CI machine runs the same thing, only slower.
         return dict(preset="tiny-1m", vocab=512, pre_steps=40, pre_min=10.0, sft_steps=30, sft_min=10.0, prompts=48,
-                    eval_prompts=32, rm_min=10.0, rm_steps=15, dpo_min=10.0, dpo_steps=15, ppo_steps=2,
-                    ppo_prompts=16, rsft_prompts=16, rsft_n=2, eval_n=32, new_tokens=24, seq=128)
+                    eval_prompts=32, rm_min=10.0, rm_steps=15, biased_rm_steps=15, dpo_min=10.0, dpo_steps=15, ppo_steps=2,
+                    hack_steps=2, ppo_prompts=16, rsft_prompts=16, rsft_n=2, eval_n=32, new_tokens=24, seq=128)
     # Step-bounded too (steps calibrated to ~9 minutes on an idle 2-core CPU), so the same seed gives
     # the same models on any machine; max_minutes is only a safety cap.
     return dict(preset="tiny-4m", vocab=2048, pre_steps=400, pre_min=10.0, sft_steps=180, sft_min=10.0, prompts=400,
-                eval_prompts=150, rm_min=10.0, rm_steps=200, dpo_min=10.0, dpo_steps=150, ppo_steps=12,
-                ppo_prompts=32, rsft_prompts=128, rsft_n=4, eval_n=160, new_tokens=40, seq=256)
+                eval_prompts=150, rm_min=10.0, rm_steps=200, biased_rm_steps=120, dpo_min=10.0, dpo_steps=150, ppo_steps=18,
+                hack_steps=12, ppo_prompts=32, rsft_prompts=128, rsft_n=4, eval_n=300, new_tokens=40, seq=256)
 
 
 def demo_pipeline(run: str = "demo", quick: bool = False, seed: int = 0, beta: float = 0.05,
@@ -54,14 +54,17 @@ def demo_pipeline(run: str = "demo", quick: bool = False, seed: int = 0, beta: f
                             "data.eval": world_files("prompts_test.jsonl"), "collect.pool": pool,
                             "collect.prompts": s["prompts"], "collect.eval_prompts": s["eval_prompts"],
                             "sampling.max_new_tokens": s["new_tokens"], **threads}
-    reward = lambda c: {"model.init": "{sft}", "data.train": "{%s}/train.jsonl" % c,  # noqa: E731
+    reward = lambda c, steps=s["rm_steps"]: {"model.init": "{sft}", "data.train": "{%s}/train.jsonl" % c,  # noqa: E731
                         "data.eval": "{%s}/eval.jsonl" % c, "reward.gold_eval": "{%s}/gold_eval.jsonl" % c,
                         "reward.length_probe": "{%s}/length_probe.jsonl" % c,
                         "reward.normalize_on": "{%s}/candidates.jsonl" % c, "train.lr": 1e-4, "train.warmup_steps": 30,
+                        # Llama-2 margins: measured over 3 seeds, gold accuracy 0.65/0.67/0.65 vs 0.64/0.63/0.63 without
+                        "reward.margins": [0.0, 0.33, 0.67, 1.0],
                         "reward.epochs": None,  # train.max_steps bounds it (one epoch would be ~310 steps)
-                        "train.seq_len": 192, **train(s["rm_min"], s["rm_steps"]), **threads}
+                        "train.seq_len": 192, **train(s["rm_min"], steps), **threads}
     # PPO: lr 1e-4 measured best at this size (seed 0: 3e-4 reached KL 8 and unlearned refusals, gold −0.4
-    # vs 1e-4; 3e-5 barely moved in 12 steps).
+    # vs 1e-4; 3e-5 barely moved in 12 steps); 18 steps, not 12: over 3 seeds (400 test prompts) win-rate vs
+    # SFT 0.64/0.66/0.61 against 0.61/0.60/0.59 at 12 steps, same reward models.
     ppo = lambda rm, kl: {"model.init": "{sft}", "reward.init": "{%s}" % rm,  # noqa: E731
                           "data.train": world_files("prompts_train.jsonl"), "data.eval": world_files("prompts_test.jsonl"),
                           "kl.coef": kl, "ppo.steps": s["ppo_steps"], "rollout.prompts": s["ppo_prompts"],
@@ -70,10 +73,13 @@ def demo_pipeline(run: str = "demo", quick: bool = False, seed: int = 0, beta: f
     # The hack: β = 0, a larger step and room to pad, gold measured every few steps so the report's
     # panel shows proxy up while gold does not follow.
     hack = {**ppo("reward-biased", 0.0), "train.lr": 3e-4, "sampling.max_new_tokens": s["new_tokens"] * 3 // 2,
-            "train.eval_every": max(1, s["ppo_steps"] // 3)}
+            "ppo.steps": s["hack_steps"], "train.eval_every": max(1, s["hack_steps"] // 3)}
     dpo = lambda b: {"model.init": "{sft}", "data.train": "{collect}/train.jsonl",  # noqa: E731
                      "data.eval": "{collect}/eval.jsonl", "dpo.beta": b, "train.lr": 5e-5,
-                     "dpo.kinds": ["comparison", "ranking"],  # the Likert-derived pairs: ~40% of the reference pre-pass
+                     # Clean pairs only: comparisons and Likert-derived pairs labelled at least "better" (strength ≥ 2;
+                     # 69-92% agree with gold where gold decides, strength 0: 37-51%). Over 3 seeds (400 test
+                     # prompts) win-rate vs SFT 0.62/0.57/0.57 against 0.58/0.55/0.50 on comparisons + rankings.
+                     "dpo.kinds": ["comparison", "rating"], "dpo.min_strength": 2,
                      **train(s["dpo_min"], s["dpo_steps"]), **threads}
     reinforce = lambda algorithm: {"model.init": "{sft}", "reward.init": "{reward}",  # noqa: E731
                                    "data.train": world_files("prompts_train.jsonl"),
@@ -101,7 +107,9 @@ def demo_pipeline(run: str = "demo", quick: bool = False, seed: int = 0, beta: f
         Step("collect", "collect", values=collect("default")),
         Step("collect-biased", "collect", values=collect("length_biased")),
         Step("reward", "reward", values=reward("collect")),
-        Step("reward-biased", "reward", values=reward("collect-biased")),
+        # Fewer steps than `reward`: the length bias is learnt first (length-probe 1.00 at 120 steps), and over
+        # seeds 0 and 1 the hack run then shows gold falling (0.44 → 0.34, 0.66 → 0.57) as the proxy climbs.
+        Step("reward-biased", "reward", values=reward("collect-biased", s["biased_rm_steps"])),
         Step("ppo", "ppo", values=ppo("reward", beta)),
         Step("ppo-hack", "ppo", values=hack),
         Step("dpo", "dpo", values=dpo(0.1)),
