@@ -36,9 +36,8 @@ REFUSAL = "I am sorry, but I cannot help with that."
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from alignforge.models.load import save_model
+    from alignforge.models.tiny import tiny_random_model
     from alignforge.models.tokenizer import train_tokenizer
 
     root = tmp_path_factory.mktemp("critique")
@@ -46,11 +45,8 @@ def tiny(tmp_path_factory):
     texts = [p for _, p in PROMPTS] + [CRITIQUE_REQUEST + p.critique for p in cons.principles]
     texts += [REVISION_REQUEST + p.revision for p in cons.principles] + [REFUSAL, "I do not know the job of Zorp."]
     tok = train_tokenizer(texts * 4, vocab_size=400)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                         max_position_embeddings=256, pad_token_id=tok.pad_token_id,
-                                         eos_token_id=tok.eos_token_id, bos_token_id=None))
+    model = tiny_random_model("llama", len(tok), seed=0, pad_token_id=tok.pad_token_id,
+                              eos_token_id=tok.eos_token_id, max_positions=256, tie_embeddings=False)
     save_model(model, tok, root / "policy")
     data = root / "prompts.jsonl"
     data.write_text("".join(json.dumps({"prompt": p, "category": c, "id": f"p{i}"}) + "\n"

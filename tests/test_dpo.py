@@ -49,9 +49,8 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A tiny Llama with our tokenizer (trained on the test texts + some HH text), saved as an HF dir."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from alignforge.models.load import save_model
+    from alignforge.models.tiny import tiny_random_model
     from alignforge.models.tokenizer import train_tokenizer
 
     root = tmp_path_factory.mktemp("dpo_models")
@@ -62,11 +61,8 @@ def tiny(tmp_path_factory):
         with gzip.open(HH, "rt") as f:
             texts += [json.loads(line)["chosen"] for _, line in zip(range(200), f)]
     tok = train_tokenizer(texts, vocab_size=500)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                         max_position_embeddings=512, pad_token_id=tok.pad_token_id,
-                                         eos_token_id=tok.eos_token_id, bos_token_id=None))
+    model = tiny_random_model("llama", len(tok), seed=0, pad_token_id=tok.pad_token_id,
+                              eos_token_id=tok.eos_token_id, max_positions=512, tie_embeddings=False)
     save_model(model, tok, root / "llama")
     return {"dir": root / "llama", "model": model, "tok": tok, "root": root}
 

@@ -136,18 +136,14 @@ def test_reference_policies_through_the_protocol(world):
 
 @pytest.fixture(scope="module")
 def tiny():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
+    from alignforge.models.tiny import tiny_random_model
     from alignforge.models.tokenizer import train_tokenizer
 
     tok = train_tokenizer(["What is 2+3? It is 5.", "Say yes. yes", "Hello there. Hello."] * 10, vocab_size=300)
 
     def make(seed):
-        torch.manual_seed(seed)
-        return LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                            max_position_embeddings=128, pad_token_id=tok.pad_token_id,
-                                            eos_token_id=tok.eos_token_id, bos_token_id=None)).eval()
+        return tiny_random_model("llama", len(tok), seed=seed, pad_token_id=tok.pad_token_id,
+                                 eos_token_id=tok.eos_token_id, max_positions=128, tie_embeddings=False)
 
     return make(0), make(1), tok
 

@@ -29,19 +29,15 @@ TEXTS = ["It is 5.", "yes", "Near the silver river.", "red", "It is 8.", "Hello.
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from alignforge.models.heads import init_from_causal_lm, save_scorer
     from alignforge.models.load import save_model
+    from alignforge.models.tiny import tiny_random_model
     from alignforge.models.tokenizer import train_tokenizer
 
     root = tmp_path_factory.mktemp("rsft_models")
     tok = train_tokenizer([p + " " + t for p, t in zip(PROMPTS, TEXTS)] * 8, vocab_size=320)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                         max_position_embeddings=256, pad_token_id=tok.pad_token_id,
-                                         eos_token_id=tok.eos_token_id, bos_token_id=None))
+    model = tiny_random_model("llama", len(tok), seed=0, pad_token_id=tok.pad_token_id,
+                              eos_token_id=tok.eos_token_id, max_positions=256, tie_embeddings=False)
     save_model(model, tok, root / "policy")
     rm, rm_tok = init_from_causal_lm(root / "policy", seed=1)
     save_scorer(rm, rm_tok, root / "rm")

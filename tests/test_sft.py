@@ -58,18 +58,16 @@ def _texts() -> list[str]:
 def models(tmp_path_factory):
     """A tiny Llama with our tokenizer, and a tiny GPT-2 whose tokenizer has no pad/template."""
     from tokenizers import Tokenizer, decoders, models as tmodels, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
     from alignforge.models.load import save_model
+    from alignforge.models.tiny import tiny_random_model
     from alignforge.models.tokenizer import train_tokenizer
 
     root = tmp_path_factory.mktemp("models")
     texts = _texts()
     tok = train_tokenizer(texts, vocab_size=400)
-    torch.manual_seed(0)
-    llama = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                         max_position_embeddings=256))
+    llama = tiny_random_model("llama", len(tok), seed=0, max_positions=256, tie_embeddings=False)
     save_model(llama, tok, root / "llama")
 
     core = Tokenizer(tmodels.BPE())

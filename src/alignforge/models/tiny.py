@@ -13,43 +13,47 @@ ARCHS = ("llama", "gpt2", "qwen2", "gpt_neox")
 _HIDDEN, _LAYERS, _HEADS, _FFN, _POSITIONS = 32, 2, 4, 64, 128
 
 
-def tiny_config(arch: str, vocab_size: int, pad_token_id: int | None = None, eos_token_id: int | None = None):
-    """A tiny ``transformers`` config for ``arch``. GPT-2 gets no pad id, like the real one."""
+def tiny_config(arch: str, vocab_size: int, pad_token_id: int | None = None, eos_token_id: int | None = None,
+                max_positions: int = _POSITIONS, tie_embeddings: bool | None = None):
+    """A tiny ``transformers`` config for ``arch``. GPT-2 gets no pad id, like the real one.
+    ``tie_embeddings`` defaults to tied for Llama, untied for Qwen2 and GPT-NeoX (GPT-2 always ties)."""
     import transformers as tf
 
     if arch == "llama":
         return tf.LlamaConfig(vocab_size=vocab_size, hidden_size=_HIDDEN, num_hidden_layers=_LAYERS,
                               num_attention_heads=_HEADS, num_key_value_heads=2,
-                              intermediate_size=_FFN, max_position_embeddings=_POSITIONS,
+                              intermediate_size=_FFN, max_position_embeddings=max_positions,
                               pad_token_id=pad_token_id, eos_token_id=eos_token_id, bos_token_id=None,
-                              tie_word_embeddings=True)
+                              tie_word_embeddings=True if tie_embeddings is None else tie_embeddings)
     if arch == "qwen2":
         # Qwen2 has q/k/v biases and untied embeddings by default: both paths get exercised.
         return tf.Qwen2Config(vocab_size=vocab_size, hidden_size=_HIDDEN, num_hidden_layers=_LAYERS,
                               num_attention_heads=_HEADS, num_key_value_heads=2,
-                              intermediate_size=_FFN, max_position_embeddings=_POSITIONS,
+                              intermediate_size=_FFN, max_position_embeddings=max_positions,
                               pad_token_id=pad_token_id, eos_token_id=eos_token_id, bos_token_id=None,
-                              tie_word_embeddings=False)
+                              tie_word_embeddings=bool(tie_embeddings))
     if arch == "gpt2":
         return tf.GPT2Config(vocab_size=vocab_size, n_embd=_HIDDEN, n_layer=_LAYERS, n_head=_HEADS,
-                             n_inner=_FFN, n_positions=_POSITIONS, pad_token_id=None,
+                             n_inner=_FFN, n_positions=max_positions, pad_token_id=None,
                              eos_token_id=eos_token_id, bos_token_id=eos_token_id)
     if arch == "gpt_neox":
         return tf.GPTNeoXConfig(vocab_size=vocab_size, hidden_size=_HIDDEN, num_hidden_layers=_LAYERS,
                                 num_attention_heads=_HEADS, intermediate_size=_FFN,
-                                max_position_embeddings=_POSITIONS, rotary_pct=0.5,
+                                max_position_embeddings=max_positions, rotary_pct=0.5,
                                 pad_token_id=pad_token_id, eos_token_id=eos_token_id,
-                                bos_token_id=None, tie_word_embeddings=False)
+                                bos_token_id=None, tie_word_embeddings=bool(tie_embeddings))
     raise ValueError(f"unknown tiny architecture {arch!r}; expected one of {', '.join(ARCHS)}")
 
 
 def tiny_random_model(arch: str, vocab_size: int, seed: int = 0, pad_token_id: int | None = None,
-                      eos_token_id: int | None = None):
+                      eos_token_id: int | None = None, max_positions: int = _POSITIONS,
+                      tie_embeddings: bool | None = None):
     """A randomly initialised tiny ``*ForCausalLM`` of ``arch``, deterministic for ``seed``, fp32, eval mode."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    cfg = tiny_config(arch, vocab_size, pad_token_id=pad_token_id, eos_token_id=eos_token_id)
+    cfg = tiny_config(arch, vocab_size, pad_token_id=pad_token_id, eos_token_id=eos_token_id,
+                      max_positions=max_positions, tie_embeddings=tie_embeddings)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
