@@ -44,6 +44,7 @@ def table(report: dict, label: str) -> str:
 
 
 HEADLINE = ("ppo", "dpo")  # the demo's goal: each beats SFT on gold win-rate with the 95% CI above ½
+PRETRAINED = "pretrain"  # ... and SFT beats the pretrained model
 
 
 def seeds_table(reports: list[dict], verdict_line: bool = True, rename: dict[str, str] | None = None) -> str:
@@ -76,6 +77,12 @@ def seeds_table(reports: list[dict], verdict_line: bool = True, rename: dict[str
         lines += ["", f"Headline goal ({' and '.join(held)} each beat {base} on gold win-rate with the 95% CI "
                   f"above ½, in every seed): **{'met' if ok else 'not met'}** — "
                   + ", ".join(f"{n} {verdict[n]}/{len(reports)}" for n in held) + "."]
+        if PRETRAINED in names:  # the goal's second half: SFT beats the pretrained model
+            below_gold = sum(r["sample"][PRETRAINED]["summary"]["all"]["reward"]["value"]
+                             < r["sample"][base]["summary"]["all"]["reward"]["value"] for r in reports)
+            below_win = sum(r["sample"][PRETRAINED]["win_rate"]["hi"] < 0.5 for r in reports)
+            lines += ["", f"{base} above {PRETRAINED}: on mean gold in {below_gold}/{len(reports)} seeds; "
+                         f"{PRETRAINED}'s win-rate vs {base} has its CI below ½ in {below_win}/{len(reports)}."]
     return "\n".join(lines)
 
 

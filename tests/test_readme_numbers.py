@@ -20,9 +20,10 @@ def _report(ppo_lo: float, gold_ppo: float = 0.9) -> dict:
         if win:
             e["win_rate"] = {"value": win[0], "lo": win[1], "hi": win[2]}
         return e
-    return {"policies": ["sft", "ppo", "dpo", "oracle"], "baseline": "sft", "n_prompts": 160,
+    return {"policies": ["pretrain", "sft", "ppo", "dpo", "oracle"], "baseline": "sft", "n_prompts": 160,
             "kl": {"ppo": {"kl": 3.5}, "dpo": {"kl": 2.0}},
-            "sample": {"sft": entry(0.5), "ppo": entry(gold_ppo, (0.6, ppo_lo, 0.7)),
+            "sample": {"pretrain": entry(0.3 if ppo_lo > 0.5 else 0.6, (0.45, 0.40, 0.49 if ppo_lo > 0.5 else 0.52)),
+                       "sft": entry(0.5), "ppo": entry(gold_ppo, (0.6, ppo_lo, 0.7)),
                        "dpo": entry(0.7, (0.58, 0.53, 0.63)), "oracle": entry(2.9, (0.95, 0.93, 0.97))}}
 
 
@@ -45,6 +46,8 @@ def test_readme_block_has_the_table_and_the_seed_verdict(tmp_path):
     assert "| dpo |" in text and "| 3 of 3 |" in text
     assert "oracle" not in text.split("Over 3 seeds")[1]
     assert "**not met** — ppo 2/3, dpo 3/3." in text
+    # pretrain is below sft on gold where ppo's CI is above ½ (seeds 0, 1) and its CI reaches ½ in seed 2
+    assert "sft above pretrain: on mean gold in 2/3 seeds; pretrain's win-rate vs sft has its CI below ½ in 2/3." in text
 
     (tmp_path / "s2.json").write_text(json.dumps(_report(0.51)))
     mod.main([paths[0], "--seeds", *paths[1:], "--readme", str(readme), "--seed-names", "0", "1", "2"])
