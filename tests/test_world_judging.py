@@ -107,3 +107,20 @@ def test_gold_agreement_of_a_labels_file_by_hand(world):
     relabelled = pool_labels(labels, world)
     assert [{r.chosen, r.rejected} for r in relabelled] == [{c.chosen, c.rejected} for c in labels]
     assert all(r.annotator.startswith("default-") for r in relabelled)
+
+
+def test_agreement_of_every_pair_rankings_and_ratings_imply(world):
+    from alignforge.data.records import Comparison, Ranking, Rating
+    from alignforge.eval.agreement import gold_agreement, preference_pairs
+
+    p = [r.prompt for r in world.prompts["train"] if r.category == "fact"][0]
+    good, bad = world.oracle(p), "I like turtles and the sea."
+    pairs = preference_pairs([Comparison(prompt=p, chosen=bad, rejected=good, strength=0),
+                              Ranking(prompt=p, responses=[bad, good], ranking=[1, 0]),
+                              Rating(prompt=p, response=good, likert=7), Rating(prompt=p, response=bad, likert=2),
+                              Comparison(prompt=p, chosen=good, rejected=good + " ", strength=1)])  # a gold tie
+    res = gold_agreement(pairs, world)
+    # the strength-0 comparison is wrong; the ranking's pair and the rating pair (gap 5 → strength 3) are right
+    assert res["by_source"] == {"comparison:0": {"n": 1, "agreement": 0.0}, "ranking:None": {"n": 1, "agreement": 1.0},
+                                "rating:3": {"n": 1, "agreement": 1.0}}
+    assert res["pairs"] == 3 and res["gold_ties_by_source"] == {"comparison": 1}
