@@ -169,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--beta", type=float, default=0.05, help="PPO's KL coefficient")
     parser.add_argument("--full", action="store_true",
-                        help="also the β frontiers, RLOO/GRPO, best-of-n and 2 iterate rounds (~+25 min; reuses "
+                        help="also the β frontiers, RLOO/GRPO, best-of-n and 2 iterate rounds (~+10 min idle; reuses "
                              "a finished demo in the same folder)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads per stage")
     parser.add_argument("--time-cap", type=float, default=None,
