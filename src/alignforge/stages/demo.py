@@ -25,13 +25,15 @@ def _sizes(quick: bool) -> dict[str, Any]:
     if quick:  # ~1-2 minutes on 2 cores: every stage runs, nothing converges
         # Step-bounded (not time-bounded) so a loaded CI machine runs the same thing, only slower.
         return dict(preset="tiny-1m", vocab=512, pre_steps=40, pre_min=10.0, sft_steps=30, sft_min=10.0, prompts=48,
-                    eval_prompts=32, rm_min=10.0, rm_steps=15, biased_rm_steps=15, dpo_min=10.0, dpo_steps=15, ppo_steps=2,
-                    hack_steps=2, ppo_prompts=16, rsft_prompts=16, rsft_n=2, eval_n=32, new_tokens=24, seq=128)
-    # Step-bounded too (steps calibrated to ~9 minutes on an idle 2-core CPU), so the same seed gives
+                    eval_prompts=32, rm_min=10.0, rm_steps=15, biased_rm_steps=15, dpo_min=10.0, dpo_steps=15,
+                    ppo_steps=2, hack_steps=2, ppo_prompts=16, rsft_prompts=16, rsft_n=2, eval_n=32, new_tokens=24,
+                    seq=128)
+    # Step-bounded too (steps calibrated to ~8½ minutes on an idle 2-core CPU: 506 s measured), so the same seed gives
     # the same models on any machine; max_minutes is only a safety cap.
     return dict(preset="tiny-4m", vocab=2048, pre_steps=400, pre_min=10.0, sft_steps=180, sft_min=10.0, prompts=400,
-                eval_prompts=150, rm_min=10.0, rm_steps=200, biased_rm_steps=120, dpo_min=10.0, dpo_steps=150, ppo_steps=18,
-                hack_steps=12, ppo_prompts=32, rsft_prompts=128, rsft_n=4, eval_n=300, new_tokens=40, seq=256)
+                eval_prompts=150, rm_min=10.0, rm_steps=200, biased_rm_steps=120, dpo_min=10.0, dpo_steps=150,
+                ppo_steps=18, hack_steps=12, ppo_prompts=32, rsft_prompts=128, rsft_n=4, eval_n=300, new_tokens=40,
+                seq=256)
 
 
 def demo_pipeline(run: str = "demo", quick: bool = False, seed: int = 0, beta: float = 0.05,
@@ -76,9 +78,10 @@ def demo_pipeline(run: str = "demo", quick: bool = False, seed: int = 0, beta: f
             "ppo.steps": s["hack_steps"], "train.eval_every": max(1, s["hack_steps"] // 3)}
     dpo = lambda b: {"model.init": "{sft}", "data.train": "{collect}/train.jsonl",  # noqa: E731
                      "data.eval": "{collect}/eval.jsonl", "dpo.beta": b, "train.lr": 5e-5,
-                     # Clean pairs only: comparisons and Likert-derived pairs labelled at least "better" (strength ≥ 2;
-                     # 69-95% agree with gold where gold decides, strength 0: 37-51%). Over 3 seeds (400 test
-                     # prompts) win-rate vs SFT 0.62/0.57/0.57 against 0.58/0.55/0.50 on comparisons + rankings.
+                     # Clean pairs only: comparisons and Likert-derived pairs labelled at least "better"
+                     # (strength ≥ 2; 69-95% agree with gold where gold decides, strength 0: 37-51%). Over 3
+                     # seeds (400 test prompts) win-rate vs SFT 0.62/0.57/0.57 against 0.58/0.55/0.50 on
+                     # comparisons + rankings.
                      "dpo.kinds": ["comparison", "rating"], "dpo.min_strength": 2,
                      **train(s["dpo_min"], s["dpo_steps"]), **threads}
     reinforce = lambda algorithm: {"model.init": "{sft}", "reward.init": "{reward}",  # noqa: E731
