@@ -56,8 +56,9 @@ def seeds_table(reports: list[dict], verdict_line: bool = True, rename: dict[str
     names = [n for n in reports[0]["policies"] if n != base and n not in refs
              and all(n in r["sample"] for r in reports)]
     seeds = [str(r.get("_seed", i)) for i, r in enumerate(reports)]
-    lines = ["", f"Over {len(reports)} seeds ({', '.join(seeds)}; each seed retrains every stage from the "
-             f"world on): win-rate vs {base} [95% CI] and mean gold reward per seed.", "",
+    how = "each seed retrains every stage from the world on" if verdict_line else "one eval per seed"
+    lines = ["", f"Over {len(reports)} seeds ({', '.join(seeds)}; {how}): win-rate vs {base} [95% CI] and "
+             f"mean gold reward per seed.", "",
              "| policy | " + " | ".join(f"seed {s}" for s in seeds) + " | CI above ½ | KL (nats) per seed |",
              "|---|" + "---|" * len(seeds) + "---|---|"]
     verdict = {}
