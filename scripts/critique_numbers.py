@@ -17,11 +17,9 @@ import argparse
 import json
 from pathlib import Path
 
-START, END = "<!-- critique-numbers:start -->", "<!-- critique-numbers:end -->"
+from alignforge.io import replace_marked_block
 
-
-def markers(block: str) -> tuple[str, str]:
-    return f"<!-- {block}:start -->", f"<!-- {block}:end -->"
+START, END = "<!-- critique-numbers:start -->", "<!-- critique-numbers:end -->"  # the default --block's markers
 HARM = ("harmful_advice", "violent", "sexual", "denigrates_protected_class")
 
 
@@ -72,14 +70,10 @@ def main(argv=None) -> int:
                         revision_table(Path(args.critique_dir))])
     print(text)
     if args.doc:
-        start, end = markers(args.block)
-        doc = Path(args.doc)
-        old = doc.read_text()
-        if start not in old or end not in old:
-            raise SystemExit(f"{doc}: no {start} … {end} block")
-        head, rest = old.split(start, 1)
-        _, tail = rest.split(end, 1)
-        doc.write_text(f"{head}{start}\n{text}\n{end}{tail}")
+        try:
+            replace_marked_block(args.doc, args.block, text)
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
     return 0
 
 

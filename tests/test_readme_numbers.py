@@ -27,13 +27,19 @@ def _report(ppo_lo: float, gold_ppo: float = 0.9) -> dict:
                        "dpo": entry(0.7, (0.58, 0.53, 0.63)), "oracle": entry(2.9, (0.95, 0.93, 0.97))}}
 
 
-def test_readme_block_has_the_table_and_the_seed_verdict(tmp_path):
-    mod = _module()
+def _seed_files(tmp_path) -> list[str]:
+    """Three seeds' eval.json: ppo's CI lower bound 0.55 / 0.52 / 0.48, dpo's above ½ in each."""
     paths = []
     for i, lo in enumerate([0.55, 0.52, 0.48]):
         p = tmp_path / f"s{i}.json"
         p.write_text(json.dumps(_report(lo)))
         paths.append(str(p))
+    return paths
+
+
+def test_readme_block_has_the_table_and_the_seed_verdict(tmp_path):
+    mod = _module()
+    paths = _seed_files(tmp_path)
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- numbers:start -->\nOLD-TABLE\n<!-- numbers:end -->\noutro\n")
     assert mod.main([paths[0], "--seeds", *paths[1:], "--readme", str(readme), "--label", "L"]) == 0
@@ -65,11 +71,7 @@ def test_missing_block_is_an_error(tmp_path, capsys):
 
 
 def test_a_sweep_block_with_readable_names_and_no_verdict(tmp_path):
-    paths = []
-    for i, lo in enumerate([0.55, 0.52, 0.48]):
-        p = tmp_path / f"s{i}.json"
-        p.write_text(json.dumps(_report(lo)))
-        paths.append(str(p))
+    paths = _seed_files(tmp_path)
     doc = tmp_path / "doc.md"
     doc.write_text("<!-- numbers:start -->\nKEEP\n<!-- numbers:end -->\n<!-- sweep:start -->\nOLD\n<!-- sweep:end -->\n")
     assert _module().main([paths[0], "--seeds", *paths[1:], "--readme", str(doc), "--block", "sweep",

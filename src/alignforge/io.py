@@ -58,6 +58,19 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
+def replace_marked_block(path: str | os.PathLike, block: str, body: str) -> None:
+    """Replace what lies between ``<!-- block:start -->`` and ``<!-- block:end -->`` in a text file
+    with ``body`` (atomically); ValueError naming the file and markers when the block is missing, and
+    the file is left as it was. How the README's and docs' generated tables are written."""
+    start, end = f"<!-- {block}:start -->", f"<!-- {block}:end -->"
+    text = Path(path).read_text(encoding="utf-8")
+    if start not in text or end not in text:
+        raise ValueError(f"{path}: no {start} … {end} block")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    atomic_write_text(path, f"{head}{start}\n{body}\n{end}{tail}")
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_open(path, "wb") as f:
         f.write(data)
