@@ -61,6 +61,17 @@ def test_no_weight_decay_on_norms_biases_embeddings():
     assert len(decay["params"]) + len(other["params"]) == n_all
 
 
+# Gradient accumulation changes only the order of fp32 additions, never what is added, so the
+# accumulated and the one-batch gradient differ by summation rounding alone. Unit roundoff
+# u = 2^-24 ≈ 6e-8; the longest reduction behind one gradient element here is ~n = 16·16 tokens
+# × 100 (the vocabulary, the widest contraction) ≈ 2.6e4 terms, whose rounding errors add like a
+# random walk: ≈ u·√n ≈ 1e-5 of the terms' scale. Scale means the tensor's largest gradient (or its norm), not
+# the element itself: elements that cancel to ~0 have no bounded *relative* error on any BLAS.
+# Measured on AMD EPYC, and against a float64 and a reshuffled-order batch-16 gradient: ≤ 5e-7;
+# a real accumulation bug (a missing 1/4, a microbatch dropped or counted twice) is ≥ 0.25.
+GRAD_TOL = 1e-5
+
+
 def test_grad_accumulation_4x4_equals_batch_16():
     torch.manual_seed(0)
     data = torch.randint(0, 100, (16, 17))
@@ -73,20 +84,38 @@ def test_grad_accumulation_4x4_equals_batch_16():
     for i in range(4):
         mb = data[4 * i:4 * (i + 1)]
         (lm_loss(acc, mb[:, :-1], mb[:, 1:]) / 4).backward()
+    grads = {n: p.grad.clone() for n, p in big.named_parameters()}
     for (n, a), (_, b) in zip(big.named_parameters(), acc.named_parameters()):
-        torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-6 * a.grad.abs().max().item(), msg=n)
+        scale = a.grad.abs().max().item()
+        assert scale > 0, n
+        torch.testing.assert_close(b.grad, a.grad, rtol=0, atol=GRAD_TOL * scale, msg=n)
+        assert (b.grad - a.grad).norm() <= GRAD_TOL * a.grad.norm(), n
 
     norms = []
     for model in (big, acc):
         opt = make_optimizer(model, t)
         norms.append(optimizer_step(model, opt, make_scheduler(opt, t), t.grad_clip))
-    assert norms[1] == pytest.approx(norms[0], rel=1e-5)
-    # Adam's first step is lr·g/(|g|+eps): for the few gradients near or below eps (~1e-9) the
-    # float-rounding difference in g is amplified, so weights agree to 0.5% of one step (lr).
-    # (Adam is scale-invariant, which is why the gradients themselves are compared above: a
-    # missing 1/grad_accum would pass this check but not that one.)
+    assert norms[1] == pytest.approx(norms[0], rel=GRAD_TOL)
+    # One AdamW step. Its first update is lr·ĝ/(|ĝ|+eps) (m̂ = ĝ, √v̂ = |ĝ|; ĝ the clipped
+    # gradient) plus weight decay, identical on both sides. That is ≈ lr·sign(ĝ): scale-invariant
+    # (so a missing 1/4 shows only in the gradient check above), and it amplifies rounding where
+    # |ĝ| is near eps or 0 — two gradients GRAD_TOL apart can step up to 2·lr apart there (the
+    # Intel AVX-512 failure; reproduced here with a float64 or reordered batch-16 gradient: an
+    # element of layers.1.mlp.gate_proj with |ĝ| ≈ 3e-9 < eps). With the two ĝ within
+    # δ = GRAD_TOL·max|ĝ| and |ĝ| > δ, the update's derivative eps/(|ĝ|+eps)² bounds the
+    # difference by lr·eps·δ/(|ĝ|−δ)², ≤ 1e-3·lr once |ĝ| ≥ δ + √(1e3·eps·δ). There the weights must
+    # agree to 1e-3·lr (fp32 rounding of θ is ~1e-5·lr); below it, Adam's sign decides, not the
+    # accumulation. The threshold excludes well under 10% of elements (~0.1% here).
+    clip = min(1.0, t.grad_clip / norms[0]) if t.grad_clip else 1.0
+    compared = total = 0
     for (n, a), (_, b) in zip(big.named_parameters(), acc.named_parameters()):
-        torch.testing.assert_close(b, a, rtol=0, atol=5e-3 * t.lr, msg=n)
+        g = grads[n].abs() * clip
+        delta = GRAD_TOL * g.max().item()
+        stable = g >= delta + math.sqrt(1e3 * t.eps * delta)
+        torch.testing.assert_close(b[stable], a[stable], rtol=0, atol=1e-3 * t.lr, msg=n)
+        compared += int(stable.sum())
+        total += g.numel()
+    assert compared >= 0.9 * total, (compared, total)
     moved = max((a - b).abs().max().item() for a, b in zip(big.parameters(), base.parameters()))
     assert moved > 0.5 * t.lr, "the step must have moved the weights"
 
