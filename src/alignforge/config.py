@@ -784,6 +784,11 @@ class EvalSection:
     max_new_tokens: int = option(48, "longest answer")
     batch_size: int = option(64, "prompts per sampling batch")
     kl: bool = option(True, "KL(π‖π_ref) on the sampled answers (needs ref.init or a baseline checkpoint)")
+    fewshot: Optional[int] = option(None, "knowledge probe (world only): each checkpoint answers fact and "
+                                          "arithmetic questions about train- and test-split entities zero-shot "
+                                          "and with this many solved train-split examples first; exact-answer "
+                                          "rates in eval.json['knowledge'] (null = off)")
+    probe_questions: int = option(80, "knowledge probe: questions per category and split")
     best_of_n: list[int] = option(doc="best-of-n of the baseline policy, scored by reward.init, for each n: "
                                       "reported as extra policies 'bon-<n>' (sample mode; KL = the analytic "
                                       "bound log n - (n-1)/n)", factory=list)
@@ -795,6 +800,10 @@ class EvalSection:
             raise ValueError(f"eval.names has {len(self.names)} entries for {len(self.checkpoints)} checkpoints")
         if self.samples < 1:
             raise ValueError(f"eval.samples must be >= 1, got {self.samples}")
+        if self.fewshot is not None and self.fewshot < 0:
+            raise ValueError(f"eval.fewshot must be >= 0 solved examples (or null = no probe), got {self.fewshot}")
+        if self.probe_questions < 1:
+            raise ValueError(f"eval.probe_questions must be >= 1, got {self.probe_questions}")
 
 
 @dataclass

@@ -195,6 +195,23 @@ def _rounds_panel(refs: dict[str, str], plt) -> str | None:
             "<p>Each round's policy on the gold judge (one sample per prompt at T = 1).</p>" + "".join(out))
 
 
+def _knowledge_panel(knowledge: dict[str, dict[str, Any]]) -> str:
+    """The knowledge probe as a table: exact answers per policy and prompting, by category and split."""
+    rows = []
+    for name, probe in knowledge.items():
+        for key in [k for k in probe if k.endswith("-shot")]:
+            cells = "".join(f"<td>{probe[key][c][s]['exact']:.0%}</td>" for c in ("fact", "arithmetic")
+                            for s in ("train", "test"))
+            rows.append(f"<tr><td>{html.escape(name)}</td><td>{html.escape(key)}</td>{cells}</tr>")
+    n = next(iter(knowledge.values())).get("per_split", "?")
+    return ("<h2>Knowledge probe: does the model know the world?</h2><p>Greedy answers to fact and arithmetic "
+            f"questions in the corpus's dialogue layout (up to {html.escape(str(n))} per category and split), zero-shot "
+            "and after solved train-split examples; exact = the gold judge finds exactly the true value. "
+            "Test-split entities are described in the corpus but never answered there.</p>"
+            "<table><tr><th>policy</th><th>prompting</th><th>fact (train)</th><th>fact (test)</th>"
+            "<th>arithmetic (train)</th><th>arithmetic (test)</th></tr>" + "".join(rows) + "</table>")
+
+
 def write_report(root: Path, refs: dict[str, str], out: Path | None = None) -> Path:
     """Build ``report.html`` from the runs in ``refs`` ({step name: folder}); returns its path."""
     import matplotlib
@@ -235,6 +252,8 @@ def write_report(root: Path, refs: dict[str, str], out: Path | None = None) -> P
         ax.legend(fontsize=7, ncol=1 + len(names) // 9, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         ax.set_title("gold reward by category")
         parts.append(f'<h2>By category</h2><img src="{_png(fig)}">')
+        if report.get("knowledge"):
+            parts.append(_knowledge_panel(report["knowledge"]))
 
         frontier = _frontier(report, plt)
         if frontier:

@@ -64,6 +64,8 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     baseline = ev.baseline or ("sft" if "sft" in names else names[-1])
     if baseline not in names:
         raise ConfigError(f"eval.baseline={baseline!r} is not one of the checkpoints' names {names}")
+    if ev.fewshot is not None and ev.judge != "gold":
+        raise ConfigError("eval.fewshot (the knowledge probe) needs the world: eval.judge=gold and eval.world")
     if ev.best_of_n and not cfg.reward.init:
         raise ConfigError("eval.best_of_n needs reward.init (the reward model that picks the best of n)")
 
@@ -96,7 +98,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     save_config(cfg, out / "config.yaml")
 
     # --- the policies ---
-    evals, bpb = [], {}
+    evals, bpb, knowledge = [], {}, {}
     loaded = {name: load_causal_lm(path, device=str(device)) for name, path in zip(names, ev.checkpoints)}
     ref_model = None
     if ev.kl:
@@ -111,6 +113,13 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         if heldout:
             with torch.no_grad():
                 bpb[name] = _heldout_bpb(model, tok, heldout, device)
+        if ev.fewshot is not None:
+            from alignforge.eval.knowledge import knowledge_probe
+
+            shots = sorted({0, ev.fewshot})
+            print(f"eval: {name}: knowledge probe ({'/'.join(map(str, shots))}-shot) ...", file=sys.stderr)
+            knowledge[name] = knowledge_probe(model, tok, world, shots=shots, per_split=ev.probe_questions,
+                                              seed=cfg.seed, batch_size=ev.batch_size)
     if ev.best_of_n:
         clash = sorted({f"bon-{n}" for n in ev.best_of_n} & set(names))
         if clash:
@@ -127,6 +136,8 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
 
     report = compare(evals, baseline=baseline, oracle=oracle, seed=cfg.seed)
     report["bits_per_byte"] = bpb
+    if knowledge:
+        report["knowledge"] = knowledge
     report["judge"] = ev.judge
     report["checkpoints"] = dict(zip(names, ev.checkpoints))
     report["n_prompts"] = len(prompts)
@@ -144,6 +155,10 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     tables = [f"## {mode}\n\n{markdown(report, mode)}\n" for mode in ("sample", "greedy") if mode in report]
     if bpb:
         tables.append("held-out bits per byte: " + ", ".join(f"{k} {v:.3f}" for k, v in bpb.items()) + "\n")
+    if knowledge:
+        from alignforge.eval.knowledge import probe_table
+
+        tables.append("## knowledge probe (exact answers, greedy)\n\n" + probe_table(knowledge) + "\n")
     atomic_write_text(out / "report.md", "\n".join(tables))
     print_report(report)
     return report

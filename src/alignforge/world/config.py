@@ -51,6 +51,10 @@ class TextSection:
     question_templates: int = option(4, "phrasings per question type (1-4)")
     corpus_repeats: int = option(4, "times each entity's facts are written out (each time in new templates/order)")
     arithmetic_docs: int = option(400, "corpus documents of arithmetic sentences (6 sums each)")
+    arithmetic_sums: Literal["train", "all"] = option(
+        "train", "which sums the arithmetic documents state: train = train-split sums only (test questions "
+                 "need computing), all = every sum, like the facts of every entity (test questions need recall; "
+                 "the questions stay split)")
     dialogue_docs: int = option(600, "corpus documents that are short User/Assistant exchanges "
                                      "(train-split entities only)")
     heldout_docs: int = option(300, "held-out documents (same process, other random stream) for bits-per-byte")

@@ -107,7 +107,8 @@ def build_world(cfg: WorldConfig | None = None, *, corpus: bool = True, demos: b
         world.prompts[split] = [PromptRecord(prompt=p, category=c, id=f"{split}-{i}", source="world")
                                 for i, (c, p) in enumerate(pairs)]
     if corpus:
-        kw = dict(n_templates=t.fact_templates, question_templates=t.question_templates, max_number=s.max_number)
+        kw = dict(n_templates=t.fact_templates, question_templates=t.question_templates, max_number=s.max_number,
+                  arithmetic_sums=t.arithmetic_sums)
         world.corpus = make_corpus(facts, cfg.seed, "corpus", t.corpus_repeats, arithmetic_docs=t.arithmetic_docs,
                                    dialogue_docs=t.dialogue_docs, **kw)
         # Held-out text: the same process on another random stream, minus any document the corpus

@@ -93,8 +93,12 @@ def dialogue_messages(doc: str) -> list[dict[str, str]] | None:
 
 
 def make_corpus(facts: Facts, seed: int, stream: str, repeats: int, n_templates: int, arithmetic_docs: int,
-                dialogue_docs: int, question_templates: int, max_number: int) -> list[str]:
-    """Documents from the random stream ``f"{seed}:{stream}"`` (``corpus`` or ``heldout``)."""
+                dialogue_docs: int, question_templates: int, max_number: int,
+                arithmetic_sums: str = "train") -> list[str]:
+    """Documents from the random stream ``f"{seed}:{stream}"`` (``corpus`` or ``heldout``).
+
+    ``arithmetic_sums``: "train" states only train-split sums, "all" every sum (test questions then
+    ask for stated arithmetic, as test fact questions ask for stated facts)."""
     from alignforge.world.tasks import PromptSampler, oracle_answer, TaskParser
 
     rng = random.Random(f"{seed}:{stream}")
@@ -104,8 +108,10 @@ def make_corpus(facts: Facts, seed: int, stream: str, repeats: int, n_templates:
         for name in names:
             docs.append(fact_document(facts, name, rng, n_templates))
     train = PromptSampler(facts, "train", question_templates, max_number)
+    sums = train.sums if arithmetic_sums == "train" else \
+        train.sums + PromptSampler(facts, "test", question_templates, max_number).sums
     for _ in range(arithmetic_docs):
-        docs.append(arithmetic_document(train.sums, rng))
+        docs.append(arithmetic_document(sums, rng))
     parser = TaskParser(facts)
     for _ in range(dialogue_docs):
         prompt = train.sample(rng, rng.choice(("fact", "fact", "arithmetic")))

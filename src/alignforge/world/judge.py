@@ -155,6 +155,18 @@ class GoldJudge:
             flags["fails_instruction"] = True
         return GoldScore(h, o, s, flags, combine(h, o, s), cat, task.subtype)
 
+    def correct(self, prompt: Prompt, response: str) -> bool:
+        """Does ``response`` state exactly the true value (and no other of the asked kind)?
+
+        The correctness half of :meth:`score` alone, for prompts that have one right value (fact,
+        arithmetic, benign, one-word / uppercase facts): what the knowledge probe counts.
+        """
+        task = self.world.task(prompt_text(prompt))
+        if task.answer is None or task.domain is None:
+            raise ValueError(f"correct: a {task.category}/{task.subtype} prompt has no single true value: "
+                             f"{prompt_text(prompt)[:80]!r}")
+        return self._stated(task, _signals(response)) == {task.answer.lower()}
+
     def score_batch(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[GoldScore]:
         if len(prompts) != len(responses):
             raise ValueError(f"judge_batch: {len(prompts)} prompts but {len(responses)} responses")
