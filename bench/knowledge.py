@@ -29,6 +29,8 @@ def main() -> int:
     ap.add_argument("--shots", type=int, nargs="+", default=[0, 4])
     ap.add_argument("--per-split", type=int, default=80)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--format", choices=("chat", "plain"), default="chat",
+                    help="probe layout (plain for a model pretrained without pretrain.chat_dialogues)")
     ap.add_argument("overrides", nargs="*", help="world.KEY=VALUE / tokenizer.KEY=VALUE / pretrain.KEY=VALUE (YAML values)")
     args = ap.parse_args()
     import yaml
@@ -51,7 +53,8 @@ def main() -> int:
     world = load_world(refs["world"])
     model, tok = load_causal_lm(refs["pretrain"], device="cpu")
     t1 = time.perf_counter()
-    probe = knowledge_probe(model, tok, world, shots=args.shots, per_split=args.per_split, seed=args.seed)
+    probe = knowledge_probe(model, tok, world, shots=args.shots, per_split=args.per_split, seed=args.seed,
+                            chat=args.format == "chat")
     metrics = [json.loads(l) for l in Path(refs["pretrain"], "metrics.jsonl").read_text().splitlines()]
     bpb = [m["eval_bpb"] for m in metrics if "eval_bpb" in m]
     print(probe_table({"pretrain": probe}))

@@ -125,6 +125,12 @@ def test_reference_policies_through_the_protocol(world):
     assert "gap_closed" not in sec["oracle"] and "win_rate" not in sec["sft"]
     table = markdown(rep)
     assert "| all (n=80) |" in table and "win-rate vs sft" in table
+    # teacher_diff: the paired mean difference to the named teacher, exactly mean(a) - mean(b).
+    rep = compare([demo, oracle, rnd], baseline="sft", oracle="oracle", teacher="sft", modes=["sample"])
+    diff = rep["sample"]["oracle"]["teacher_diff"]
+    assert diff["value"] == pytest.approx(oracle.values("sample").mean() - demo.values("sample").mean())
+    assert diff["lo"] > 0 > rep["sample"]["random"]["teacher_diff"]["hi"]
+    assert rep["teacher"] == "sft" and "teacher_diff" not in rep["sample"]["sft"]
     with pytest.raises(ValueError, match="other prompts"):
         compare([demo, evaluate_reference(world.oracle, prompts[:10], judge=world, name="x")])
 

@@ -63,6 +63,13 @@ def test_probe_prompt_is_solved_documents_joined_by_eos_then_the_open_question(w
     assert text == (f"User: What is 3 plus 4?\nAssistant: 3 plus 4 is 7.{eos}"
                     f"User: What is 5 times 6?\nAssistant: 5 times 6 is 30.{eos}"
                     "User: What is 2 plus 2?\nAssistant:")
+    # The chat layout: each shot exactly as SFT encodes a demonstration (prompt with assistant header,
+    # answer, eos), then the open question's prompt.
+    from alignforge.data.batching import prompt_ids, response_ids
+
+    chat = probe_prompt_ids(tok, world, "What is 2 plus 2?", shots, chat=True)
+    assert chat == (prompt_ids(tok, shots[0]) + response_ids(tok, "3 plus 4 is 7.") + prompt_ids(tok, shots[1])
+                    + response_ids(tok, "5 times 6 is 30.") + prompt_ids(tok, "What is 2 plus 2?"))
     # A budget smaller than all shots drops the *earliest* whole shots; the question is never cut.
     question_only = probe_prompt_ids(tok, world, "What is 2 plus 2?", [])
     one_shot = probe_prompt_ids(tok, world, "What is 2 plus 2?", shots[1:])
@@ -84,7 +91,8 @@ def _answering_generate(world, tok, answer):
         assert params.greedy and "\n" in params.stop_strings
         texts = []
         for ids in prompt_ids:
-            q = re.findall(r"User: (.*?)\nAssistant:", tok.decode(ids, skip_special_tokens=True))[-1]
+            text = tok.decode(ids, skip_special_tokens=False)
+            q = re.findall(r"(?:User: |<\|user\|>\n)(.*?)(?:\nAssistant:|<\|end\|>)", text)[-1]
             texts.append(" " + answer(q) + "\nUser: more")  # the probe keeps the first line only
         return Out(texts)
 
@@ -100,6 +108,8 @@ def test_probe_counts_oracle_answers_exact_and_wrong_ones_not(world, monkeypatch
     model = tiny_random_model("llama", len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     monkeypatch.setattr(generation, "generate", _answering_generate(world, tok, world.oracle))
     probe = knowledge_probe(model, tok, world, shots=(0, 3), per_split=12)
+    assert probe["format"] == "chat"
+    assert knowledge_probe(model, tok, world, shots=(1,), per_split=12, chat=False)["1-shot"]["fact"]["test"]["exact"] == 1.0
     for key in ("0-shot", "3-shot"):
         for cat in ("fact", "arithmetic"):
             assert probe[key][cat]["train"] == {"exact": 1.0, "n": 12}

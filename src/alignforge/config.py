@@ -432,6 +432,10 @@ class PretrainConfig(StageConfig):
     baselines: list[int] = option(doc="n-gram orders fitted on data.train and scored on data.eval (bits per byte, "
                                       "over bytes and tokens) beside the model; [] = none",
                                   factory=lambda: [1, 3, 5])
+    chat_dialogues: bool = option(False, "render records that carry meta.messages (the world's User/Assistant "
+                                         "dialogues) in the tokenizer's chat template, laid out exactly as SFT "
+                                         "and every later stage prompt (prompt, assistant header, answer, eos), "
+                                         "instead of their plain text; held-out records too")
 
 
 @dataclass
@@ -789,6 +793,10 @@ class EvalSection:
                                           "and with this many solved train-split examples first; exact-answer "
                                           "rates in eval.json['knowledge'] (null = off)")
     probe_questions: int = option(80, "knowledge probe: questions per category and split")
+    probe_format: Literal["chat", "plain"] = option(
+        "chat", "knowledge probe layout: chat = the tokenizer's chat template, as every policy is prompted "
+                "(and a pretrain.chat_dialogues model saw its dialogues); plain = the corpus's "
+                "'User: ...\\nAssistant:' text")
     best_of_n: list[int] = option(doc="best-of-n of the baseline policy, scored by reward.init, for each n: "
                                       "reported as extra policies 'bon-<n>' (sample mode; KL = the analytic "
                                       "bound log n - (n-1)/n)", factory=list)

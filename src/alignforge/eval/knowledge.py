@@ -50,18 +50,27 @@ def dialogue_text(question: str, answer: str | None = None) -> str:
     return dialogue_document(question, answer) if answer is not None else f"User: {question}\nAssistant:"
 
 
-def probe_prompt_ids(tokenizer, world, question: str, shots: Sequence[str], budget: int | None = None) -> list[int]:
+def probe_prompt_ids(tokenizer, world, question: str, shots: Sequence[str], budget: int | None = None,
+                     chat: bool = False) -> list[int]:
     """Token ids of the K solved ``shots`` (each followed by eos, as packed pretraining joins
-    documents) and then the open ``question``.
+    documents) and then the open ``question``: plain ``User: …\nAssistant: …`` text, or with
+    ``chat`` the tokenizer's chat template (prompt with assistant header, answer, eos — the layout
+    of SFT and of ``pretrain.chat_dialogues``).
 
     With a ``budget`` (prompt tokens that fit the model's positions), the earliest shots are
     dropped until the prompt fits: a shot cut in half would teach a broken format, and the
     question itself is never cut.
     """
     eos = tokenizer.eos_token_id
-    blocks = [tokenizer(dialogue_text(shot, world.oracle(shot)), add_special_tokens=False)["input_ids"] + [eos]
-              for shot in shots]
-    tail = tokenizer(dialogue_text(question), add_special_tokens=False)["input_ids"]
+    if chat:
+        from alignforge.data.batching import prompt_ids, response_ids
+
+        blocks = [prompt_ids(tokenizer, shot) + response_ids(tokenizer, world.oracle(shot)) for shot in shots]
+        tail = prompt_ids(tokenizer, question)
+    else:
+        blocks = [tokenizer(dialogue_text(shot, world.oracle(shot)), add_special_tokens=False)["input_ids"] + [eos]
+                  for shot in shots]
+        tail = tokenizer(dialogue_text(question), add_special_tokens=False)["input_ids"]
     if budget is not None:
         while blocks and sum(map(len, blocks)) + len(tail) > budget:
             blocks.pop(0)
@@ -72,12 +81,14 @@ def probe_prompt_ids(tokenizer, world, question: str, shots: Sequence[str], budg
 
 
 def knowledge_probe(model, tokenizer, world, *, shots: Sequence[int] = (0, 4), per_split: int = 80, seed: int = 0,
-                    max_new_tokens: int = 16, batch_size: int = 64) -> dict[str, Any]:
+                    max_new_tokens: int = 16, batch_size: int = 64, chat: bool = True) -> dict[str, Any]:
     """Exact-answer rates of ``model`` on fact and arithmetic questions, per split, for each K in ``shots``.
 
     Returns ``{"K-shot": {"fact": {"train": {"exact": 0.9, "n": 80}, "test": ...}, "arithmetic": ...},
     ..., "examples": [...]}``; the few-shot examples are drawn (seeded) from the train split, never
     the asked question itself. Greedy decoding, cut at the first newline (the next turn).
+    ``chat``: prompts in the tokenizer's chat template (how every policy is prompted), else in
+    the corpus's plain dialogue text.
     """
     import torch
 
@@ -92,7 +103,7 @@ def knowledge_probe(model, tokenizer, world, *, shots: Sequence[int] = (0, 4), p
     model.eval()
     params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, stop_strings=("\n",))
     budget = prompt_budget(model, max_new_tokens)
-    out: dict[str, Any] = {"per_split": per_split, "examples": []}
+    out: dict[str, Any] = {"per_split": per_split, "format": "chat" if chat else "plain", "examples": []}
     for k in shots:
         key = f"{k}-shot"
         out[key] = {}
@@ -105,7 +116,8 @@ def knowledge_probe(model, tokenizer, world, *, shots: Sequence[int] = (0, 4), p
                 prompts = []
                 for q in questions:
                     pool = [t for t in train_pool if t != q]
-                    prompts.append(probe_prompt_ids(tokenizer, world, q, rng.sample(pool, min(k, len(pool))), budget))
+                    prompts.append(probe_prompt_ids(tokenizer, world, q, rng.sample(pool, min(k, len(pool))), budget,
+                                                    chat))
                 answers: list[str] = []
                 with torch.no_grad():
                     for j in range(0, len(prompts), batch_size):

@@ -186,19 +186,23 @@ def evaluate_reference(policy: Callable[[Prompt], str], prompts: Sequence[Prompt
 
 
 def compare(evals: Sequence[PolicyEval], *, baseline: str | None = None, oracle: str | None = None,
-            modes: Sequence[str] = MODES, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+            teacher: str | None = None, modes: Sequence[str] = MODES, n_boot: int = 2000,
+            seed: int = 0) -> dict[str, Any]:
     """Everything the protocol reports, as a JSON-ready dict (``eval.json``).
 
     ``report[mode][policy]`` = summary per category + (when a baseline is named) ``win_rate``
-    and ``reward_diff`` vs the baseline, ``length_controlled`` reward, and (when an oracle is
-    named) ``gap_closed``. Every policy must have been evaluated on the same prompts, in order.
+    and ``reward_diff`` vs the baseline, ``length_controlled`` reward, (when an oracle is named)
+    ``gap_closed``, and (when a teacher — the demonstrator SFT imitated — is named)
+    ``teacher_diff``: the paired mean gold difference to the teacher with its bootstrap CI, the
+    test of InstructGPT's claim that RLHF surpasses its demonstrations. Every policy must have
+    been evaluated on the same prompts, in order.
     """
     by_name = {e.name: e for e in evals}
-    for ref_name in (baseline, oracle):
+    for ref_name in (baseline, oracle, teacher):
         if ref_name is not None and ref_name not in by_name:
             raise ValueError(f"compare: no evaluation named {ref_name!r}; have {sorted(by_name)}")
     report: dict[str, Any] = {"policies": [e.name for e in evals], "baseline": baseline, "oracle": oracle,
-                              "kl": {e.name: e.kl for e in evals if e.kl is not None}}
+                              "teacher": teacher, "kl": {e.name: e.kl for e in evals if e.kl is not None}}
     for mode in modes:
         have = [e for e in evals if mode in e.rows]
         if not have:
@@ -230,6 +234,9 @@ def compare(evals: Sequence[PolicyEval], *, baseline: str | None = None, oracle:
                                                      n_boot=n_boot, seed=seed).as_dict()
                 except ValueError as err:  # oracle not above baseline on these prompts
                     entry["gap_closed"] = {"error": str(err)}
+            if teacher and e.name != teacher:
+                entry["teacher_diff"] = paired_bootstrap(r, by_name[teacher].values(mode), n_boot=n_boot,
+                                                         seed=seed).as_dict()
             section[e.name] = entry
         report[mode] = section
     return report

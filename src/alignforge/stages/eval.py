@@ -119,13 +119,14 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
             shots = sorted({0, ev.fewshot})
             print(f"eval: {name}: knowledge probe ({'/'.join(map(str, shots))}-shot) ...", file=sys.stderr)
             knowledge[name] = knowledge_probe(model, tok, world, shots=shots, per_split=ev.probe_questions,
-                                              seed=cfg.seed, batch_size=ev.batch_size)
+                                              seed=cfg.seed, batch_size=ev.batch_size,
+                                              chat=ev.probe_format == "chat")
     if ev.best_of_n:
         clash = sorted({f"bon-{n}" for n in ev.best_of_n} & set(names))
         if clash:
             raise ConfigError(f"eval.best_of_n: the names {clash} are taken by checkpoints; rename them (eval.names)")
         evals.extend(_best_of_n_evals(cfg, baseline, loaded[baseline], prompts, judge, device))
-    oracle = None
+    oracle = teacher = None
     if world is not None:
         from alignforge.world.policies import reference_policy
 
@@ -133,8 +134,9 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
             evals.append(evaluate_reference(reference_policy(ref_name, world, cfg.seed), prompts, judge=world,
                                             name=ref_name))
         oracle = "oracle" if "oracle" in ev.references else None
+        teacher = "demonstrator" if "demonstrator" in ev.references else None
 
-    report = compare(evals, baseline=baseline, oracle=oracle, seed=cfg.seed)
+    report = compare(evals, baseline=baseline, oracle=oracle, teacher=teacher, seed=cfg.seed)
     report["bits_per_byte"] = bpb
     if knowledge:
         report["knowledge"] = knowledge
