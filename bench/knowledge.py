@@ -1,6 +1,6 @@
 """Does the demo's pretraining store the world? world → tokenizer → pretrain → knowledge probe.
 
-    python bench/knowledge.py --out /tmp/k --seed 0 [world.size.people=20 ...] [pretrain.train.max_steps=600 ...]
+    python bench/knowledge.py --out /tmp/k --seed 0 [--world small] [world.size.people=20 ...] [pretrain.train.max_steps=600 ...]
 
 Runs the demo's own first three steps (``stages/demo.py``, same sizes) with any world or pretrain
 overrides, then the knowledge probe (``alignforge.eval.knowledge``: zero- and 4-shot, train- and
@@ -29,13 +29,14 @@ def main() -> int:
     ap.add_argument("--shots", type=int, nargs="+", default=[0, 4])
     ap.add_argument("--per-split", type=int, default=80)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--world", choices=("default", "small"), default="default", help="the demo's --world")
     ap.add_argument("--format", choices=("chat", "plain"), default="chat",
                     help="probe layout (plain for a model pretrained without pretrain.chat_dialogues)")
     ap.add_argument("overrides", nargs="*", help="world.KEY=VALUE / tokenizer.KEY=VALUE / pretrain.KEY=VALUE (YAML values)")
     args = ap.parse_args()
     import yaml
 
-    p = demo_pipeline("knowledge", quick=args.quick, seed=args.seed, out_root=args.out)
+    p = demo_pipeline("knowledge", quick=args.quick, seed=args.seed, out_root=args.out, world=args.world)
     p.steps = [s for s in p.steps if s.name in ("world", "tokenizer", "pretrain")]
     for o in args.overrides:
         key, value = o.split("=", 1)
