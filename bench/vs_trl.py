@@ -16,8 +16,10 @@ What it does, in order:
 2. makes TRL's own virtual environment ``bench/.trl-venv`` (``--system-site-packages`` over this
    environment, so the same CPU torch and transformers are used; only ``trl`` and ``accelerate``
    are installed into it — never into alignforge's dependencies);
-3. measures the fp32 matmul peak once, in this process, with the workers' thread count
-   (:func:`alignforge.perf.measure_matmul_peak`, the design §8 routine);
+3. measures the fp32 matmul peak in this process, with the workers' thread count, before *and*
+   after the rows (:func:`alignforge.perf.measure_matmul_peak`, the design §8 routine), keeps the
+   larger (other work can only lower a reading) and warns when the two are > 15% apart; prints the
+   CPU model and its AMX / AVX-512 flags;
 4. ``--repeats`` times: for each row runs the baseline and alignforge alternately (who goes first
    alternates between repeats), each in a fresh subprocess; the ``--scale`` rows run once;
 5. with ``--profile``, runs alignforge's worker once more under ``torch.profiler`` (the measured
@@ -45,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import functools
 import json
 import os
 import platform
@@ -196,7 +199,10 @@ def results_markdown(table: str, meta: dict) -> str:
         f"- machine: {meta['machine']}\n"
         f"- versions: {versions}\n"
         f"- settings: {settings}\n"
-        f"- fp32 matmul peak (same run): {meta['peak_gflops']:.1f} GFLOP/s\n\n"
+        f"- CPU flags: {meta.get('cpu_flags', 'not recorded')}\n"
+        f"- fp32 matmul peak (same run): {meta['peak_gflops']:.1f} GFLOP/s"
+        + (" (the larger of {:.1f} before and {:.1f} after the rows)".format(*meta["peak_readings"])
+           if meta.get("peak_readings") else "") + "\n\n"
         f"{table}\n\n"
         "## Goals (issue 11)\n\n"
         "Firm: ≥ 60% MFU for SFT, reward and DPO, ≥ 45% for the online stages. Stretch: ≥ 2× TRL\n"
@@ -284,7 +290,10 @@ def worker_main(args) -> int:
         if prof is not None and len(stamps) == args.warmup + args.steps:
             prof.stop()
 
-    fn = W.trl_worker if args.worker == "trl" else W.alignforge_worker
+    if args.worker == "alignforge":
+        fn = W.alignforge_worker
+    else:  # "trl" = TRL at its best, "trl-defaults" = TRL's own default settings
+        fn = functools.partial(W.trl_worker, defaults=args.worker == "trl-defaults")
     raw = fn(args.stage, Path(args.fixture), args.warmup + args.steps, args.batch, args.seed, stamp)
     if prof is not None:
         ops = [[e.key, e.self_cpu_time_total / 1e6] for e in prof.key_averages() if e.self_cpu_time_total > 0]
@@ -351,6 +360,34 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
 
 
+def cpu_flags(cpuinfo: str | None = None) -> str:
+    """The ISA flags that decide CPU matmul speed per precision (AMX / AVX-512 bf16, AVX-512, AVX2)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return "unknown (no /proc/cpuinfo)"
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    shown = [f for f in ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2") if f in flags]
+    return " ".join(shown) or "none of amx_bf16 / avx512_bf16 / avx512f / avx2"
+
+
+#: Two peak readings further apart than this mean the machine's load changed during the run.
+PEAK_SPREAD = 0.15
+
+
+def trusted_peak(before: float, after: float) -> tuple[float, str]:
+    """The peak MFU divides by: the larger reading (a reading can only be lowered by other work on
+    the machine), and a warning when the two differ by more than :data:`PEAK_SPREAD`."""
+    peak = max(before, after)
+    if abs(before - after) > PEAK_SPREAD * peak:
+        return peak, (f"**Warning: the fp32 matmul peak read {before / 1e9:.1f} GFLOP/s before the rows and "
+                      f"{after / 1e9:.1f} after (more than {PEAK_SPREAD:.0%} apart): the machine's load changed "
+                      "during the run; MFU uses the larger, and the rows are not trustworthy — rerun on an idle "
+                      "machine.**\n\n")
+    return peak, ""
+
+
 def parse_stages(text: str, scale: str | None, smoke: bool) -> list[str]:
     """The rows to run: ``--stages`` plus the scale rows; ``--smoke`` shrinks the sampling shapes."""
     stages = [s for s in text.split(",") if s]
@@ -379,11 +416,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true", help="profile alignforge's worker on rows that miss a goal")
     ap.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 16))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--trl-defaults", action="store_true",
+                    help="also a row of TRL at its default settings (gradient checkpointing on, DPO reference "
+                         "computed every step) beside TRL at its best")
     ap.add_argument("--smoke", action="store_true", help="1 measured step, batch 4; RESULTS.md untouched")
     ap.add_argument("--results", type=Path, default=None, help=f"where to write the Markdown (default {RESULTS})")
     ap.add_argument("--fixture", type=Path, default=BENCH / "_fixture")
     # Worker mode (internal): run one library on one stage and write the raw measurement.
-    ap.add_argument("--worker", choices=["trl", "alignforge"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=["trl", "trl-defaults", "alignforge"], help=argparse.SUPPRESS)
     ap.add_argument("--stage", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     ap.add_argument("--profile-out", help=argparse.SUPPRESS)
@@ -414,10 +454,11 @@ def main(argv: list[str] | None = None) -> int:
                                  capture_output=True, text=True, check=True).stdout.split()
     torch.set_num_threads(args.threads)
     load_start = os.getloadavg()
-    peak = measure_matmul_peak(torch.float32, cache=False)
-    print(f"fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s ({args.threads} threads)", flush=True)
+    print(f"CPU: {machine()}; {cpu_flags()}", flush=True)
+    peak_before = measure_matmul_peak(torch.float32, cache=False)
+    print(f"fp32 matmul peak (before the rows): {peak_before / 1e9:.1f} GFLOP/s ({args.threads} threads)", flush=True)
 
-    per_repeat: list[list[dict]] = []
+    per_repeat_runs: list[list[Run]] = []
     for rep in range(args.repeats):
         runs: list[Run] = []
         for stage in stages:
@@ -427,13 +468,20 @@ def main(argv: list[str] | None = None) -> int:
             # TRL's venv is only needed for TRL's trainers; the other baselines run in this python.
             if split_stage(stage)[0] in ("ppo", "sample"):
                 sides[0] = ("trl", sys.executable)
+            elif args.trl_defaults:
+                sides.append(("trl-defaults", trl_python))
             for library, python in (sides if rep % 2 == 0 else sides[::-1]):
                 print(f"[{rep + 1}/{args.repeats}] {stage}: {library} ...", flush=True)
                 runs.append(run_worker(python, library, stage, args, fx))
-        rows = summarise(runs, args.warmup, peak)
-        per_repeat.append(rows)
+        per_repeat_runs.append(runs)
         if args.repeats > 1:
-            print(format_table(rows), flush=True)
+            print(format_table(summarise(runs, args.warmup, peak_before)), flush=True)
+    peak_after = measure_matmul_peak(torch.float32, cache=False)
+    peak, peak_note = trusted_peak(peak_before, peak_after)
+    print(f"fp32 matmul peak (after the rows): {peak_after / 1e9:.1f} GFLOP/s; MFU uses {peak / 1e9:.1f}", flush=True)
+    if peak_note:
+        print(peak_note, flush=True)
+    per_repeat = [summarise(runs, args.warmup, peak) for runs in per_repeat_runs]
     rows = aggregate(per_repeat) if args.repeats > 1 else per_repeat[0]
     profiles: dict[str, dict] = {}
     if args.profile:
@@ -464,8 +512,9 @@ def main(argv: list[str] | None = None) -> int:
             "settings": {"batch": args.batch, "warm-up steps": args.warmup, "measured steps": args.steps,
                          "repeats": args.repeats, "threads": args.threads, "seq_len": SEQ_LEN, "lr": LR,
                          "seed": args.seed},
-            "peak_gflops": peak / 1e9, "goals": goals,
-            "notes": contention_warning(rows) + NOTES}
+            "peak_gflops": peak / 1e9, "peak_readings": (peak_before / 1e9, peak_after / 1e9),
+            "cpu_flags": cpu_flags(), "goals": goals,
+            "notes": peak_note + contention_warning(rows) + NOTES}
     out = args.results or RESULTS
     from alignforge.io import atomic_write_text
 

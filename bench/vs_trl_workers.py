@@ -78,8 +78,15 @@ def _assistant(text: str) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 
 
-def trl_worker(stage: str, fixture: Path, steps: int, batch: int, seed: int, stamp: Callable[[], None]) -> dict:
-    """Train with TRL's own trainer for ``steps`` steps (or run the baseline of a non-TRL row)."""
+def trl_worker(stage: str, fixture: Path, steps: int, batch: int, seed: int, stamp: Callable[[], None],
+               defaults: bool = False) -> dict:
+    """Train with TRL's own trainer for ``steps`` steps (or run the baseline of a non-TRL row).
+
+    TRL at its best unless ``defaults``: gradient checkpointing off (TRL 1.16 turns it on in every
+    trainer config; alignforge does not recompute activations, so leaving it on charges TRL for
+    memory it does not need here) and, for DPO, ``precompute_ref_log_probs=True`` (alignforge caches
+    its reference log-probs too). ``defaults`` keeps TRL's own settings: the second baseline row.
+    """
     base, scale, shape = split_stage(stage)
     if base == "sample":
         return _generate_baseline(fixture, shape, steps, seed, stamp)
@@ -116,6 +123,8 @@ def trl_worker(stage: str, fixture: Path, steps: int, batch: int, seed: int, sta
               "lr_scheduler_type": "constant", "logging_steps": steps, "save_strategy": "no",
               "report_to": "none", "use_cpu": True, "seed": seed, "dataloader_num_workers": 0,
               "disable_tqdm": True, "bf16": False}
+    if not defaults:
+        common["gradient_checkpointing"] = False
     kw = {"processing_class": tok, "callbacks": [Stamp()]}
     if base in ("sft", "dpo"):
         model = AutoModelForCausalLM.from_pretrained(model_dir)
@@ -129,7 +138,8 @@ def trl_worker(stage: str, fixture: Path, steps: int, batch: int, seed: int, sta
         else:
             ds = datasets.Dataset.from_list([{"prompt": _user(r["prompt"]), "chosen": _assistant(r["chosen"]),
                                               "rejected": _assistant(r["rejected"])} for r in rows])
-            trainer = trl.DPOTrainer(model=model, args=trl.DPOConfig(**common, max_length=SEQ_LEN, beta=0.1),
+            best = {} if defaults else {"precompute_ref_log_probs": True}
+            trainer = trl.DPOTrainer(model=model, args=trl.DPOConfig(**common, max_length=SEQ_LEN, beta=0.1, **best),
                                      train_dataset=ds, **kw)
     elif base == "reward":
         model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1,
@@ -171,7 +181,9 @@ def trl_worker(stage: str, fixture: Path, steps: int, batch: int, seed: int, sta
     trainer.train()
     # The dataloader may collate one batch ahead of the last step; the orchestrator keeps one
     # count per step.
-    return {"step_tokens": tokens, "version": f"trl {trl.__version__} (transformers {transformers.__version__})"}
+    settings = "defaults" if defaults else "no grad. checkpointing" + (", precomputed ref" if base == "dpo" else "")
+    return {"step_tokens": tokens,
+            "version": f"trl {trl.__version__} {settings} (transformers {transformers.__version__})"}
 
 
 def _prompt_ids(fixture: Path, tok, n: int) -> list[list[int]]:

@@ -90,7 +90,7 @@ def category_table(report: dict) -> str:
     sec = report["sample"]
     names = [n for n in report["policies"] if n in sec]
     cats = [c for c in sec[names[0]]["summary"] if c != "all"] + ["all"]
-    lines = ["", "Mean gold reward per category (same eval):", "",
+    lines = ["", "", "Mean gold reward per category (same eval):", "",
              "| policy | " + " | ".join(cats) + " |", "|---|" + "---|" * len(cats)]
     for n in names:
         lines.append(f"| {n} | " + " | ".join(f"{sec[n]['summary'][c]['reward']['value']:+.2f}" for c in cats) + " |")

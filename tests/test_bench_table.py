@@ -212,3 +212,25 @@ def test_reference_ppo_gae_and_losses_against_hand_values_and_alignforge():
     pg, vf = ref.ppo_losses(lp, olp, aa, vv, ov, rr, mm, clip=0.2, vclip=0.2)
     assert pg.item() == pytest.approx(ppo_policy_loss(lp, olp, aa, mm, clip=0.2)[0].item(), rel=1e-6)
     assert vf.item() == pytest.approx(value_loss(vv, ov, rr, mm, clip=0.2)[0].item(), rel=1e-6)
+
+
+def test_trusted_peak_keeps_the_larger_reading_and_flags_a_changed_load(vs):
+    # Other work can only lower a reading, so the larger one is the machine's peak.
+    assert vs.trusted_peak(300e9, 290e9) == (300e9, "")  # 3% apart: quiet
+    peak, note = vs.trusted_peak(114.8e9, 309.6e9)  # the two readings issue 18 saw on one machine
+    assert peak == 309.6e9 and "114.8" in note and "309.6" in note and "not trustworthy" in note
+    assert vs.trusted_peak(100e9, 85.1e9)[1] == ""  # 14.9% apart: within PEAK_SPREAD
+    assert vs.trusted_peak(100e9, 84.9e9)[1] != ""
+    rows = vs.summarise(_runs(vs), warmup=2, peak_flops=peak)
+    meta = {"date": "d", "machine": "m", "peak_gflops": peak / 1e9, "peak_readings": (114.8, 309.6),
+            "cpu_flags": "amx_bf16 avx512f", "versions": {}, "settings": {}, "goals": [], "notes": note}
+    md = vs.results_markdown(vs.format_table(rows), meta)
+    assert "- CPU flags: amx_bf16 avx512f\n" in md
+    assert "- fp32 matmul peak (same run): 309.6 GFLOP/s (the larger of 114.8 before and 309.6 after the rows)\n" in md
+
+
+def test_cpu_flags_names_the_matmul_isa(vs):
+    info = "model name\t: X\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_tile amx_bf16\n"
+    assert vs.cpu_flags(info) == "amx_bf16 amx_tile avx512_bf16 avx512f avx2"
+    assert vs.cpu_flags("flags\t: fpu avx2\n") == "avx2"
+    assert vs.cpu_flags("model name: Y\n").startswith("none of")
