@@ -74,9 +74,11 @@ VENV = BENCH / ".trl-venv"
 RESULTS = BENCH / "RESULTS.md"
 STAGES = ("sft", "reward", "dpo", "grpo", "rloo", "ppo", "sample-16x48", "sample-64x64")
 SCALE_STAGES = ("sft", "dpo")  # the rows --scale adds
-# Per stage: (firm MFU goal, stretch ratio to TRL), issue 11.
+# Per stage: (MFU goal, tokens/s ratio to the baseline at its best), issue 18: offline rows ≥ 60% MFU
+# and ≥ 2× TRL, online rows (end to end) ≥ 45% MFU and ≥ 2×, the sampling engine ≥ 2× `generate`
+# (no MFU goal: decoding is bound by memory and per-token overhead, not matmuls).
 GOALS = {"sft": (0.60, 2.0), "reward": (0.60, 2.0), "dpo": (0.60, 2.0),
-         "grpo": (0.45, 3.0), "rloo": (0.45, 3.0), "ppo": (0.45, 3.0)}
+         "grpo": (0.45, 2.0), "rloo": (0.45, 2.0), "ppo": (0.45, 2.0), "sample": (None, 2.0)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,9 +206,10 @@ def results_markdown(table: str, meta: dict) -> str:
         + (" (the larger of {:.1f} before and {:.1f} after the rows)".format(*meta["peak_readings"])
            if meta.get("peak_readings") else "") + "\n\n"
         f"{table}\n\n"
-        "## Goals (issue 11)\n\n"
-        "Firm: ≥ 60% MFU for SFT, reward and DPO, ≥ 45% for the online stages. Stretch: ≥ 2× TRL\n"
-        "tokens/s for SFT/reward/DPO, ≥ 3× for GRPO/RLOO/PPO; peak RSS ≤ 2× TRL's.\n\n"
+        "## Goals (issue 18)\n\n"
+        "Against TRL at its best (no gradient checkpointing, DPO's reference precomputed), same precision:\n"
+        "offline rows (SFT, reward, DPO) ≥ 60% MFU and ≥ 2× tokens/s; online rows (GRPO, RLOO, PPO end\n"
+        "to end) ≥ 45% MFU and ≥ 2×; the sampling engine ≥ 2× `generate`; peak RSS ≤ 2× the baseline's.\n\n"
         + "".join(f"- {line}\n" for line in meta.get("goals", []))
         + ("\n" + meta["notes"] + "\n" if meta.get("notes") else "")
     )
@@ -244,15 +247,16 @@ def goal_lines(rows: list[dict], profiles: dict[str, dict] | None = None) -> lis
             continue
         mfu_goal, ratio_goal = GOALS[base]
         rss = af["peak_rss_mb"] / max(trl["peak_rss_mb"], 1e-9)
-        met = (af["mfu"] >= mfu_goal, af["ratio"] >= ratio_goal, rss <= 2.0)
+        met = (mfu_goal is None or af["mfu"] >= mfu_goal, af["ratio"] >= ratio_goal, rss <= 2.0)
 
         def verdict(ok: bool) -> str:
             return "met" if ok else "NOT met"
 
-        line = (f"{stage}: MFU {100 * af['mfu']:.1f}% vs goal {100 * mfu_goal:.0f}% "
-                f"({verdict(met[0])}); {af['ratio']:.2f}× TRL vs stretch "
+        mfu = "" if mfu_goal is None else \
+            f"MFU {100 * af['mfu']:.1f}% vs goal {100 * mfu_goal:.0f}% ({verdict(met[0])}); "
+        line = (f"{stage}: {mfu}{af['ratio']:.2f}× the baseline vs goal "
                 f"{ratio_goal:.0f}× ({verdict(met[1])}); peak RSS "
-                f"{rss:.2f}× TRL's ({verdict(met[2])})")
+                f"{rss:.2f}× the baseline's ({verdict(met[2])})")
         if not all(met) and profiles and stage in profiles:
             line += f" — where alignforge's time goes (torch.profiler): {profile_summary(profiles[stage])}"
         out.append(line)

@@ -72,9 +72,9 @@ def test_table_and_results_markdown(vs):
     assert lines[2] == "| sft | trl 1.16.0 | 1,000 | 1.000 | 1,000 | 6.0% | 800 | 5.0 |  |"
     assert lines[3] == "| sft | alignforge 0.1.0 | 2,400 | 0.500 | 1,200 | 14.4% | 1,000 | 3.0 | 2.40× |"
     goals = vs.goal_lines(rows)
-    # 14.4% < 60% MFU; 2.4× ≥ 2× stretch; RSS 1000/800 = 1.25× ≤ 2×.
-    assert goals == [("sft: MFU 14.4% vs goal 60% (NOT met); 2.40× TRL vs stretch 2× (met); "
-                      "peak RSS 1.25× TRL's (met)")]
+    # 14.4% < 60% MFU; 2.4× ≥ 2×; RSS 1000/800 = 1.25× ≤ 2×.
+    assert goals == [("sft: MFU 14.4% vs goal 60% (NOT met); 2.40× the baseline vs goal 2× (met); "
+                      "peak RSS 1.25× the baseline's (met)")]
     meta = {"date": "2026-11-25 14:00 UTC", "machine": "test cpu", "peak_gflops": 100.0,
             "versions": {"torch": "2.13.0", "trl": "1.16.0"}, "settings": {"batch": 16},
             "goals": goals, "notes": "note line"}
@@ -168,11 +168,14 @@ def test_goal_lines_online_and_sampling_rows_and_profile_reason(vs):
     goals = vs.goal_lines(rows, {"rloo": profile, "ppo": profile})
     assert goals == [
         # Every goal met: no profile reason, even though the stage was profiled.
-        "ppo: MFU 50.0% vs goal 45% (met); 3.50× TRL vs stretch 3× (met); peak RSS 1.50× TRL's (met)",
-        ("rloo: MFU 30.0% vs goal 45% (NOT met); 2.00× TRL vs stretch 3× (NOT met); peak RSS 1.00× TRL's (met)"
+        "ppo: MFU 50.0% vs goal 45% (met); 3.50× the baseline vs goal 2× (met); peak RSS 1.50× the baseline's (met)",
+        ("rloo: MFU 30.0% vs goal 45% (NOT met); 2.00× the baseline vs goal 2× (met); "
+         "peak RSS 1.00× the baseline's (met)"
          " — where alignforge's time goes (torch.profiler): aten::mm 50%, aten::addmm 25%, aten::_softmax 5%; "
          "outside aten ops 18%"),
-    ]  # the sampling row has no goal line
+        # The sampling engine: a tokens/s goal against `generate`, no MFU goal.
+        "sample-16x48: 2.50× the baseline vs goal 2× (met); peak RSS 1.00× the baseline's (met)",
+    ]
 
 
 def test_reference_ppo_gae_and_losses_against_hand_values_and_alignforge():
