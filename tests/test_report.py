@@ -113,3 +113,18 @@ def test_report_without_eval_still_draws_curves(tmp_path):
     (tmp_path / "pretrain" / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 3.0}) + "\n")
     page = write_report(tmp_path, {"pretrain": str(tmp_path / "pretrain")}).read_text()
     assert re.findall(r"<h2>(.*?)</h2>", page) == ["Training curves (loss; RL stages: reward-model score)"]
+
+
+def test_knowledge_panel_after_the_categories_and_escaped(runs):
+    root, refs, _ = runs
+    path = root / "eval" / "eval.json"
+    report = json.loads(path.read_text())
+    cell = lambda v: {"fact": {"train": {"exact": v, "n": 8}, "test": {"exact": v / 2, "n": 8}},  # noqa: E731
+                      "arithmetic": {"train": {"exact": 0.25, "n": 8}, "test": {"exact": 0.0, "n": 8}}}
+    report["knowledge"] = {"sft<i>": {"per_split": 8, "format": "chat", "0-shot": cell(0.5), "4-shot": cell(1.0)}}
+    path.write_text(json.dumps(report))
+    page = write_report(root, refs).read_text()
+    heads = [h.split(" ")[0] for h in re.findall(r"<h2>(.*?)</h2>", page)]
+    assert heads[:3] == ["Headline", "By", "Knowledge"]
+    assert "<tr><td>sft&lt;i&gt;</td><td>4-shot</td><td>100%</td><td>50%</td><td>25%</td><td>0%</td></tr>" in page
+    assert "in the chat template (up to 8 per category and split)" in page

@@ -203,9 +203,11 @@ def _knowledge_panel(knowledge: dict[str, dict[str, Any]]) -> str:
             cells = "".join(f"<td>{probe[key][c][s]['exact']:.0%}</td>" for c in ("fact", "arithmetic")
                             for s in ("train", "test"))
             rows.append(f"<tr><td>{html.escape(name)}</td><td>{html.escape(key)}</td>{cells}</tr>")
-    n = next(iter(knowledge.values())).get("per_split", "?")
+    first = next(iter(knowledge.values()))
+    n = first.get("per_split", "?")
+    layout = "the chat template" if first.get("format", "chat") == "chat" else "the corpus's plain dialogue layout"
     return ("<h2>Knowledge probe: does the model know the world?</h2><p>Greedy answers to fact and arithmetic "
-            f"questions in the corpus's dialogue layout (up to {html.escape(str(n))} per category and split), zero-shot "
+            f"questions in {layout} (up to {html.escape(str(n))} per category and split), zero-shot "
             "and after solved train-split examples; exact = the gold judge finds exactly the true value. "
             "Test-split entities are described in the corpus but never answered there.</p>"
             "<table><tr><th>policy</th><th>prompting</th><th>fact (train)</th><th>fact (test)</th>"
