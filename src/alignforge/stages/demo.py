@@ -60,10 +60,15 @@ def demo_pipeline(run: str = "demo", quick: bool = False, seed: int = 0, beta: f
     if world not in ("default", "small"):
         raise ValueError(f"demo: world must be 'default' or 'small', got {world!r}")
     s = _sizes(quick)
+    small_collect: dict[str, Any] = {}
     if world == "small" and not quick:
         # Storing a fact so that a *question* retrieves it takes optimizer steps more than tokens
         # (docs/world.md: 1000 × 8 blocks beat 1000 × 16).
         s.update(pre_steps=1800, pre_batch=8)
+        # A reward model that can tell right from wrong needs pairs that differ in correctness: the
+        # demonstrator's and the noisy policy's answers beside SFT's samples, on 4× the prompts, and
+        # the steps to see them once (seed 0: gold accuracy 0.534 → 0.629; docs/world.md).
+        small_collect = {"collect.reference_policies": ["demonstrator", "noisy"], "collect.prompts": 4 * s["prompts"]}
     if time_cap is not None:
         s.update({k: float(time_cap) for k in ("pre_min", "sft_min", "rm_min", "dpo_min")})
     threads = {"runtime.threads": threads, "runtime.progress": False}
@@ -128,9 +133,9 @@ def demo_pipeline(run: str = "demo", quick: bool = False, seed: int = 0, beta: f
                                    "train.weight_decay": 0.0, "train.batch_size": 8, "train.seq_len": s["seq"],
                                    "train.warmup_steps": 10, **train(s["sft_min"], s["sft_steps"]), **threads},
              alias="policy"),
-        Step("collect", "collect", values=collect("default")),
+        Step("collect", "collect", values={**collect("default"), **small_collect}),
         Step("collect-biased", "collect", values=collect("length_biased")),
-        Step("reward", "reward", values=reward("collect")),
+        Step("reward", "reward", values=reward("collect", s["rm_steps"] if world == "default" or quick else 800)),
         # Fewer steps than `reward`: the length bias is learnt first (length-probe 1.00 at 120 steps), and over
         # seeds 0 and 1 the hack run then shows gold falling (0.44 → 0.34, 0.66 → 0.57) as the proxy climbs.
         Step("reward-biased", "reward", values=reward("collect-biased", s["biased_rm_steps"])),
