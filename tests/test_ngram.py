@@ -99,3 +99,16 @@ def test_bad_input_errors():
         NGramLM(2, 3, discount=1.5)
     with pytest.raises(ValueError, match="k > 0"):
         NGramLM(2, 3, "add_k", k=0)
+
+
+def test_kn_without_singletons_keeps_every_word_possible():
+    """A corpus that repeats every bigram (no count-1 n-grams) made Ney's D = n1/(n1+2n2) zero, so an
+    unseen word after a seen context had probability 0 and held-out bits were infinite (the small
+    world's pretraining crashed in its n-gram baseline). D falls back to 0.75 there."""
+    train = [[0, 1, 2], [0, 1, 2]]  # every bigram twice: n1 = 0 at order 2
+    lm = NGramLM(2, 4, "kn").fit(train)
+    assert lm.discount[2] == 0.75
+    p = lm.prob([1], 3)  # word 3 never follows 1
+    assert 0 < p < lm.prob([1], 2)
+    assert lm.dist([1]).sum() == pytest.approx(1.0)
+    assert math.isfinite(lm.sequence_bits([0, 1, 3]))

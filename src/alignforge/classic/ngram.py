@@ -79,12 +79,17 @@ class NGramLM:
         return self
 
     def _estimate_discount(self, m: int) -> float:
-        """Ney's estimate D = n1 / (n1 + 2 n2) from the count-of-counts at order m."""
+        """Ney's estimate D = n1 / (n1 + 2 n2) from the count-of-counts at order m.
+
+        Without singletons (n1 = 0: a corpus that repeats every n-gram, like the small world's 16
+        descriptions per entity) the estimate is D = 0, which gives an unseen word in a seen context
+        probability 0 — an infinite loss on held-out text. Then the usual default 0.75 is used.
+        """
         if self._fixed_discount is not None:
             return self._fixed_discount
         n1 = sum(1 for ws in self.table[m].values() for c in ws.values() if c == 1)
         n2 = sum(1 for ws in self.table[m].values() for c in ws.values() if c == 2)
-        return n1 / (n1 + 2 * n2) if n1 + n2 > 0 else 0.75
+        return n1 / (n1 + 2 * n2) if n1 > 0 else 0.75
 
     # ---- probabilities -------------------------------------------------------------------------
 
