@@ -2,13 +2,13 @@
 
 Alignment can only teach a policy to use what it knows: a model that never stored "the job of
 Melka is baker" cannot be taught by any reward to say it. So, before the behaviour numbers, the
-probe asks the world's fact and arithmetic questions in the corpus's own dialogue format and
-scores the greedy answer by the gold judge's notion of correct: the answer states exactly the
+probe asks the world's fact and arithmetic questions — in the tokenizer's chat template, as every
+policy is prompted, or in the corpus's plain dialogue text — and scores the greedy answer by the gold judge's notion of correct: the answer states exactly the
 true value (:meth:`alignforge.world.judge.GoldJudge.correct`), nothing else of the asked kind.
 
 Two prompting regimes (GPT-3's "few-shot learners"):
 
-* **zero-shot**: ``User: What is the job of Melka?\\nAssistant:``
+* **zero-shot**: the open question (plain: ``User: What is the job of Melka?\\nAssistant:``)
 * **K-shot**: K solved questions of the same kind about *train-split* entities (or train sums)
   come first, each its own document ended by eos, exactly as packed pretraining joins documents.
 
@@ -23,8 +23,9 @@ from __future__ import annotations
 import random
 from typing import Any, Sequence
 
-#: The question phrasings the probe uses (the first template of each kind, as the oracle answers).
+#: The categories the probe asks (each in its first question phrasing).
 _KINDS = ("fact", "arithmetic")
+_SPLITS = ("train", "test")
 
 
 def probe_questions(world, split: str, category: str, n: int, seed: int = 0) -> list[str]:
@@ -104,14 +105,17 @@ def knowledge_probe(model, tokenizer, world, *, shots: Sequence[int] = (0, 4), p
     params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, stop_strings=("\n",))
     budget = prompt_budget(model, max_new_tokens)
     out: dict[str, Any] = {"per_split": per_split, "format": "chat" if chat else "plain", "examples": []}
+    # Every train-split question (the pool the shots come from) and the asked ones, drawn once.
+    shot_pool = {c: probe_questions(world, "train", c, 10_000, seed) for c in _KINDS}
+    asked = {(c, sp): probe_questions(world, sp, c, per_split, seed) for c in _KINDS for sp in _SPLITS}
     for k in shots:
         key = f"{k}-shot"
         out[key] = {}
         for category in _KINDS:
             out[key][category] = {}
-            train_pool = probe_questions(world, "train", category, 10_000, seed)
-            for split in ("train", "test"):
-                questions = probe_questions(world, split, category, per_split, seed)
+            train_pool = shot_pool[category]
+            for split in _SPLITS:
+                questions = asked[(category, split)]
                 rng = random.Random(f"{seed}:probe-shots:{k}:{split}:{category}")
                 prompts = []
                 for q in questions:
@@ -133,12 +137,20 @@ def knowledge_probe(model, tokenizer, world, *, shots: Sequence[int] = (0, 4), p
     return out
 
 
+#: The columns of :func:`probe_rows`, after policy and prompting.
+PROBE_COLUMNS = tuple(f"{c} ({sp})" for c in _KINDS for sp in _SPLITS)
+
+
+def probe_rows(probes: dict[str, dict[str, Any]]) -> list[tuple[str, str, list[float]]]:
+    """``(policy, "K-shot", exact rates in PROBE_COLUMNS order)`` per policy and prompting: the
+    rows both the markdown table and the HTML report show."""
+    return [(name, key, [probe[key][c][sp]["exact"] for c in _KINDS for sp in _SPLITS])
+            for name, probe in probes.items() for key in probe if key.endswith("-shot")]
+
+
 def probe_table(probes: dict[str, dict[str, Any]]) -> str:
     """A markdown table: one row per (policy, K), exact-answer rates per category and split."""
-    head = "| policy | prompting | fact (train) | fact (test) | arithmetic (train) | arithmetic (test) |"
-    lines = [head, "|---|---|---|---|---|---|"]
-    for name, probe in probes.items():
-        for key in [k for k in probe if k.endswith("-shot")]:
-            cells = [f"{probe[key][c][s]['exact']:.0%}" for c in _KINDS for s in ("train", "test")]
-            lines.append(f"| {name} | {key} | " + " | ".join(cells) + " |")
+    lines = ["| policy | prompting | " + " | ".join(PROBE_COLUMNS) + " |", "|---|---|" + "---|" * len(PROBE_COLUMNS)]
+    for name, key, rates in probe_rows(probes):
+        lines.append(f"| {name} | {key} | " + " | ".join(f"{r:.0%}" for r in rates) + " |")
     return "\n".join(lines)

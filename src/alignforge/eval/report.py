@@ -197,12 +197,10 @@ def _rounds_panel(refs: dict[str, str], plt) -> str | None:
 
 def _knowledge_panel(knowledge: dict[str, dict[str, Any]]) -> str:
     """The knowledge probe as a table: exact answers per policy and prompting, by category and split."""
-    rows = []
-    for name, probe in knowledge.items():
-        for key in [k for k in probe if k.endswith("-shot")]:
-            cells = "".join(f"<td>{probe[key][c][s]['exact']:.0%}</td>" for c in ("fact", "arithmetic")
-                            for s in ("train", "test"))
-            rows.append(f"<tr><td>{html.escape(name)}</td><td>{html.escape(key)}</td>{cells}</tr>")
+    from alignforge.eval.knowledge import PROBE_COLUMNS, probe_rows
+
+    rows = [f"<tr><td>{html.escape(name)}</td><td>{html.escape(key)}</td>"
+            + "".join(f"<td>{r:.0%}</td>" for r in rates) + "</tr>" for name, key, rates in probe_rows(knowledge)]
     first = next(iter(knowledge.values()))
     n = first.get("per_split", "?")
     layout = "the chat template" if first.get("format", "chat") == "chat" else "the corpus's plain dialogue layout"
@@ -210,8 +208,8 @@ def _knowledge_panel(knowledge: dict[str, dict[str, Any]]) -> str:
             f"questions in {layout} (up to {html.escape(str(n))} per category and split), zero-shot "
             "and after solved train-split examples; exact = the gold judge finds exactly the true value. "
             "Test-split entities are described in the corpus but never answered there.</p>"
-            "<table><tr><th>policy</th><th>prompting</th><th>fact (train)</th><th>fact (test)</th>"
-            "<th>arithmetic (train)</th><th>arithmetic (test)</th></tr>" + "".join(rows) + "</table>")
+            "<table><tr><th>policy</th><th>prompting</th>" + "".join(f"<th>{c}</th>" for c in PROBE_COLUMNS)
+            + "</tr>" + "".join(rows) + "</table>")
 
 
 def write_report(root: Path, refs: dict[str, str], out: Path | None = None) -> Path:

@@ -65,10 +65,10 @@ def demo_pipeline(run: str = "demo", quick: bool = False, seed: int = 0, beta: f
     if world == "small" and not quick:
         # Storing a fact so that a *question* retrieves it takes optimizer steps more than tokens
         # (docs/world.md: 1000 × 8 blocks beat 1000 × 16).
-        s.update(pre_steps=1800, pre_batch=8)
         # A reward model that can tell right from wrong needs pairs that differ in correctness: the
         # demonstrator's and the noisy policy's answers beside SFT's samples, on 4× the prompts, and
         # the steps to see them once (seed 0: gold accuracy 0.534 → 0.629; docs/world.md).
+        s.update(pre_steps=1800, pre_batch=8, rm_steps=800)
         small_collect = {"collect.reference_policies": ["demonstrator", "noisy"], "collect.prompts": 4 * s["prompts"]}
     if time_cap is not None:
         s.update({k: float(time_cap) for k in ("pre_min", "sft_min", "rm_min", "dpo_min")})
@@ -136,7 +136,7 @@ def demo_pipeline(run: str = "demo", quick: bool = False, seed: int = 0, beta: f
              alias="policy"),
         Step("collect", "collect", values={**collect("default"), **small_collect}),
         Step("collect-biased", "collect", values=collect("length_biased")),
-        Step("reward", "reward", values=reward("collect", s["rm_steps"] if world == "default" or quick else 800)),
+        Step("reward", "reward", values=reward("collect")),
         # Fewer steps than `reward`: the length bias is learnt first (length-probe 1.00 at 120 steps), and over
         # seeds 0 and 1 the hack run then shows gold falling (0.44 → 0.34, 0.66 → 0.57) as the proxy climbs.
         Step("reward-biased", "reward", values=reward("collect-biased", s["biased_rm_steps"])),
