@@ -22,7 +22,9 @@ import platform
 import sys
 from pathlib import Path
 
+from alignforge.eval.verdict import HEADLINE, PRETRAINED, TEACHER, beat_baseline
 from alignforge.io import replace_marked_block
+
 
 def table(report: dict, label: str) -> str:
     sec = report["sample"]
@@ -39,10 +41,6 @@ def table(report: dict, label: str) -> str:
                      + (f"{w['value']:.2f} [{w['lo']:.2f}, {w['hi']:.2f}]" if w else "—") + " | "
                      + (f"{kl[n]['kl']:.2f}" if n in kl else "—") + f" | {sec[n]['summary']['all']['words']:.1f} |")
     return "\n".join(lines)
-
-
-HEADLINE = ("ppo", "dpo")  # the demo's goal: each beats SFT on gold win-rate with the 95% CI above ½
-PRETRAINED = "pretrain"  # ... and SFT beats the pretrained model
 
 
 def seeds_table(reports: list[dict], verdict_line: bool = True, rename: dict[str, str] | None = None) -> str:
@@ -66,7 +64,7 @@ def seeds_table(reports: list[dict], verdict_line: bool = True, rename: dict[str
             w, g = r["sample"][n].get("win_rate"), r["sample"][n]["summary"]["all"]["reward"]["value"]
             b = r["sample"][base]["summary"]["all"]["reward"]["value"]
             cells.append(f"{w['value']:.2f} [{w['lo']:.2f}, {w['hi']:.2f}], gold {g:+.2f} ({base} {b:+.2f})")
-            above += w["lo"] > 0.5
+            above += beat_baseline(r, n)
         verdict[n] = above
         kl = " / ".join(f"{r['kl'][n]['kl']:.1f}" if n in (r.get("kl") or {}) else "—" for r in reports)
         lines.append(f"| {rename.get(n, n)} | " + " | ".join(cells) + f" | {above} of {len(reports)} | {kl} |")
@@ -106,9 +104,6 @@ def knowledge_lines(report: dict) -> str:
     n = next(iter(report["knowledge"].values()))["per_split"]
     return ("\n\nKnowledge probe (greedy, exact answers; up to " + str(n) + " questions per cell, test columns "
             "ask about entities and sums no corpus dialogue asks about):\n\n" + probe_table(report["knowledge"]))
-
-
-TEACHER = "demonstrator"  # SFT's teacher: RLHF should surpass it (InstructGPT)
 
 
 def teacher_lines(reports: list[dict], base: str) -> str:

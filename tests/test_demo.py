@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -34,10 +35,19 @@ def test_demo_quick_killed_then_resumed_reports_oracle_over_sft_over_random(tmp_
 
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, done.stderr[-3000:]
-    log = done.stdout + done.stderr
+    # Not a terminal: plain lines, one per event, no control characters; the stages' output is in the logs.
+    out = done.stdout
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", out), repr(out[:2000])
     for step in ("world", "tokenizer", "pretrain"):
-        assert f"pipeline: {step} done, skipped" in log
-    assert "sft: resuming" in log or "resuming at step" in log
+        assert re.search(rf"^\[ ?\d+/\d+\] {step} already done, skipped$", out, re.M), out
+    assert re.search(r"^\[ ?\d+/\d+\] sft done in \d+s: held-out loss [0-9.]+", out, re.M), out
+    assert re.search(r"^\[ ?\d+/\d+\] reward done in \d+s: gold accuracy [0-9.]+", out, re.M), out
+    assert "matmul params" not in out and "| policy |" not in out  # stage internals and tables stay in the logs
+    sft_log = (root / "sft" / "log.txt").read_text()
+    assert "sft: resuming" in sft_log or "resuming at step" in sft_log
+    assert re.search(r"^PPO (beat|did not beat) SFT: gold win-rate [0-9.]+ \[[0-9.]+, [0-9.]+\] at KL", out, re.M), out
+    assert re.search(r"^The β = 0 run (shows|does not show) reward hacking \(proxy [+-]", out, re.M), out
+    assert f"report: {(root / 'report.html').resolve().as_uri()}" in out
 
     report = json.loads((root / "eval" / "eval.json").read_text())
     gold = {n: report["sample"][n]["summary"]["all"]["reward"]["value"] for n in ("oracle", "sft", "random")}

@@ -246,9 +246,11 @@ def test_dpo_smoke_on_hh_rlhf_pairs(tiny, tmp_path, lora):
         assert done["pairs_per_s"] > 0
 
 
-def test_dpo_resumes_exactly_after_a_crash(tiny, tmp_path, monkeypatch):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_dpo_resumes_exactly_after_a_crash(tiny, tmp_path, monkeypatch, precision):
     data = _write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
-    kw = {"train.max_steps": 4, "train.save_every": 2, "dpo.kl_prompts": 0, "dpo.eval_fraction": 0.0}
+    kw = {"train.max_steps": 4, "train.save_every": 2, "dpo.kl_prompts": 0, "dpo.eval_fraction": 0.0,
+          "runtime.precision": precision}
     real = dpo.ckpt.save_state
 
     def save_then_crash(*a, **k):

@@ -177,6 +177,18 @@ def _sample_next(logits: torch.Tensor, params: SamplingParams, generator) -> tup
     return tok, lp
 
 
+def fp32_head(lm_head, hidden: torch.Tensor) -> torch.Tensor:
+    """The LM head in fp32 even inside bf16 autocast: the body's matmuls are where bf16 pays, while
+    log-probs need the logits finer than bf16's spacing (1/16 at |logit| 8-16), because PPO's ratio and
+    the KL to the reference are differences of log-probs a few hundredths apart. The sampler and the
+    rollout's log-prob pass (rollout.response_logits) both use it, so they see one distribution."""
+    dev = hidden.device.type
+    if not torch.is_autocast_enabled(dev):
+        return lm_head(hidden)
+    with torch.autocast(dev, enabled=False):
+        return lm_head(hidden.float())
+
+
 def _sample_categorical(probs: torch.Tensor, generator) -> torch.Tensor:
     """One draw per row by inverting the CDF: one uniform per row and a binary search.
 
@@ -231,8 +243,12 @@ class _FastDecoder:
         cos, sin = base.model.rotary_emb(w[:1][None], pos)
         self.cos, self.sin = cos[0], sin[0]
         shape = (batch, self.n_kv, max_len, self.head_dim)
-        self.k = [torch.zeros(shape, dtype=w.dtype, device=w.device) for _ in self.layers]
-        self.v = [torch.zeros(shape, dtype=w.dtype, device=w.device) for _ in self.layers]
+        # Under autocast the projections emit bf16: a bf16 cache stores them as they are (half the
+        # memory, no cast on every write and read).
+        dev = w.device.type
+        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else w.dtype
+        self.k = [torch.zeros(shape, dtype=dtype, device=w.device) for _ in self.layers]
+        self.v = [torch.zeros(shape, dtype=dtype, device=w.device) for _ in self.layers]
         self.key_ok = torch.zeros(batch, max_len, dtype=torch.bool, device=w.device)
         self.length = 0  # cache slots filled (the same for every row: padding is on the left)
         self.padded = False
@@ -275,7 +291,7 @@ class _FastDecoder:
             x = x + att.o_proj(o.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         self.length = end
-        return self.lm_head(self.norm(x[:, -1]))
+        return fp32_head(self.lm_head, self.norm(x[:, -1]))
 
     def select(self, rows: torch.Tensor) -> None:
         self.k = [c.index_select(0, rows) for c in self.k]

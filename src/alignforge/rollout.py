@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from alignforge.config import ConfigError
-from alignforge.generation import Generation, SamplingParams, generate
+from alignforge.generation import Generation, SamplingParams, fp32_head, generate
 from alignforge.losses import token_logprobs
 
 #: An injected reward: the engine's :class:`Generation` (token ids, mask, texts) → one score per row.
@@ -112,8 +112,17 @@ class Rollout:
 
 
 def response_logits(model, ro: Rollout) -> torch.Tensor:
-    """``[B, L, V]`` logits that predict the response tokens (only those go through the LM head)."""
+    """``[B, L, V]`` logits that predict the response tokens (only those go through the LM head).
+
+    Under bf16 autocast a plain Llama / Qwen2 model runs its body in bf16 and its head in fp32
+    (:func:`alignforge.generation.fp32_head`), as the sampler does; other models give bf16 logits,
+    upcast by the loss."""
+    from alignforge.data.batching import plain_head
+
     L = ro.response_ids.shape[1]
+    if torch.is_autocast_enabled(ro.input_ids.device.type) and plain_head(model):
+        hidden = model.model(**ro.model_inputs()).last_hidden_state[:, -(L + 1):-1]
+        return fp32_head(model.lm_head, hidden)
     try:  # the head runs on L+1 positions instead of P+L: the prompt's logits are never needed
         logits = model(**ro.model_inputs(), logits_to_keep=L + 1).logits
     except TypeError:  # an architecture without logits_to_keep
@@ -339,7 +348,9 @@ def make_rollout(policy, ref, tok, prompt_ids: Sequence[Sequence[int]], params: 
                  mask=gen.response_mask.float(), logprobs=gen.response_logprobs.clone(),
                  ref_logprobs=torch.zeros_like(gen.response_logprobs), scores=torch.zeros(len(prompt_ids)),
                  raw_scores=torch.zeros(len(prompt_ids)), finish_reason=list(gen.finish_reason), texts=gen.texts)
-    recompute = not (reuse_logprobs and logprobs_reusable(params))
+    # Under autocast the engine's incremental bf16 forward and the full-sequence one round differently
+    # (~1e-2 per token): the behaviour log-probs must come from the pass the loss will repeat.
+    recompute = not (reuse_logprobs and logprobs_reusable(params)) or torch.is_autocast_enabled(inputs["input_ids"].device.type)
     values = []
     B = len(ro)
     for j in range(0, B, batch_size):

@@ -420,6 +420,12 @@ def batch_pairs(pairs: Sequence[tuple[Example, Example]], pad_id: int) -> Batch:
 _PLAIN_HEAD = ("LlamaForCausalLM", "Qwen2ForCausalLM")
 
 
+def plain_head(model) -> bool:
+    """A Llama / Qwen2 model called directly (``model.model`` body, ``model.lm_head`` head): callers may
+    run the two separately. A wrapped model (DDP, peft) is not: its forward hooks must see the call."""
+    return type(model).__name__ in _PLAIN_HEAD
+
+
 def token_logprobs(model, batch: Batch, attention: Attention = "mask", targets_only: bool = False) -> torch.Tensor:
     """(B, L) log p(token t | tokens < t of its own example); 0 at t = 0 and where nothing predicts.
 
@@ -430,10 +436,12 @@ def token_logprobs(model, batch: Batch, attention: Attention = "mask", targets_o
     the full path: its forward hooks must see the call.
     """
     dtype = next(model.parameters()).dtype
-    if targets_only and type(model).__name__ in _PLAIN_HEAD:
+    if targets_only and plain_head(model):
+        from alignforge.generation import fp32_head
+
         hidden = model.model(**batch.model_inputs(attention, dtype)).last_hidden_state
         tgt = batch.loss_mask[:, 1:]  # position t-1 predicts target t
-        logits = model.lm_head(hidden[:, :-1][tgt])
+        logits = fp32_head(model.lm_head, hidden[:, :-1][tgt])  # fp32 under bf16 autocast: DPO's log-ratios
         nll = F.cross_entropy(logits.float(), batch.input_ids[:, 1:][tgt], reduction="none")
         lp = torch.zeros(tgt.shape, dtype=nll.dtype, device=nll.device).masked_scatter(tgt, -nll)
         return F.pad(lp, (1, 0))

@@ -24,6 +24,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from alignforge.eval.verdict import gold_key, proxy_key
 from alignforge.io import atomic_write_text
 
 
@@ -57,23 +58,6 @@ def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[flo
             xs.append(r["step"])
             ys.append(v)
     return xs, ys
-
-
-def _gold_key(rows: list[dict[str, Any]]) -> str | None:
-    keys = {k for r in rows for k in r}
-    for k in ("eval_gold", "gold_reward", "eval_gold_reward", "gold"):
-        if k in keys:
-            return k
-    cands = sorted(k for k in keys if "gold" in k and "all" in k) or sorted(k for k in keys if "gold" in k)
-    return cands[0] if cands else None
-
-
-def _proxy_key(rows: list[dict[str, Any]]) -> str | None:
-    keys = {k for r in rows for k in r}
-    for k in ("score", "reward_score", "rm_score", "proxy_reward", "reward"):
-        if k in keys:
-            return k
-    return None
 
 
 _FAMILY = re.compile(r"^(ppo|dpo|bon)(?:-b?([0-9.]+))?$")  # ppo, ppo-b0.05, dpo-b0.1, bon-16
@@ -271,7 +255,7 @@ def write_report(root: Path, refs: dict[str, str], out: Path | None = None) -> P
         if name not in refs:
             continue
         rows = _metrics(Path(refs[name]))
-        pk, gk = _proxy_key(rows), _gold_key(rows)
+        pk, gk = proxy_key(rows), gold_key(rows)
         if not rows or not pk:
             continue
         fig, ax = plt.subplots(figsize=(5, 3.4))

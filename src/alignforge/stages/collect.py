@@ -43,7 +43,7 @@ from alignforge.config import CollectConfig, ConfigError, save_config
 from alignforge.data.records import Candidates, Comparison, Prompt, PromptRecord, ReadReport, RecordError
 from alignforge.io import atomic_write_text
 from alignforge.train import checkpoint as ckpt
-from alignforge.train.loop import apply_threads, resolve_device
+from alignforge.train.loop import apply_threads, autocast, resolve_device
 
 LABEL_KINDS = ("comparison", "ranking", "rating")
 REFERENCE = ("oracle", "demonstrator", "noisy", "random")
@@ -273,7 +273,7 @@ def run(cfg: CollectConfig) -> Path:
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     prompts = [r.prompt for r in train_prompts] + [r.prompt for r in eval_prompts]
     t_sample = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), autocast(cfg.runtime, device):
         sampled = sample_candidates(model, tok, prompts, cfg, generator, stats)
     sample_s = time.perf_counter() - t_sample
     cands = with_references(world, prompts, sampled, c.reference_policies, policy_id, cfg.seed, stats)

@@ -63,7 +63,7 @@ from alignforge.generation import SamplingParams, generate
 from alignforge.io import atomic_dir, atomic_write_text
 from alignforge.train import checkpoint as ckpt
 from alignforge.train import distributed as dist
-from alignforge.train.loop import start_stage
+from alignforge.train.loop import autocast, start_stage
 
 REVISIONS = "revisions.jsonl"
 CHUNKS = "chunks"
@@ -265,7 +265,8 @@ def run(cfg: CritiqueConfig) -> Path:
             if c is not None:
                 gen = torch.Generator(device=device).manual_seed((cfg.seed * 1_000_003 + c) % 2**63)
                 chunk = prompts[c * bs:(c + 1) * bs]
-                rows = critique_chunk(model, tok, chunk, c * bs, principles, cfg, gen)
+                with autocast(cfg.runtime, device):
+                    rows = critique_chunk(model, tok, chunk, c * bs, principles, cfg, gen)
             for c_done, rows_done in dist.all_gather_object((c, rows)):
                 if c_done is not None and dist.is_main():
                     write_records(_chunk_path(out, c_done), rows_done)

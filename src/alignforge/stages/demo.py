@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from alignforge.stages.pipeline import Pipeline, Step, run_pipeline
+from alignforge.stages.pipeline import Pipeline, Step, planned_steps, run_pipeline
+from alignforge.train.progress import RunOutput, fmt_seconds
 
 
 #: ``--world small``: the default world's rules, gold judge, annotators and demonstrator (design §8's
@@ -185,8 +186,34 @@ def demo_pipeline(run: str = "demo", quick: bool = False, seed: int = 0, beta: f
                                             "eval.max_new_tokens": s["new_tokens"], "eval.references": [],
                                             **threads}),
         ]
+    for step in steps + round_steps:
+        step.expected_s = expected_seconds(step, s, quick)
     return Pipeline(run=run, seed=seed, steps=steps, rounds=rounds, round_steps=round_steps,
                     out_root=Path(out_root) if out_root else None)
+
+
+#: Seconds per step of the default demo on the reference machine (Intel Xeon with AMX, 2 threads, fp32,
+#: seed 0; `--quick`: the same machine). The run view scales them by this machine's measured rate on the
+#: steps already done, so only their proportions matter. Steps not listed take their stage's entry.
+EXPECTED_S = {"world": 1, "tokenizer": 1, "pretrain": 115, "sft": 47, "collect": 4, "collect-biased": 4,
+              "reward": 37, "reward-biased": 21, "ppo": 42, "ppo-hack": 46, "dpo": 48, "rsft": 4, "eval": 45,
+              "reinforce": 45, "eval-full": 150, "eval-it": 15}
+EXPECTED_QUICK_S = {"world": 1, "tokenizer": 1, "pretrain": 3, "sft": 3, "collect": 1, "collect-biased": 1,
+                    "reward": 2, "reward-biased": 2, "ppo": 2, "ppo-hack": 2, "dpo": 2, "rsft": 2, "eval": 4}
+
+
+def expected_seconds(step: Step, s: dict[str, Any], quick: bool) -> float:
+    """A step's size for the ETA: the reference time of its name (else its stage), scaled by the
+    work the sizes ``s`` give it against the default demo's (pretraining sequences, reward steps)."""
+    table = EXPECTED_QUICK_S if quick else EXPECTED_S
+    base = float(table.get(step.name, table.get(step.stage, 5)))
+    if quick:
+        return base
+    if step.stage == "pretrain":
+        return base * s["pre_steps"] * s["pre_batch"] / (400 * 16)
+    if step.name in ("reward", "reward-it"):
+        return base * s["rm_steps"] / 200
+    return base
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -208,20 +235,45 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "'The small world'): bigger RLHF gains, SFT still far below its demonstrator")
     parser.add_argument("--time-cap", type=float, default=None,
                         help="safety cap per training stage in minutes (default 10; stages are step-bounded)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show every stage's own output (always in <step>/log.txt) and the eval's tables")
     args = parser.parse_args(list(argv or []))
     run = args.run or ("demo-quick" if args.quick else "demo")
     p = demo_pipeline(run, args.quick, args.seed, args.beta, args.out, full=args.full, threads=args.threads,
                       time_cap=args.time_cap, world=args.world)
+    root = p.out_dir(".").resolve()
+    title = f"alignforge demo · seed {args.seed}" + (" · quick" if args.quick else "") + (
+        " · small world" if args.world == "small" else "")
     t0 = time.perf_counter()
     try:
-        refs = run_pipeline(p)
+        with RunOutput(title, planned_steps(p), verbose=args.verbose) as output:
+            output.line(f"{title}: {len(p.steps)} steps in {root}; each step's output is in <step>/log.txt")
+            refs = run_pipeline(p, output=output)
     except (ConfigError, RecordError) as e:
         print(f"alignforge demo: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"alignforge demo: interrupted; run the same command again to resume ({root})", file=sys.stderr)
+        return 130
     from alignforge.eval.report import write_report
 
     if "eval-full" in refs:  # the report's tables and frontier come from the eval of everything
         refs = {**refs, "eval": refs["eval-full"]}
     report = write_report(Path(refs["eval"]).parent, refs)
-    print(f"demo finished in {time.perf_counter() - t0:.0f}s; report: {report}", file=sys.stderr)
+    print(f"\ndemo finished in {fmt_seconds(time.perf_counter() - t0)}.")
+    for line in demo_verdict(refs):
+        print(line)
+    print(f"\nreport: {Path(report).resolve().as_uri()}")
     return 0
+
+
+def demo_verdict(refs: dict[str, str]) -> list[str]:
+    """The closing sentences, from the eval's eval.json and the β = 0 run's metrics (eval/verdict.py)."""
+    import json
+
+    from alignforge.eval.verdict import HACK, verdict_lines
+    from alignforge.train.tracking import read_metrics
+
+    report = json.loads((Path(refs["eval"]) / "eval.json").read_text())
+    hack = Path(refs[HACK]) / "metrics.jsonl" if HACK in refs else None
+    return verdict_lines(report, read_metrics(hack) if hack is not None and hack.is_file() else None)

@@ -47,7 +47,7 @@ from alignforge.stages.sft import load_model, split_eval
 from alignforge.models.load import load_reference
 from alignforge.train import checkpoint as ckpt
 from alignforge.train import distributed as dist
-from alignforge.train.loop import (EpochSampler, autocast, make_optimizer, make_scheduler,
+from alignforge.train.loop import (EpochSampler, autocast, compute_dtype, make_optimizer, make_scheduler,
                                   optimizer_step, seed_everything, start_stage)
 from alignforge.train.refcache import pair_logprobs, reference_logprobs
 from alignforge.train.tracking import MetricsLogger
@@ -198,7 +198,7 @@ def run(cfg: DPOConfig) -> Path:
               + (f"; resuming at step {step}" if resumed else ""))
     logger = MetricsLogger(out, cfg.runtime, total_steps=max_steps,
                            resume_offset=resumed.metrics_offset if resumed else None, description="dpo")
-    peak = measure_matmul_peak(device=device, repeats=3) if dist.is_main() else None
+    peak = measure_matmul_peak(compute_dtype(cfg.runtime, device), device=device, repeats=3) if dist.is_main() else None
     ctx = autocast(cfg.runtime, device)
     t_start = time.perf_counter()
     eval_seconds = 0.0

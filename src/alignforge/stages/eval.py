@@ -50,7 +50,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
 
     from alignforge.eval.protocol import compare, evaluate_policy, evaluate_reference, markdown
     from alignforge.models.load import load_causal_lm
-    from alignforge.train.loop import apply_threads, resolve_device
+    from alignforge.train.loop import apply_threads, autocast, resolve_device
 
     ev = cfg.eval
     if not ev.checkpoints:
@@ -97,7 +97,8 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
 
-    # --- the policies ---
+    # --- the policies (sampled, scored and probed at runtime.precision, like training) ---
+    ctx = autocast(cfg.runtime, device)
     evals, bpb, knowledge = [], {}, {}
     loaded = {name: load_causal_lm(path, device=str(device)) for name, path in zip(names, ev.checkpoints)}
     ref_model = None
@@ -106,26 +107,29 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     for name in names:
         model, tok = loaded[name]
         print(f"eval: {name}: answering {len(prompts)} prompts ...", file=sys.stderr)
-        evals.append(evaluate_policy(model, tok, prompts, judge=judge, samples=ev.samples,
-                                     temperature=ev.temperature, max_new_tokens=ev.max_new_tokens, seed=cfg.seed,
-                                     ref=ref_model if (ref_model is not None and ref_model is not model) else None,
-                                     batch_size=ev.batch_size, name=name))
+        with ctx:
+            evals.append(evaluate_policy(model, tok, prompts, judge=judge, samples=ev.samples,
+                                         temperature=ev.temperature, max_new_tokens=ev.max_new_tokens, seed=cfg.seed,
+                                         ref=ref_model if (ref_model is not None and ref_model is not model) else None,
+                                         batch_size=ev.batch_size, name=name))
         if heldout:
-            with torch.no_grad():
+            with torch.no_grad(), ctx:
                 bpb[name] = _heldout_bpb(model, tok, heldout, device)
         if ev.fewshot is not None:
             from alignforge.eval.knowledge import knowledge_probe
 
             shots = sorted({0, ev.fewshot})
             print(f"eval: {name}: knowledge probe ({'/'.join(map(str, shots))}-shot) ...", file=sys.stderr)
-            knowledge[name] = knowledge_probe(model, tok, world, shots=shots, per_split=ev.probe_questions,
-                                              seed=cfg.seed, batch_size=ev.batch_size,
-                                              chat=ev.probe_format == "chat")
+            with ctx:
+                knowledge[name] = knowledge_probe(model, tok, world, shots=shots, per_split=ev.probe_questions,
+                                                  seed=cfg.seed, batch_size=ev.batch_size,
+                                                  chat=ev.probe_format == "chat")
     if ev.best_of_n:
         clash = sorted({f"bon-{n}" for n in ev.best_of_n} & set(names))
         if clash:
             raise ConfigError(f"eval.best_of_n: the names {clash} are taken by checkpoints; rename them (eval.names)")
-        evals.extend(_best_of_n_evals(cfg, baseline, loaded[baseline], prompts, judge, device))
+        with ctx:
+            evals.extend(_best_of_n_evals(cfg, baseline, loaded[baseline], prompts, judge, device))
     oracle = teacher = None
     if world is not None:
         from alignforge.world.policies import reference_policy
@@ -144,7 +148,8 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     report["checkpoints"] = dict(zip(names, ev.checkpoints))
     report["n_prompts"] = len(prompts)
     if cfg.reward.init and ev.judge == "gold":
-        report["reward_model"] = _reward_model_means(cfg, evals, device)
+        with ctx:
+            report["reward_model"] = _reward_model_means(cfg, evals, device)
 
     # --- outputs ---
     atomic_write_text(out / "eval.json", json.dumps(report, indent=1, default=float) + "\n")

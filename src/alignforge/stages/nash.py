@@ -63,6 +63,7 @@ from alignforge.train import distributed as dist
 from alignforge.train.loop import (
     EpochSampler,
     StageClock,
+    autocast,
     make_optimizer,
     make_scheduler,
     optimizer_step,
@@ -197,6 +198,8 @@ def run(cfg: NashConfig, preference_fn: PreferenceFn | None = None) -> Path:
     clock = StageClock(elapsed_before)
     meter.pause()
 
+    ctx = autocast(cfg.runtime, device)  # sampling, scoring and the loss's forward; backward and AdamW outside
+
     def play(ids: list[list[int]], texts: list, generator: torch.Generator):
         """One rollout of the policy against the mixture: (rollout with raw_scores = P(y ≻ y'), P)."""
         probs: dict[str, torch.Tensor] = {}
@@ -213,13 +216,18 @@ def run(cfg: NashConfig, preference_fn: PreferenceFn | None = None) -> Path:
             probs["p"], probs["opp"] = p, opp
             return p
 
-        ro = R.make_rollout(policy, ref, tok, ids, params, generator=generator, reward_fn=score,
-                            reuse_logprobs=rcfg.reuse_logprobs, batch_size=rcfg.batch_size)
+        with ctx:
+            ro = R.make_rollout(policy, ref, tok, ids, params, generator=generator, reward_fn=score,
+                                reuse_logprobs=rcfg.reuse_logprobs, batch_size=rcfg.batch_size)
         return ro, probs["p"], probs["opp"]
 
     previous: dict[str, Any] = {}  # the last gold evaluation, for the win-rate against past checkpoints
 
     def evaluate(final: bool) -> dict[str, Any]:
+        with ctx:  # the evaluation samples at the training precision
+            return evaluate_at(final)
+
+    def evaluate_at(final: bool) -> dict[str, Any]:
         if not main_rank or not eval_ids:  # evaluation runs on rank 0 only (no collectives inside)
             return {}
         ro, p, _ = play(eval_ids, [q.prompt for q in eval_prompts], R.step_generator(cfg.seed, 0, salt=17))
@@ -270,8 +278,9 @@ def run(cfg: NashConfig, preference_fn: PreferenceFn | None = None) -> Path:
         order = torch.randperm(len(ro), generator=R.step_generator(cfg.seed, step, salt=1 + 1000 * rank))
         for j in range(0, len(ro), mb_size):
             mb = ro.select(order[j:j + mb_size])
-            lp, logits = R.response_logprobs(policy, mb, T)
-            pg_loss, pg = ppo_policy_loss(lp, mb.logprobs, mb.advantages, mb.mask, clip=0.2)
+            with ctx:
+                lp, logits = R.response_logprobs(policy, mb, T)
+                pg_loss, pg = ppo_policy_loss(lp, mb.logprobs, mb.advantages, mb.mask, clip=0.2)
             pg_loss.backward()
             R.average_gradients(policy)
             grad_norm = optimizer_step(policy, optimizer, scheduler, tcfg.grad_clip)

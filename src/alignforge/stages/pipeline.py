@@ -38,6 +38,7 @@ import yaml
 
 from alignforge.config import ConfigError, build_config, load_yaml, to_dict
 from alignforge.io import atomic_write_text
+from alignforge.train.progress import RunOutput
 
 # stage → (config class, run function). Each run(cfg) does the whole stage and returns.
 STAGE_RUNNERS: dict[str, tuple[str, str]] = {
@@ -58,6 +59,7 @@ STAGE_RUNNERS: dict[str, tuple[str, str]] = {
 }
 STEP_KEYS = {"name", "stage", "config", "set", "as"}
 DONE_FILE = "PIPELINE_DONE"
+LOG_FILE = "log.txt"  # a step's own output when the run view is on
 
 
 def _load(ref: str) -> Any:
@@ -72,6 +74,7 @@ class Step:
     config: str | None = None
     values: dict[str, Any] = field(default_factory=dict)
     alias: str | None = None
+    expected_s: float | None = None  # seconds on a reference machine: the run view's ETA (demo steps set it)
 
 
 @dataclass
@@ -162,32 +165,54 @@ def step_config(p: Pipeline, step: Step, out: Path, refs: dict[str, str]) -> Any
         raise ConfigError(f"step {step.name} ({step.stage}): {e}") from None
 
 
-def run_step(p: Pipeline, step: Step, out: Path, refs: dict[str, str], log: Callable[[str], None]) -> None:
+def run_step(p: Pipeline, step: Step, out: Path, refs: dict[str, str], log: Callable[[str], None],
+             output: RunOutput | None = None) -> None:
+    """Run one step unless it is done with the same config. With ``output`` (the run view), the stage's
+    own prints go to ``<out>/log.txt`` and the view gets started / skipped / finished with a key figure."""
     cfg = step_config(p, step, out, refs)
     resolved = yaml.safe_dump({"stage": step.stage, "config": to_dict(cfg)}, sort_keys=True)
     done = out / DONE_FILE
     if done.exists() and done.read_text() == resolved:
-        log(f"pipeline: {step.name} done, skipped")
+        if output is not None:
+            output.view.step_skipped(out.name)
+        else:
+            log(f"pipeline: {step.name} done, skipped")
         return
     if done.exists():  # the config changed since it ran: run again from scratch
         done.unlink()
         if hasattr(cfg, "force"):
             cfg = dataclasses.replace(cfg, force=True)
-    log(f"pipeline: {step.name} ({step.stage}) → {out}")
-    t0 = time.perf_counter()
-    _load(STAGE_RUNNERS[step.stage][1])(cfg)
+    run = _load(STAGE_RUNNERS[step.stage][1])
+    if output is None:
+        log(f"pipeline: {step.name} ({step.stage}) → {out}")
+        t0 = time.perf_counter()
+        run(cfg)
+        atomic_write_text(done, resolved)
+        log(f"pipeline: {step.name} finished in {time.perf_counter() - t0:.0f}s")
+        return
+    output.view.step_started(out.name)
+    try:
+        with output.capture(out / LOG_FILE):
+            print(f"pipeline: {step.name} ({step.stage}) → {out}")
+            run(cfg)
+    except KeyboardInterrupt:
+        output.view.step_failed(out.name, "interrupted; rerun to resume from its last checkpoint", stopped=True)
+        raise
+    except Exception as e:
+        output.view.step_failed(out.name, f"{type(e).__name__}: {e} (log: {out / LOG_FILE})")
+        raise
     atomic_write_text(done, resolved)
-    log(f"pipeline: {step.name} finished in {time.perf_counter() - t0:.0f}s")
+    output.view.step_finished(out.name, step_figure(step.stage, out))
 
 
 def run_pipeline(p: Pipeline, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
-                 only: Sequence[str] | None = None) -> dict[str, str]:
+                 only: Sequence[str] | None = None, output: RunOutput | None = None) -> dict[str, str]:
     """Run every step in order (skipping finished ones); returns {step or alias: output folder}."""
     refs: dict[str, str] = {}
 
     def one(step: Step, out: Path) -> None:
         if only is None or step.name in only:
-            run_step(p, step, out, refs, log)
+            run_step(p, step, out, refs, log, output)
         refs[step.name] = str(out)
         if step.alias:
             refs[step.alias] = str(out)
@@ -200,6 +225,74 @@ def run_pipeline(p: Pipeline, log: Callable[[str], None] = lambda s: print(s, fi
             one(step, p.out_dir(f"{step.name}-r{r}"))
             refs[f"{step.name}-r{r}"] = refs[step.name]
     return refs
+
+
+def _json(path: Path) -> Any:
+    import json
+
+    return json.loads(path.read_text())
+
+
+def _last(rows: list[dict[str, Any]], key: str) -> float | None:
+    vals = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+    return float(vals[-1]) if vals else None
+
+
+def step_figure(stage: str, out: Path) -> str:
+    """The figure a person wants from a finished step, read from what the stage wrote ('' if none)."""
+    from alignforge.eval.verdict import gold_key
+    from alignforge.train.tracking import read_metrics
+
+    try:
+        if stage == "world":
+            f = _json(out / "manifest.json")["files"]
+            return (f"{f['corpus']['records']} corpus documents, {f['sft']['records']} demonstrations, "
+                    f"{f['prompts_train']['records']} prompts")
+        if stage == "tokenizer":
+            t = _json(out / "stats.json")
+            return f"vocabulary {t['vocab_size']}, {t['bytes_per_token']:.2f} bytes/token"
+        if stage == "collect":
+            c = _json(out / "summary.json")
+            labels = sum(c["train_labels"].values()) if isinstance(c.get("train_labels"), dict) else c.get("train_labels")
+            agree = c.get("annotator_gold_agreement")
+            return f"{labels} labels" + (f"; the labellers agree with gold {agree:.0%}" if agree is not None else "")
+        if stage == "eval":
+            from alignforge.eval.verdict import HEADLINE
+
+            r = _json(out / "eval.json")
+            wins = [f"{n} {r['sample'][n]['win_rate']['value']:.2f}" for n in HEADLINE
+                    if n in r.get("sample", {}) and r["sample"][n].get("win_rate")]
+            return f"win-rate vs {r['baseline']}: " + ", ".join(wins) if wins else f"{len(r['policies'])} policies"
+        if stage == "pretrain" and (out / "baselines.json").is_file():
+            b = _json(out / "baselines.json")
+            best = min(v for k, v in b.items() if k != "model")
+            return f"held-out {b['model']:.3f} bits/byte (best n-gram {best:.3f})"
+        rows = read_metrics(out) if (out / "metrics.jsonl").is_file() else []
+        if stage == "reward":
+            gold, acc = _last(rows, "gold_accuracy"), _last(rows, "eval_accuracy")
+            if gold is not None:
+                return f"gold accuracy {gold:.3f}" + (f", held-out label accuracy {acc:.3f}" if acc is not None else "")
+        gk = gold_key(rows)
+        gold = _last(rows, gk) if gk else None
+        kl = _last(rows, "eval_kl") if _last(rows, "eval_kl") is not None else _last(rows, "kl")
+        if gold is not None:
+            return f"gold {gold:+.2f}" + (f", KL {kl:.1f} nats" if kl is not None else "")
+        for key, label in (("eval_loss", "held-out loss"), ("eval_reward_accuracy", "held-out pair accuracy"),
+                           ("loss", "loss")):
+            v = _last(rows, key)
+            if v is not None:
+                return f"{label} {v:.3f}" + (f", KL {kl:.1f} nats" if kl is not None else "")
+    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+        pass  # a figure is a courtesy: a stage that wrote something unexpected still finishes
+    return ""
+
+
+def planned_steps(p: Pipeline, only: Sequence[str] | None = None) -> list[tuple[str, str, float | None]]:
+    """(name, stage, expected seconds) of every step the run will visit, rounds unrolled, for the view."""
+    plan = [(s.name, s.stage, s.expected_s) for s in p.steps if only is None or s.name in only]
+    for r in range(1, p.rounds + 1):
+        plan += [(f"{s.name}-r{r}", s.stage, s.expected_s) for s in p.round_steps if only is None or s.name in only]
+    return plan
 
 
 def load_pipeline(path: str | Path) -> Pipeline:
@@ -217,15 +310,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("file", help="pipeline YAML")
     parser.add_argument("--run", default=None, help="override the pipeline's run name")
     parser.add_argument("--only", nargs="*", default=None, help="run only these steps (the others must be done)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show every stage's own output (always in <step>/log.txt)")
     args = parser.parse_args(list(argv or []))
     try:
         p = load_pipeline(args.file)
         if args.run:
             p.run = args.run
-        refs = run_pipeline(p, only=args.only)
+        with RunOutput(f"alignforge pipeline {p.run}", planned_steps(p, args.only), verbose=args.verbose) as output:
+            refs = run_pipeline(p, only=args.only, output=output)
     except (ConfigError, RecordError) as e:
         print(f"alignforge pipeline: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("alignforge pipeline: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
     if any((Path(f) / "eval.json").exists() or (Path(f) / "metrics.jsonl").exists() for f in refs.values()):
         from alignforge.eval.report import write_report
 

@@ -59,6 +59,7 @@ from alignforge.train import distributed as dist
 from alignforge.train.loop import (
     EpochSampler,
     StageClock,
+    autocast,
     lm_loss,
     make_scheduler,
     optimizer_step,
@@ -142,9 +143,11 @@ def run(cfg: PPOConfig, reward_fn: R.RewardFn | None = None) -> Path:
     clock = StageClock(elapsed_before)
     meter.pause()
     rkw = {"reward_model": reward_model, "reward_head": head, "reward_fn": reward_fn, "batch_size": rcfg.batch_size}
+    ctx = autocast(cfg.runtime, device)  # sampling, scoring and the losses' forwards; backward and AdamW outside
 
     def evaluate(final: bool) -> dict[str, Any]:  # rank 0 only; gold metrics with ppo.eval_world
-        return R.reward_eval(policy, ref, tok, params, final=final, name="ppo", out=out, seed=cfg.seed,
+        with ctx:
+            return R.reward_eval(policy, ref, tok, params, final=final, name="ppo", out=out, seed=cfg.seed,
                              eval_ids=eval_ids, eval_prompts=eval_prompts, eval_world=pcfg.eval_world, **rkw)
 
     R.initial_eval(step, tcfg, evaluate, logger)  # the curves start at the initial (SFT) policy
@@ -152,10 +155,11 @@ def run(cfg: PPOConfig, reward_fn: R.RewardFn | None = None) -> Path:
         # --- 1. rollout: sample, score, reference log-probs, values ---
         # Every rank draws the same global prompts and samples its own shard with its own seed.
         idx = dist.shard(sampler.take(rcfg.prompts).tolist())
-        ro = R.make_rollout(policy, ref, tok, [prompt_ids[i] for i in idx], params,
-                            generator=R.step_generator(cfg.seed, step, salt=1000 * rank), value_model=value,
-                            reuse_logprobs=rcfg.reuse_logprobs, missing_eos_penalty=rcfg.missing_eos_penalty,
-                            score_clip=rcfg.score_clip, **rkw)
+        with ctx:
+            ro = R.make_rollout(policy, ref, tok, [prompt_ids[i] for i in idx], params,
+                                generator=R.step_generator(cfg.seed, step, salt=1000 * rank), value_model=value,
+                                reuse_logprobs=rcfg.reuse_logprobs, missing_eos_penalty=rcfg.missing_eos_penalty,
+                                score_clip=rcfg.score_clip, **rkw)
         t_train = time.perf_counter()
         meter.resume()  # the meter counts training time only (rollout and eval are paused)
 
@@ -176,17 +180,18 @@ def run(cfg: PPOConfig, reward_fn: R.RewardFn | None = None) -> Path:
             order = torch.randperm(len(ro), generator=mb_rng)
             for j in range(0, len(ro), pcfg.minibatch_size):
                 mb = ro.select(order[j:j + pcfg.minibatch_size])
-                lp, logits = R.response_logprobs(policy, mb, T)
-                pg_loss, pg = ppo_policy_loss(lp, mb.logprobs, mb.advantages, mb.mask, clip=pcfg.clip)
-                v = R.response_values(value, mb)
-                vf_loss, vf = value_loss(v, mb.values, mb.returns, mb.mask, clip=pcfg.value_clip)
-                loss = pg_loss + pcfg.vf_coef * vf_loss
-                if ptx is not None:  # PPO-ptx: keep the pretraining distribution's likelihood (InstructGPT)
-                    rows = torch.arange(ptx_pos, ptx_pos + pcfg.ptx_batch_size) % len(ptx)
-                    ptx_pos += pcfg.ptx_batch_size
-                    ptx_loss = lm_loss(policy, ptx[rows, :-1].to(device), ptx[rows, 1:].to(device))
-                    loss = loss + pcfg.ptx_coef * ptx_loss
-                    sums["ptx_loss"] = sums.get("ptx_loss", 0.0) + float(ptx_loss.detach())
+                with ctx:
+                    lp, logits = R.response_logprobs(policy, mb, T)
+                    pg_loss, pg = ppo_policy_loss(lp, mb.logprobs, mb.advantages, mb.mask, clip=pcfg.clip)
+                    v = R.response_values(value, mb)
+                    vf_loss, vf = value_loss(v, mb.values, mb.returns, mb.mask, clip=pcfg.value_clip)
+                    loss = pg_loss + pcfg.vf_coef * vf_loss
+                    if ptx is not None:  # PPO-ptx: keep the pretraining distribution's likelihood (InstructGPT)
+                        rows = torch.arange(ptx_pos, ptx_pos + pcfg.ptx_batch_size) % len(ptx)
+                        ptx_pos += pcfg.ptx_batch_size
+                        ptx_loss = lm_loss(policy, ptx[rows, :-1].to(device), ptx[rows, 1:].to(device))
+                        loss = loss + pcfg.ptx_coef * ptx_loss
+                        sums["ptx_loss"] = sums.get("ptx_loss", 0.0) + float(ptx_loss.detach())
                 loss.backward()
                 R.average_gradients(policy, value)
                 # Separate networks, separate clipping: the critic's large early gradients must not

@@ -24,7 +24,7 @@ from alignforge.models.load import build_model, matmul_params
 from alignforge.perf import Throughput, measure_matmul_peak
 from alignforge.train import checkpoint as ckpt
 from alignforge.train import distributed as dist
-from alignforge.train.loop import (EpochSampler, autocast, bits_per_byte, heldout_nats,
+from alignforge.train.loop import (EpochSampler, autocast, compute_dtype, bits_per_byte, heldout_nats,
                                   lm_loss, make_optimizer, make_scheduler, optimizer_step, pack_blocks,
                                   pack_stream, seed_everything, start_stage)
 from alignforge.train.tracking import MetricsLogger
@@ -149,7 +149,7 @@ def run(cfg: PretrainConfig) -> Path:
               + (f"; resuming at step {step}" if resumed else ""))
     logger = MetricsLogger(out, cfg.runtime, total_steps=tcfg.max_steps,
                            resume_offset=resumed.metrics_offset if resumed else None, description="pretrain")
-    peak = measure_matmul_peak(device=device, repeats=3) if dist.is_main() else None
+    peak = measure_matmul_peak(compute_dtype(cfg.runtime, device), device=device, repeats=3) if dist.is_main() else None
     meter = Throughput(n_matmul, peak_flops=peak)
     ctx = autocast(cfg.runtime, device)
     ignore_ids = list(tok.all_special_ids)

@@ -57,6 +57,7 @@ from alignforge.train import distributed as dist
 from alignforge.train.loop import (
     EpochSampler,
     StageClock,
+    autocast,
     make_optimizer,
     make_scheduler,
     optimizer_step,
@@ -128,9 +129,11 @@ def run(cfg: ReinforceConfig, reward_fn: R.RewardFn | None = None) -> Path:
     clock = StageClock(elapsed_before)
     meter.pause()
     rkw = {"reward_model": reward_model, "reward_head": head, "reward_fn": reward_fn, "batch_size": rcfg.batch_size}
+    ctx = autocast(cfg.runtime, device)  # sampling, scoring and the loss's forward; backward and AdamW outside
 
     def evaluate(final: bool) -> dict[str, Any]:  # rank 0 only; gold metrics with reinforce.eval_world
-        return R.reward_eval(policy, ref, tok, params, final=final, name=algo, out=out, seed=cfg.seed,
+        with ctx:
+            return R.reward_eval(policy, ref, tok, params, final=final, name=algo, out=out, seed=cfg.seed,
                              eval_ids=eval_ids, eval_prompts=eval_prompts, eval_world=icfg.eval_world, **rkw)
 
     R.initial_eval(step, tcfg, evaluate, logger)  # the curves start at the initial (SFT) policy
@@ -138,9 +141,11 @@ def run(cfg: ReinforceConfig, reward_fn: R.RewardFn | None = None) -> Path:
         # --- 1. rollout: k samples of each prompt, contiguous groups ---
         # Same global prompts on every rank, each samples its shard: a group never spans processes.
         idx = dist.shard(sampler.take(rcfg.prompts).tolist())
-        ro = R.make_rollout(policy, ref, tok, [prompt_ids[i] for i in idx for _ in range(k)], params,
-                            generator=R.step_generator(cfg.seed, step, salt=1000 * rank), reuse_logprobs=rcfg.reuse_logprobs,
-                            missing_eos_penalty=rcfg.missing_eos_penalty, score_clip=rcfg.score_clip, **rkw)
+        with ctx:
+            ro = R.make_rollout(policy, ref, tok, [prompt_ids[i] for i in idx for _ in range(k)], params,
+                                generator=R.step_generator(cfg.seed, step, salt=1000 * rank),
+                                reuse_logprobs=rcfg.reuse_logprobs, missing_eos_penalty=rcfg.missing_eos_penalty,
+                                score_clip=rcfg.score_clip, **rkw)
         t_train = time.perf_counter()
         meter.resume()  # the meter counts training time only (rollout and eval are paused)
 
@@ -163,13 +168,14 @@ def run(cfg: ReinforceConfig, reward_fn: R.RewardFn | None = None) -> Path:
             for j in range(0, len(groups), g):
                 rows = (groups[j:j + g, None] * k + torch.arange(k)).reshape(-1)
                 mb = ro.select(rows)
-                lp, logits = R.response_logprobs(policy, mb, T)
-                pg_loss, pg = ppo_policy_loss(lp, mb.logprobs, mb.advantages, mb.mask, clip=icfg.clip)
-                loss = pg_loss
-                if algo == "grpo" and beta > 0:  # GRPO: the KL is a loss term, not a reward
-                    kl_loss = masked_mean(kl_estimate(lp, mb.ref_logprobs, cfg.kl.estimator), mb.mask)
-                    loss = loss + beta * kl_loss
-                    sums["kl_loss"] = sums.get("kl_loss", 0.0) + float(kl_loss.detach())
+                with ctx:
+                    lp, logits = R.response_logprobs(policy, mb, T)
+                    pg_loss, pg = ppo_policy_loss(lp, mb.logprobs, mb.advantages, mb.mask, clip=icfg.clip)
+                    loss = pg_loss
+                    if algo == "grpo" and beta > 0:  # GRPO: the KL is a loss term, not a reward
+                        kl_loss = masked_mean(kl_estimate(lp, mb.ref_logprobs, cfg.kl.estimator), mb.mask)
+                        loss = loss + beta * kl_loss
+                        sums["kl_loss"] = sums.get("kl_loss", 0.0) + float(kl_loss.detach())
                 loss.backward()
                 R.average_gradients(policy)
                 grad_norm = optimizer_step(policy, optimizer, scheduler, tcfg.grad_clip)

@@ -71,6 +71,7 @@ from alignforge.train.loop import (
     EpochSampler,
     StageClock,
     autocast,
+    compute_dtype,
     make_optimizer,
     make_scheduler,
     optimizer_step,
@@ -454,7 +455,7 @@ def run(cfg: RewardConfig) -> Path:
               + (f"; resuming at step {step}" if resumed else ""))
     logger = MetricsLogger(out, cfg.runtime, total_steps=max_steps,
                            resume_offset=resumed.metrics_offset if resumed else None, description="reward")
-    peak = measure_matmul_peak(device=device, repeats=3) if dist.is_main() else None
+    peak = measure_matmul_peak(compute_dtype(cfg.runtime, device), device=device, repeats=3) if dist.is_main() else None
     meter = Throughput(n_matmul, peak_flops=peak)
     ctx = autocast(cfg.runtime, device)
     clock = StageClock(elapsed_before)

@@ -142,7 +142,7 @@ def run(cfg: RSFTConfig, scorer: Scorer | None = None) -> Path:
         chosen = round_prompts(prompts, rcfg.prompts_per_round, cfg.seed, rnd)
         mine = chosen[len(chosen) * rank // world: len(chosen) * (rank + 1) // world]
         inner = dist.unwrap(model)
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), ctx:
             samples = sample_and_score(inner, tok, mine, scorer, rcfg.n, temperature=scfg.temperature,
                                        top_p=scfg.top_p, max_new_tokens=scfg.max_new_tokens,
                                        seed=cfg.seed * 1_000_003 + rnd * 1009 + rank,

@@ -50,6 +50,7 @@ from alignforge.train.loop import (
     EpochSampler,
     StageClock,
     autocast,
+    compute_dtype,
     make_optimizer,
     make_scheduler,
     optimizer_step,
@@ -205,7 +206,7 @@ def run(cfg: SFTConfig) -> Path:
                            resume_offset=resumed.metrics_offset if resumed else None, description="sft")
     if dist.is_main() and resumed is None:
         (out / "samples.jsonl").unlink(missing_ok=True)
-    peak = measure_matmul_peak(device=device, repeats=3) if dist.is_main() else None
+    peak = measure_matmul_peak(compute_dtype(cfg.runtime, device), device=device, repeats=3) if dist.is_main() else None
     meter = Throughput(n_matmul, peak_flops=peak)
     ctx = autocast(cfg.runtime, device)
     attention = scfg.attention

@@ -45,24 +45,77 @@ def resolve_device(runtime: Any) -> torch.device:
     return torch.device("cpu")
 
 
+#: What ``runtime.precision: auto`` resolves to on a CPU, overriding the ISA check (fp32 | bf16).
+#: The test suite pins it to fp32 (tests/conftest.py) so one suite holds on every CPU vendor.
+AUTO_PRECISION_ENV = "ALIGNFORGE_AUTO_PRECISION"
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when this CPU has AMX-BF16 tiles: the one x86 feature where bf16 matmuls beat fp32 by a margin
+    worth rounding for (measured on a 2-core Xeon with torch 2.13: matmul 3-4x, a tiny-4m training step
+    1.4-1.75x; bench/precision.py prints both on yours). AVX512-BF16 alone (AMD Zen 4, Cooper Lake) only
+    converts and dots in bf16 at fp32's lane width, and AVX2 CPUs emulate it: there bf16 rounds for
+    little or nothing, so auto keeps fp32. A flag check, not a timing: the choice must not depend on
+    what else the machine was doing when the probe ran."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported()) and _cpuinfo_has("amx_bf16")
+    except AttributeError:  # a torch without the probe: assume no AMX
+        return False
+
+
+def _cpuinfo_has(flag: str, path: str = "/proc/cpuinfo") -> bool:
+    # torch reports AMX *tiles*; AMX-FP16-only or AMX-INT8-only parts would also set them. Linux lists
+    # the bf16 unit separately; elsewhere trust torch.
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return flag in line.split()
+    except OSError:
+        pass
+    return True
+
+
+def resolve_precision(runtime: Any, device: torch.device) -> str:
+    """``runtime.precision`` → ``"bf16"`` or ``"fp32"`` on this device (see :func:`autocast_dtype`)."""
+    import os
+
+    precision = getattr(runtime, "precision", "auto")
+    if precision == "fp32":
+        return "fp32"
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16"
+        if precision == "bf16":
+            raise RuntimeError("runtime.precision=bf16 but this GPU does not support bf16")
+        return "fp32"
+    if precision == "bf16":
+        return "bf16"
+    forced = os.environ.get(AUTO_PRECISION_ENV, "").strip().lower()
+    if forced:
+        if forced not in ("fp32", "bf16"):
+            raise RuntimeError(f"{AUTO_PRECISION_ENV}={forced!r}: expected fp32 or bf16")
+        return forced
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
 def autocast_dtype(runtime: Any, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for plain fp32.
 
-    auto → bf16 on a CUDA device that supports it, fp32 everywhere else (CPU bf16 matmuls are
-    slower than fp32 on most CPUs without AMX, and fp32 keeps CPU runs exactly reproducible).
-    Explicit ``bf16`` is honoured on CPU too. Master weights and optimizer state stay fp32 either
-    way: autocast only changes the dtype of the ops inside it.
+    auto → bf16 on a CUDA device that supports it and on a CPU with AMX-BF16
+    (:func:`cpu_has_fast_bf16`), fp32 everywhere else; ``ALIGNFORGE_AUTO_PRECISION`` overrides
+    what auto picks on a CPU. Explicit ``bf16`` is honoured on any CPU. Master weights and
+    optimizer state stay fp32 either way: autocast only changes the dtype of the ops inside it,
+    and log-probs that feed ratios and KL are computed from fp32 logits (rollout.response_logits).
+    Within one precision a run is exactly reproducible and resumes bit-identically; fp32 and
+    bf16 runs of the same seed are different runs.
     """
-    precision = getattr(runtime, "precision", "auto")
-    if precision == "fp32":
-        return None
-    if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        if precision == "bf16":
-            raise RuntimeError("runtime.precision=bf16 but this GPU does not support bf16")
-        return None
-    return torch.bfloat16 if precision == "bf16" else None
+    return torch.bfloat16 if resolve_precision(runtime, device) == "bf16" else None
+
+
+def compute_dtype(runtime: Any, device: torch.device) -> torch.dtype:
+    """The dtype the matmuls run in (bf16 under autocast, else fp32): MFU's peak is measured in it."""
+    return autocast_dtype(runtime, device) or torch.float32
 
 
 def autocast(runtime: Any, device: torch.device) -> contextlib.AbstractContextManager:

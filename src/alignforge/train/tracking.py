@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from alignforge.train import distributed as dist
+from alignforge.train.progress import BarState, active_view
 
 
 def _jsonable(v: Any) -> Any:
@@ -42,6 +43,7 @@ class MetricsLogger:
         self._tb = None
         self._progress = None
         self._task = None
+        self._view = None
         if not self.enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,7 +65,10 @@ class MetricsLogger:
                                    "pip install 'alignforge[tb]' (or set runtime.tensorboard=false)") from e
             self._tb = SummaryWriter(log_dir=str(Path(out_dir) / "tb"))
         show = getattr(runtime, "progress", True) if runtime is not None else True
-        if show and sys.stderr.isatty() and total_steps:
+        self._view = active_view()  # inside a pipeline: its run view shows this stage's bar
+        if self._view is not None and total_steps:
+            self._view.bar_started(description, total_steps)
+        elif show and sys.stderr.isatty() and total_steps:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                        TimeElapsedColumn, TimeRemainingColumn)
 
@@ -72,6 +77,7 @@ class MetricsLogger:
                                       TextColumn("{task.fields[info]}"), transient=False)
             self._progress.start()
             self._task = self._progress.add_task(description, total=total_steps, info="")
+            self._fields = BarState(description, total_steps)
 
     def offset(self) -> int:
         """Bytes written so far (flushed): what a checkpoint stores to truncate back to."""
@@ -90,15 +96,23 @@ class MetricsLogger:
             for k, v in row.items():
                 if k != "step" and isinstance(v, (int, float)):
                     self._tb.add_scalar(k, v, int(step))
-        if self._progress is not None and "loss" in row:
-            self._progress.update(self._task, info=f"loss {row['loss']:.4f}")
+        if self._view is not None:
+            self._view.bar_fields(row)
+        if self._progress is not None:
+            self._fields.bar_fields_from(row)
+            self._progress.update(self._task, info=self._fields.info())
 
     def progress(self, step: int) -> None:
         """Move the bar to ``step`` (call every step; it is cheap)."""
+        if self._view is not None:
+            self._view.bar_advanced(step)
         if self._progress is not None:
             self._progress.update(self._task, completed=step)
 
     def close(self) -> None:
+        if self._view is not None:
+            self._view.bar_finished()
+            self._view = None
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
