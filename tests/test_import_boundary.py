@@ -156,3 +156,36 @@ def test_the_scanner_lets_safe_imports_through():
         "alignforge.stages.ppo": ("from alignforge.world import build_world\nfrom ..world.tasks import Task", False),
     }
     assert scan(sources)[1] == []
+
+
+#: Modules under stages/ that run other stages, and so may import them.
+RUNNERS = {"alignforge.stages.pipeline", "alignforge.stages.demo"}
+
+
+def stage_imports(sources: dict[str, tuple[str, bool]]) -> list[str]:
+    """'<stage> imports <other stage>' for every module under stages/ (runners excepted) that imports
+    another stage module other than the pipeline's public entry point."""
+    known = set(sources)
+    stages = {n for n in known if n.startswith("alignforge.stages.")}
+    out = []
+    for n in sorted(stages - RUNNERS):
+        src, pkg = sources[n]
+        bad = sorted(imported_modules(ast.parse(src), n, pkg, known) & (stages - {n, "alignforge.stages.pipeline"}))
+        out += [f"{n} imports {b}" for b in bad]
+    return out
+
+
+def test_stages_import_components_never_each_other():
+    """Issue 21: what two stages share is a component (models/, data/, train/); a stage that runs another
+    does it through alignforge.stages.pipeline.run_stage_config."""
+    assert stage_imports(project_sources()) == []
+
+
+def test_the_stage_scanner_catches_a_stage_importing_a_stage():
+    fake = {"alignforge.stages.a": ("from alignforge.stages.b import load_model\n", False),
+            "alignforge.stages.b": ("def load_model(): ...\n", False),
+            "alignforge.stages.c": ("def f():\n    from alignforge.stages import b\n", False),
+            "alignforge.stages.d": ("from alignforge.stages.pipeline import run_stage_config\n", False),
+            "alignforge.stages.pipeline": ("import alignforge.stages.b\n", False)}
+    assert stage_imports(fake) == ["alignforge.stages.a imports alignforge.stages.b",
+                                   "alignforge.stages.c imports alignforge.stages.b"]

@@ -13,7 +13,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rl_helpers import BEST, args, best_arm_reward, first_token_probs, make_bandit  # noqa: E402
 
-from alignforge import rollout as R  # noqa: E402
+from alignforge.rl import rollout as R  # noqa: E402
 from alignforge.config import ConfigError, PPOConfig, load_config  # noqa: E402
 from alignforge.generation import SamplingParams  # noqa: E402
 from alignforge.stages import ppo  # noqa: E402
@@ -188,9 +188,8 @@ import json, sys
 from pathlib import Path
 import torch
 torch.set_num_threads(1)
-from alignforge import rollout as R
 from alignforge.config import PPOConfig, load_config
-from alignforge.rl import whiten
+from alignforge.rl.advantages import global_whiten, whiten
 from alignforge.stages import ppo
 from alignforge.train import distributed as dist
 
@@ -201,11 +200,11 @@ rank, world = dist.rank(), dist.world_size()
 g = torch.Generator().manual_seed(7)
 vals, mask = torch.randn(2 * 3, 5, generator=g), (torch.rand(2 * 3, 5, generator=g) > 0.3).float()
 mine = slice(3 * rank, 3 * rank + 3)
-whitened_ok = torch.allclose(R.global_whiten(vals[mine], mask[mine]), whiten(vals, mask)[mine], atol=1e-5)
+whitened_ok = torch.allclose(global_whiten(vals[mine], mask[mine]), whiten(vals, mask)[mine], atol=1e-5)
 # gradients averaged over ranks
 lin = torch.nn.Linear(2, 1, bias=False)
 lin.weight.grad = torch.full((1, 2), float(rank + 1))
-R.average_gradients(lin)
+dist.average_gradients(lin)
 grads_ok = lin.weight.grad.tolist() == [[1.5, 1.5]]
 # every rank must end with the same policy weights: record a checksum where the stage saves them
 from alignforge.train import checkpoint as ckpt

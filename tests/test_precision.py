@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rl_helpers import make_bandit  # noqa: E402
 
-from alignforge import rollout as R  # noqa: E402
+from alignforge.rl import rollout as R  # noqa: E402
 from alignforge.config import RuntimeSection  # noqa: E402
 from alignforge.generation import SamplingParams, fp32_head, generate  # noqa: E402
 from alignforge.train import loop  # noqa: E402
@@ -155,3 +155,16 @@ def test_bf16_pretraining_tracks_fp32_and_measures_its_peak_in_bf16(tmp_path, mo
     # AMX); 1% is where bf16 would be losing updates — AdamW's steps here are ~1e-3 of a weight, below
     # bf16's spacing, so weights kept in bf16 would stall and the curves would split by tenths of a nat.
     assert all(abs(x - y) <= 0.01 * x for x, y in zip(a, b)), list(zip(a, b))
+
+
+def test_each_stage_says_what_precision_it_runs_in_and_why(monkeypatch):
+    from alignforge.train.loop import precision_note
+
+    assert precision_note(RuntimeSection(precision="fp32"), CPU) == "fp32 (runtime.precision=fp32)"
+    assert precision_note(RuntimeSection(), CPU) == "fp32 (runtime.precision=auto, ALIGNFORGE_AUTO_PRECISION=fp32)"
+    monkeypatch.delenv(AUTO_PRECISION_ENV)
+    monkeypatch.setattr(loop, "cpu_has_fast_bf16", lambda: True)
+    assert precision_note(RuntimeSection(), CPU) == ("bf16 autocast, fp32 master weights "
+                                                     "(runtime.precision=auto: this CPU has AMX-BF16)")
+    monkeypatch.setattr(loop, "cpu_has_fast_bf16", lambda: False)
+    assert precision_note(RuntimeSection(), CPU) == "fp32 (runtime.precision=auto: no AMX-BF16 on this CPU)"

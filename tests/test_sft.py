@@ -310,10 +310,12 @@ def test_two_process_gloo_equals_one_process(models, tmp_path):
 
 
 def test_split_eval_is_seeded_disjoint_and_capped():
+    from alignforge.data.splits import split_eval
+
     recs = list(range(100))
-    train, held = sft.split_eval(recs, 0.2, seed=1)
+    train, held = split_eval(recs, 0.2, seed=1)
     assert len(held) == 20 and sorted(train + held) == recs
-    assert sft.split_eval(recs, 0.2, seed=1) == (train, held)
-    train, held = sft.split_eval(recs, 0.2, seed=1, max_eval=5)
+    assert split_eval(recs, 0.2, seed=1) == (train, held)
+    train, held = split_eval(recs, 0.2, seed=1, max_eval=5)
     assert len(held) == 5 and len(train) == 95   # the cap keeps the rest for training
-    assert sft.split_eval(recs, 0.0, seed=1) == (recs, [])
+    assert split_eval(recs, 0.0, seed=1) == (recs, [])

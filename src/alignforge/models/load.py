@@ -11,6 +11,8 @@ Public API::
     frozen_copy(model)                 the reference model: eval mode, no grads
     apply_lora(model, LoraSection)     peft LoRA (optional extra ``[peft]``)
     prepare_for_training(model, cfg)   cfg.model's gradient checkpointing, then LoRA
+    load_policy(cfg) -> (model, tok)   the model a stage trains: model.init or a fresh preset, prepared
+    load_reference(ref_init, policy)   the frozen reference: ref.init, or a frozen copy of the policy
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from alignforge.io import atomic_dir
 
@@ -328,6 +330,30 @@ def prepare_for_training(model, cfg):
     return model
 
 
+def load_policy(cfg):
+    """(model, tokenizer) of the model a stage trains — SFT's, DPO's, the RL stages' policy: ``model.init``
+    (a stage folder or HF dir), else a fresh ``model.preset`` with ``model.tokenizer``; checked against
+    ``train.seq_len`` and prepared for training (:func:`prepare_for_training`)."""
+    from alignforge.config import ConfigError
+    from alignforge.models.tokenizer import ensure_chat_template, load_tokenizer
+
+    if cfg.model.init:
+        try:
+            model, tok = load_causal_lm(cfg.model.init, tokenizer=cfg.model.tokenizer)
+        except FileNotFoundError as e:
+            raise ConfigError(f"model.init={cfg.model.init}: {e}") from None
+    else:
+        if not cfg.model.tokenizer:
+            raise ConfigError(f"{cfg.stage_name} needs model.init (a stage folder or HF model dir), or "
+                              "model.tokenizer to fine-tune a fresh model.preset")
+        tok = ensure_chat_template(load_tokenizer(cfg.model.tokenizer))
+        model = build_model(cfg.model.preset, len(tok), seed=cfg.seed, **cfg.model.overrides)
+    max_pos = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if max_pos is not None and cfg.train.seq_len > max_pos:
+        raise ConfigError(f"train.seq_len={cfg.train.seq_len} exceeds the model's {max_pos} positions")
+    return prepare_for_training(model, cfg), tok
+
+
 def load_reference(ref_init: str | None, policy, device):
     """The frozen reference model: ``ref_init`` if set, else a frozen copy of ``policy`` as loaded
     (before any update, that is the SFT policy). Shared by DPO, PPO and the REINFORCE family."""
@@ -360,3 +386,72 @@ def load_for_inference(cfg, stage: str):
     except (OSError, ValueError) as e:
         raise ConfigError(f"model.init: cannot load '{cfg.model.init}': {e}") from None
     return model.eval(), tok
+
+
+def _same_vocab(tok, other, what: str, path: str) -> None:
+    from alignforge.config import ConfigError
+
+    if tok.get_vocab() != other.get_vocab():
+        raise ConfigError(f"{what}={path}: its tokenizer differs from the policy's; rollouts are scored on the "
+                          "policy's token ids, so the models must share one tokenizer")
+
+def load_reward(cfg, tok, device) -> tuple[Any, int]:
+    """(frozen reward model, head index) from ``reward.init`` (the RL stages' reward)."""
+    from alignforge.config import ConfigError
+    from alignforge.models.heads import load_scorer
+
+    if not cfg.reward.init:
+        raise ConfigError(f"{type(cfg).__name__}: reward.init is not set (an `alignforge reward` stage folder)")
+    try:
+        rm, rm_tok = load_scorer(cfg.reward.init, device=str(device))
+    except FileNotFoundError as e:
+        raise ConfigError(f"reward.init={cfg.reward.init}: {e}") from None
+    _same_vocab(tok, rm_tok, "reward.init", cfg.reward.init)
+    names = [rm.config.id2label[i] for i in range(rm.config.num_labels)]
+    head = cfg.reward.head
+    if head.isdigit() and int(head) < len(names):
+        index = int(head)
+    elif head in names:
+        index = names.index(head)
+    else:
+        raise ConfigError(f"config key 'reward.head': {head!r} is not a head of {cfg.reward.init} "
+                          f"(heads: {', '.join(names)}; or an index 0..{len(names) - 1})")
+    rm.eval().requires_grad_(False)
+    return rm, index
+
+def load_value(cfg, tok, device):
+    """The critic: ``value.init`` → else ``reward.init`` (InstructGPT) → else ``model.init`` with a zero head.
+
+    A scalar-head folder is loaded as is; a causal LM gets a zero-initialised head (first values 0).
+    """
+    import json
+
+    import torch
+
+    from alignforge.config import ConfigError
+    from alignforge.models.heads import init_from_causal_lm, load_scorer
+
+    path = cfg.value.init or cfg.reward.init or cfg.model.init
+    if not path:
+        raise ConfigError("ppo needs a value model: set value.init, reward.init or model.init")
+    try:
+        d = resolve_model_dir(path)
+        arch = json.loads((d / "config.json").read_text()).get("architectures") or [""]
+        if arch[0].endswith("ForSequenceClassification"):
+            value, vtok = load_scorer(path, device=str(device))
+        else:
+            value, vtok = init_from_causal_lm(path, head_init_std=0.0, device=str(device))
+    except FileNotFoundError as e:
+        raise ConfigError(f"value.init={path}: {e}") from None
+    _same_vocab(tok, vtok, "value.init", str(path))
+    if value.config.num_labels != 1:  # keep the first head only: V is one number per state
+        import copy
+
+        head = value.score
+        new = torch.nn.Linear(head.in_features, 1, bias=False).to(head.weight.device, head.weight.dtype)
+        with torch.no_grad():
+            new.weight.copy_(head.weight[:1])
+        value.score = new
+        value.config = copy.deepcopy(value.config)
+        value.config.num_labels = 1
+    return value.requires_grad_(True)

@@ -23,7 +23,7 @@ Bai et al. 2022, §3, read top to bottom:
 3. ``revisions.jsonl``: one demonstration per prompt (prompt → final revision; ``source`` =
    ``cai-revision``, provenance ``policy`` / ``round`` / ``sampling``; ``meta``: the initial
    answer, and per round the principle, the critique and the revision);
-4. ``critique.finetune``: ``alignforge sft``'s own :func:`~alignforge.stages.sft.run` fine-tunes
+4. ``critique.finetune``: ``alignforge sft`` itself (through the pipeline's ``run_stage_config``) fine-tunes
    ``model.init`` on the revisions (``train.*``, ``sft.*``) in ``<out>/sft`` — no second SFT
    loop — and the model is copied to ``<out>/model``, so ``model.init=<out>`` works downstream.
 
@@ -300,12 +300,12 @@ def run(cfg: CritiqueConfig) -> Path:
 
     # --- 3. fine-tune on the revisions with alignforge sft itself ---
     if cfg.critique.finetune:
-        from alignforge.stages import sft
+        from alignforge.stages.pipeline import run_stage_config
 
         sft_cfg = SFTConfig(run=cfg.run, out=str(out / "sft"), seed=cfg.seed, force=False, runtime=cfg.runtime,
                             model=cfg.model, data=DataSection(train=str(out / REVISIONS)),
                             train=dataclasses.replace(cfg.train), sft=dataclasses.replace(cfg.sft))
-        sft.run(sft_cfg)
+        run_stage_config("sft", sft_cfg)
         if dist.is_main():
             with atomic_dir(out / ckpt.MODEL) as tmp:
                 shutil.copytree(out / "sft" / ckpt.MODEL, tmp, dirs_exist_ok=True)

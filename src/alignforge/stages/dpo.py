@@ -39,12 +39,11 @@ from alignforge.config import ConfigError, DPOConfig, save_config
 from alignforge.data.batching import EncodeStats, Example, encode_pair, pad_id_of
 from alignforge.data.preferences import PairStats, PreferencePair, expand_preferences
 from alignforge.data.records import ReadReport, RecordError
+from alignforge.data.splits import split_eval
 from alignforge.eval.kl import sampled_kl
 from alignforge.losses import dpo_loss
-from alignforge.models.load import matmul_params
 from alignforge.perf import forward_flops, measure_matmul_peak, train_flops
-from alignforge.stages.sft import load_model, split_eval
-from alignforge.models.load import load_reference
+from alignforge.models.load import load_policy, load_reference, matmul_params
 from alignforge.train import checkpoint as ckpt
 from alignforge.train import distributed as dist
 from alignforge.train.loop import (EpochSampler, autocast, compute_dtype, make_optimizer, make_scheduler,
@@ -128,7 +127,7 @@ def run(cfg: DPOConfig) -> Path:
 
     # --- policy (its tokenizer encodes the data) and the frozen reference ---
     seed_everything(dist.rank_seed(cfg.seed))
-    model, tok = load_model(cfg)
+    model, tok = load_policy(cfg)
     n_matmul = matmul_params(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     need_ref_model = not dcfg.reference_free or dcfg.kl_prompts > 0

@@ -43,7 +43,6 @@ from typing import Any
 
 import torch
 
-from alignforge import rollout as R
 from alignforge.cli import run_stage
 from alignforge.config import ConfigError, NashConfig, save_config
 from alignforge.data.batching import pad_id_of
@@ -55,9 +54,10 @@ from alignforge.losses import (
     masked_mean,
     ppo_policy_loss,
 )
-from alignforge.models.load import load_reference, matmul_params
+from alignforge.models.load import load_policy, load_reference, matmul_params
 from alignforge.perf import Throughput
-from alignforge.stages.sft import load_model
+from alignforge.rl import rollout as R
+from alignforge.rl import stage as S
 from alignforge.train import checkpoint as ckpt
 from alignforge.train import distributed as dist
 from alignforge.train.loop import (
@@ -152,7 +152,7 @@ def run(cfg: NashConfig, preference_fn: PreferenceFn | None = None) -> Path:
     if finished:
         return out
     rank, main_rank = dist.rank(), dist.is_main()
-    R.check_rl_config(cfg, "nash")
+    S.check_rl_config(cfg, "nash")
     if preference_fn is None and not cfg.preference.init and not cfg.nash.preference_data:
         raise ConfigError("nash needs preference.init (a preference model saved by alignforge.models.preference) "
                           "or nash.preference_data (comparison records to fit one on)")
@@ -162,7 +162,7 @@ def run(cfg: NashConfig, preference_fn: PreferenceFn | None = None) -> Path:
 
     # --- models: policy (trained), reference + preference model (frozen) ---
     seed_everything(cfg.seed)
-    policy, tok = load_model(cfg)
+    policy, tok = load_policy(cfg)
     policy.to(device).eval()  # dropout off: the engine's log-probs come from an eval-mode forward
     ref = load_reference(cfg.ref.init, policy, device)
     injected = preference_fn is not None
@@ -172,7 +172,7 @@ def run(cfg: NashConfig, preference_fn: PreferenceFn | None = None) -> Path:
         preference_fn = model_preference(pm, pm_tok, ncfg.preference_max_len, cfg.preference.batch_size)
 
     # --- prompts ---
-    prompts, prompt_ids, eval_prompts, eval_ids = R.encode_prompts(cfg, tok, params, ncfg.eval_prompts)
+    prompts, prompt_ids, eval_prompts, eval_ids = S.encode_prompts(cfg, tok, params, ncfg.eval_prompts)
 
     n = rcfg.prompts // dist.world_size()
     mb_size = max(1, min(tcfg.batch_size, n))
@@ -180,8 +180,8 @@ def run(cfg: NashConfig, preference_fn: PreferenceFn | None = None) -> Path:
     optimizer = make_optimizer(policy, tcfg)
     scheduler = make_scheduler(optimizer, tcfg)
     sampler = EpochSampler(len(prompts), cfg.seed)
-    kl_ctl = R.kl_controller(cfg.kl)
-    resumed, step, elapsed_before = R.resume_rl(out, model=policy, optimizer=optimizer, scheduler=scheduler,
+    kl_ctl = S.kl_controller(cfg.kl)
+    resumed, step, elapsed_before = S.resume_rl(out, model=policy, optimizer=optimizer, scheduler=scheduler,
                                                 sampler=sampler, kl_ctl=kl_ctl)
     out.mkdir(parents=True, exist_ok=True)
     if main_rank:
@@ -238,10 +238,10 @@ def run(cfg: NashConfig, preference_fn: PreferenceFn | None = None) -> Path:
             from alignforge.eval.metrics import win_rate
 
             kw = {"max_new_tokens": params.max_new_tokens, "seed": cfg.seed}
-            ev = R.gold_eval(policy, tok, eval_prompts, ncfg.eval_world, name=f"step{step}", ref=ref, **kw)
-            row.update(R.gold_metrics(ev))
+            ev = S.gold_eval(policy, tok, eval_prompts, ncfg.eval_world, name=f"step{step}", ref=ref, **kw)
+            row.update(S.gold_metrics(ev))
             if "sft" not in previous:  # the initial policy's evaluation (step 0), or the reference's after a resume
-                previous["sft"] = ev if step == 0 else R.gold_eval(ref, tok, eval_prompts, ncfg.eval_world, name="sft",
+                previous["sft"] = ev if step == 0 else S.gold_eval(ref, tok, eval_prompts, ncfg.eval_world, name="sft",
                                                                    ref=ref, **kw)
             # Nash-MD should not lose to its own past: gold win-rate (ties = ½, paired bootstrap 95% CI
             # over the same prompts, same sampling seed) against SFT and against the previous evaluation.
@@ -252,11 +252,11 @@ def run(cfg: NashConfig, preference_fn: PreferenceFn | None = None) -> Path:
                                 f"gold_win_rate_vs_{key}_hi": w.hi})
             previous["ev"] = ev
             if final:
-                report, _ = R.final_report(policy, ref, tok, eval_prompts, ncfg.eval_world, name="nash", **kw)
+                report, _ = S.final_report(policy, ref, tok, eval_prompts, ncfg.eval_world, name="nash", **kw)
                 atomic_write_text(out / "eval.json", json.dumps(report, indent=1))
         return row
 
-    R.initial_eval(step, tcfg, evaluate, logger)  # the curves start at the initial (SFT) policy
+    S.initial_eval(step, tcfg, evaluate, logger)  # the curves start at the initial (SFT) policy
     while step < ncfg.steps:
         # --- 1. the policy's sample y and the mixture's sample y' for each prompt ---
         idx = dist.shard(sampler.take(rcfg.prompts).tolist())
@@ -282,7 +282,7 @@ def run(cfg: NashConfig, preference_fn: PreferenceFn | None = None) -> Path:
                 lp, logits = R.response_logprobs(policy, mb, T)
                 pg_loss, pg = ppo_policy_loss(lp, mb.logprobs, mb.advantages, mb.mask, clip=0.2)
             pg_loss.backward()
-            R.average_gradients(policy)
+            dist.average_gradients(policy)
             grad_norm = optimizer_step(policy, optimizer, scheduler, tcfg.grad_clip)
             with torch.no_grad():
                 ent = masked_mean(entropy_from_logits(logits.detach() / T), mb.mask)
@@ -298,7 +298,7 @@ def run(cfg: NashConfig, preference_fn: PreferenceFn | None = None) -> Path:
         # --- 4. metrics, samples, checkpoint ---
         meter.add(train_tokens)
         logger.progress(step)
-        row: dict[str, Any] = R.gathered_mean({
+        row: dict[str, Any] = dist.gathered_mean({
             **R.rollout_stats(ro, kl_tok), "win_rate": float(p_win.mean()), "reward": float(rewards.mean()),
             "opponent_length": float(opp.response_mask.float().sum(1).mean()),
             **{key: v / n_updates for key, v in sums.items()}})
@@ -309,7 +309,7 @@ def run(cfg: NashConfig, preference_fn: PreferenceFn | None = None) -> Path:
         line = (f"nash: step {step}: win-rate vs mixture {row['win_rate']:.3f} kl {row['kl']:.3f} β_KL {beta:.3g} "
                 f"len {row['response_length']:.1f} ({row['generate_score_s']:.1f}s play, {t_train:.1f}s train)")
         # eval + samples.jsonl, the line, metrics.jsonl, the checkpoint; stop when out of time
-        if R.end_step("nash", step, row, last=step == ncfg.steps, train=tcfg, out=out, logger=logger, clock=clock,
+        if S.end_step("nash", step, row, last=step == ncfg.steps, train=tcfg, out=out, logger=logger, clock=clock,
                       evaluate=evaluate, samples=samples, line=line, model=policy, optimizer=optimizer,
                       scheduler=scheduler, sampler=sampler, kl_ctl=kl_ctl):
             break

@@ -67,6 +67,15 @@ def _load(ref: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
+def run_stage_config(stage: str, cfg: Any) -> Any:
+    """Run one stage on a built config object. The public way for code — a stage that runs another
+    (critique fine-tunes with sft), the demo — to run a stage without importing its module: stages
+    import components, never each other (tests/test_import_boundary.py)."""
+    if stage not in STAGE_RUNNERS:
+        raise ConfigError(f"unknown stage {stage!r}; pipeline stages: {', '.join(STAGE_RUNNERS)}")
+    return _load(STAGE_RUNNERS[stage][1])(cfg)
+
+
 @dataclass
 class Step:
     name: str
@@ -182,7 +191,9 @@ def run_step(p: Pipeline, step: Step, out: Path, refs: dict[str, str], log: Call
         done.unlink()
         if hasattr(cfg, "force"):
             cfg = dataclasses.replace(cfg, force=True)
-    run = _load(STAGE_RUNNERS[step.stage][1])
+    def run(config: Any) -> Any:
+        return run_stage_config(step.stage, config)
+
     if output is None:
         log(f"pipeline: {step.name} ({step.stage}) → {out}")
         t0 = time.perf_counter()

@@ -5,11 +5,11 @@ Read top to bottom. Models: the policy (``model.init``, the SFT checkpoint), a f
 (``reward.init``) and a separate value model (``value.init``, default initialised from the reward
 model, as InstructGPT does). One PPO step:
 
-1. **Rollout** (:func:`alignforge.rollout.make_rollout`): ``rollout.prompts`` prompts → one
+1. **Rollout** (:func:`alignforge.rl.rollout.make_rollout`): ``rollout.prompts`` prompts → one
    response each from the KV-cached sampling engine → reward-model score → log π_ref and V(s_t)
    in batched forwards. The engine's log-probs are the old log-probs when exact (no top-k/top-p).
 2. **Rewards**: r_t = −β·KL_t (estimator ``kl.estimator``) at every token, plus the score at the
-   last token (:func:`alignforge.rl.per_token_rewards`); β fixed or adaptive (``kl.target``).
+   last token (:func:`alignforge.rl.advantages.per_token_rewards`); β fixed or adaptive (``kl.target``).
 3. **Advantages**: GAE(γ, λ) on those rewards with the rollout's values, whitened over the batch.
 4. **Update**: ``ppo.epochs`` passes over shuffled minibatches of ``ppo.minibatch_size``
    responses; each minibatch is one optimizer step on clipped policy loss + ``vf_coef`` × clipped
@@ -41,7 +41,6 @@ from typing import Any
 
 import torch
 
-from alignforge import rollout as R
 from alignforge.cli import run_stage
 from alignforge.config import ConfigError, PPOConfig, save_config
 from alignforge.losses import (
@@ -50,10 +49,11 @@ from alignforge.losses import (
     ppo_policy_loss,
     value_loss,
 )
-from alignforge.models.load import load_reference, matmul_params
+from alignforge.models.load import load_policy, load_reference, load_reward, load_value, matmul_params
 from alignforge.perf import Throughput
-from alignforge.rl import explained_variance, gae, per_token_rewards
-from alignforge.stages.sft import load_model
+from alignforge.rl import rollout as R
+from alignforge.rl import stage as S
+from alignforge.rl.advantages import explained_variance, gae, global_whiten, per_token_rewards
 from alignforge.train import checkpoint as ckpt
 from alignforge.train import distributed as dist
 from alignforge.train.loop import (
@@ -100,23 +100,23 @@ def run(cfg: PPOConfig, reward_fn: R.RewardFn | None = None) -> Path:
     if finished:
         return out
     world, rank, main_rank = dist.world_size(), dist.rank(), dist.is_main()
-    R.check_rl_config(cfg, "ppo")
+    S.check_rl_config(cfg, "ppo")
     tcfg, pcfg, rcfg = cfg.train, cfg.ppo, cfg.rollout
     params = R.sampling_params(cfg)
     T = params.temperature if params.temperature > 0 else 1.0
 
     # --- models: policy (trained), reference + reward (frozen), value (trained) ---
     seed_everything(cfg.seed)
-    policy, tok = load_model(cfg)
+    policy, tok = load_policy(cfg)
     policy.to(device)
     ref = load_reference(cfg.ref.init, policy, device)
-    reward_model, head = (None, 0) if reward_fn is not None else R.load_reward(cfg, tok, device)
-    value = R.load_value(cfg, tok, device).to(device)
+    reward_model, head = (None, 0) if reward_fn is not None else load_reward(cfg, tok, device)
+    value = load_value(cfg, tok, device).to(device)
     both = torch.nn.ModuleDict({"policy": policy, "value": value})  # one state for the checkpoint
     both.eval()  # dropout off everywhere (see the module docstring)
 
     # --- prompts (left-truncated so prompt + response fits train.seq_len) and optional ptx text ---
-    prompts, prompt_ids, eval_prompts, eval_ids = R.encode_prompts(cfg, tok, params, pcfg.eval_prompts)
+    prompts, prompt_ids, eval_prompts, eval_ids = S.encode_prompts(cfg, tok, params, pcfg.eval_prompts)
     ptx = ptx_blocks(cfg, tok) if pcfg.ptx_coef > 0 else None
 
     n_mb = math.ceil(rcfg.prompts // world / pcfg.minibatch_size)  # minibatch_size is per process
@@ -124,8 +124,8 @@ def run(cfg: PPOConfig, reward_fn: R.RewardFn | None = None) -> Path:
     optimizer = make_optimizer(policy, value, cfg)
     scheduler = make_scheduler(optimizer, tcfg)
     sampler = EpochSampler(len(prompts), cfg.seed)
-    kl_ctl = R.kl_controller(cfg.kl)
-    resumed, step, elapsed_before = R.resume_rl(out, model=both, optimizer=optimizer, scheduler=scheduler,
+    kl_ctl = S.kl_controller(cfg.kl)
+    resumed, step, elapsed_before = S.resume_rl(out, model=both, optimizer=optimizer, scheduler=scheduler,
                                                 sampler=sampler, kl_ctl=kl_ctl)
     ptx_pos = int(resumed.data["ptx_pos"]) if resumed else 0
     out.mkdir(parents=True, exist_ok=True)
@@ -147,10 +147,10 @@ def run(cfg: PPOConfig, reward_fn: R.RewardFn | None = None) -> Path:
 
     def evaluate(final: bool) -> dict[str, Any]:  # rank 0 only; gold metrics with ppo.eval_world
         with ctx:
-            return R.reward_eval(policy, ref, tok, params, final=final, name="ppo", out=out, seed=cfg.seed,
+            return S.reward_eval(policy, ref, tok, params, final=final, name="ppo", out=out, seed=cfg.seed,
                              eval_ids=eval_ids, eval_prompts=eval_prompts, eval_world=pcfg.eval_world, **rkw)
 
-    R.initial_eval(step, tcfg, evaluate, logger)  # the curves start at the initial (SFT) policy
+    S.initial_eval(step, tcfg, evaluate, logger)  # the curves start at the initial (SFT) policy
     while step < pcfg.steps:
         # --- 1. rollout: sample, score, reference log-probs, values ---
         # Every rank draws the same global prompts and samples its own shard with its own seed.
@@ -167,10 +167,10 @@ def run(cfg: PPOConfig, reward_fn: R.RewardFn | None = None) -> Path:
         beta = kl_ctl.value
         rewards, kl = per_token_rewards(ro.scores, ro.logprobs, ro.ref_logprobs, ro.mask, beta, cfg.kl.estimator)
         if rcfg.whiten_rewards:
-            rewards = R.global_whiten(rewards, ro.mask, shift_mean=False)
+            rewards = global_whiten(rewards, ro.mask, shift_mean=False)
         ro.advantages, ro.returns = gae(rewards, ro.values, ro.mask, gamma=pcfg.gamma, lam=pcfg.lam)
         if pcfg.whiten_advantages:
-            ro.advantages = R.global_whiten(ro.advantages, ro.mask)
+            ro.advantages = global_whiten(ro.advantages, ro.mask)
 
         # --- 4. PPO epochs over shuffled minibatches; one optimizer step per minibatch ---
         mb_rng = R.step_generator(cfg.seed, step, salt=1 + 1000 * rank)
@@ -193,7 +193,7 @@ def run(cfg: PPOConfig, reward_fn: R.RewardFn | None = None) -> Path:
                         loss = loss + pcfg.ptx_coef * ptx_loss
                         sums["ptx_loss"] = sums.get("ptx_loss", 0.0) + float(ptx_loss.detach())
                 loss.backward()
-                R.average_gradients(policy, value)
+                dist.average_gradients(policy, value)
                 # Separate networks, separate clipping: the critic's large early gradients must not
                 # shrink the policy's step (cleanrl clips one shared network; ours are two).
                 gp = torch.nn.utils.clip_grad_norm_(policy.parameters(), tcfg.grad_clip or float("inf"))
@@ -215,20 +215,20 @@ def run(cfg: PPOConfig, reward_fn: R.RewardFn | None = None) -> Path:
         # --- 5. metrics, eval, checkpoint ---
         meter.add(train_tokens)
         logger.progress(step)
-        row: dict[str, Any] = R.gathered_mean({
+        row: dict[str, Any] = dist.gathered_mean({
             **R.rollout_stats(ro, kl), "score_shaped": float(ro.scores.mean()),
             **{k: v / n_updates for k, v in sums.items()},
             "explained_variance": explained_variance(ro.values, ro.returns, ro.mask),
             "value_mean": float(masked_mean(ro.values, ro.mask)),
             "advantage_mean": float(masked_mean(ro.advantages, ro.mask))})
-        row.update({"kl_coef": beta, "lr": scheduler.get_last_lr()[0], **R.step_timings(ro, t_train, train_tokens)})
+        row.update({"kl_coef": beta, "lr": scheduler.get_last_lr()[0], **S.step_timings(ro, t_train, train_tokens)})
         samples = [{"step": step, "prompt": prompts[idx[i]].prompt, "response": (ro.texts or [""])[i],
                     "score": float(ro.raw_scores[i])} for i in range(min(4, len(ro)))]
         line = (f"ppo: step {step}: score {row['score']:+.3f} kl {row['kl']:.3f} β {beta:.3g} len "
                 f"{row['response_length']:.1f} clip {row['clip_frac']:.3f} ev {row['explained_variance']:.2f} "
                 f"({row['generate_s']:.1f}s gen, {row['score_s']:.1f}s score, {t_train:.1f}s train)")
         # eval + samples.jsonl, the line, metrics.jsonl, the checkpoint; stop when out of time
-        if R.end_step("ppo", step, row, last=step == pcfg.steps, train=tcfg, out=out, logger=logger, clock=clock,
+        if S.end_step("ppo", step, row, last=step == pcfg.steps, train=tcfg, out=out, logger=logger, clock=clock,
                       evaluate=evaluate, samples=samples, line=line, model=both, optimizer=optimizer,
                       scheduler=scheduler, sampler=sampler, kl_ctl=kl_ctl, data={"ptx_pos": ptx_pos}):
             break

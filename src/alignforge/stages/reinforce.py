@@ -5,16 +5,16 @@ Read top to bottom. Models: the policy (``model.init``, SFT), a frozen reference
 default a frozen copy of the policy as loaded) and the frozen reward model (``reward.init``); no
 value model. One step:
 
-1. **Rollout** (:func:`alignforge.rollout.make_rollout`): ``rollout.prompts`` prompts, each
+1. **Rollout** (:func:`alignforge.rl.rollout.make_rollout`): ``rollout.prompts`` prompts, each
    repeated ``reinforce.k`` times (a group is contiguous), one sample per copy; RM scores, log π_ref.
 2. **Advantages**, one number per response, given to every one of its tokens:
 
    * ``reinforce``: R = score − β·KL(y), A = R − b with b a moving average of past mean rewards
      (Williams' baseline; ``reinforce.baseline_decay``).
    * ``rloo`` (Ahmadian et al. 2024): R = score − β·KL(y), A_i = R_i − mean of the other k−1
-     samples of the same prompt (:func:`alignforge.rl.rloo_advantages`): unbiased, no critic.
+     samples of the same prompt (:func:`alignforge.rl.advantages.rloo_advantages`): unbiased, no critic.
    * ``grpo`` (Shao et al. 2024): A_i = (score_i − mean_group) / std_group
-     (:func:`alignforge.rl.grpo_advantages`; ``scale_advantages=false`` = Dr. GRPO), and the KL is
+     (:func:`alignforge.rl.advantages.grpo_advantages`; ``scale_advantages=false`` = Dr. GRPO), and the KL is
      a loss term β·KL_k(π‖π_ref) per token (``kl.estimator``, k3 in the paper) instead of a reward.
 
    KL(y) = Σ_t KL_t with the per-token estimator ``kl.estimator``; β fixed or adaptive.
@@ -39,7 +39,6 @@ from typing import Any
 
 import torch
 
-from alignforge import rollout as R
 from alignforge.cli import run_stage
 from alignforge.config import ConfigError, ReinforceConfig, save_config
 from alignforge.losses import (
@@ -48,10 +47,11 @@ from alignforge.losses import (
     masked_mean,
     ppo_policy_loss,
 )
-from alignforge.models.load import load_reference, matmul_params
+from alignforge.models.load import load_policy, load_reference, load_reward, matmul_params
 from alignforge.perf import Throughput
-from alignforge.rl import grpo_advantages, rloo_advantages
-from alignforge.stages.sft import load_model
+from alignforge.rl import rollout as R
+from alignforge.rl import stage as S
+from alignforge.rl.advantages import grpo_advantages, rloo_advantages
 from alignforge.train import checkpoint as ckpt
 from alignforge.train import distributed as dist
 from alignforge.train.loop import (
@@ -85,7 +85,7 @@ def run(cfg: ReinforceConfig, reward_fn: R.RewardFn | None = None) -> Path:
     if finished:
         return out
     world, rank, main_rank = dist.world_size(), dist.rank(), dist.is_main()
-    R.check_rl_config(cfg, "reinforce")
+    S.check_rl_config(cfg, "reinforce")
     tcfg, icfg, rcfg = cfg.train, cfg.reinforce, cfg.rollout
     algo, k = icfg.algorithm, icfg.k
     if icfg.minibatch_size % k:
@@ -96,13 +96,13 @@ def run(cfg: ReinforceConfig, reward_fn: R.RewardFn | None = None) -> Path:
 
     # --- models: policy (trained), reference + reward (frozen) ---
     seed_everything(cfg.seed)
-    policy, tok = load_model(cfg)
+    policy, tok = load_policy(cfg)
     policy.to(device).eval()  # dropout off: the engine's log-probs come from an eval-mode forward
     ref = load_reference(cfg.ref.init, policy, device)
-    reward_model, head = (None, 0) if reward_fn is not None else R.load_reward(cfg, tok, device)
+    reward_model, head = (None, 0) if reward_fn is not None else load_reward(cfg, tok, device)
 
     # --- prompts ---
-    prompts, prompt_ids, eval_prompts, eval_ids = R.encode_prompts(cfg, tok, params, icfg.eval_prompts)
+    prompts, prompt_ids, eval_prompts, eval_ids = S.encode_prompts(cfg, tok, params, icfg.eval_prompts)
 
     n = rcfg.prompts // world * k  # responses per process; minibatch_size is per process too
     n_mb = -(-n // icfg.minibatch_size)
@@ -110,8 +110,8 @@ def run(cfg: ReinforceConfig, reward_fn: R.RewardFn | None = None) -> Path:
     optimizer = make_optimizer(policy, tcfg)
     scheduler = make_scheduler(optimizer, tcfg)
     sampler = EpochSampler(len(prompts), cfg.seed)
-    kl_ctl = R.kl_controller(cfg.kl)
-    resumed, step, elapsed_before = R.resume_rl(out, model=policy, optimizer=optimizer, scheduler=scheduler,
+    kl_ctl = S.kl_controller(cfg.kl)
+    resumed, step, elapsed_before = S.resume_rl(out, model=policy, optimizer=optimizer, scheduler=scheduler,
                                                 sampler=sampler, kl_ctl=kl_ctl)
     baseline: float | None = resumed.data["baseline"] if resumed else None
     out.mkdir(parents=True, exist_ok=True)
@@ -133,10 +133,10 @@ def run(cfg: ReinforceConfig, reward_fn: R.RewardFn | None = None) -> Path:
 
     def evaluate(final: bool) -> dict[str, Any]:  # rank 0 only; gold metrics with reinforce.eval_world
         with ctx:
-            return R.reward_eval(policy, ref, tok, params, final=final, name=algo, out=out, seed=cfg.seed,
+            return S.reward_eval(policy, ref, tok, params, final=final, name=algo, out=out, seed=cfg.seed,
                              eval_ids=eval_ids, eval_prompts=eval_prompts, eval_world=icfg.eval_world, **rkw)
 
-    R.initial_eval(step, tcfg, evaluate, logger)  # the curves start at the initial (SFT) policy
+    S.initial_eval(step, tcfg, evaluate, logger)  # the curves start at the initial (SFT) policy
     while step < icfg.steps:
         # --- 1. rollout: k samples of each prompt, contiguous groups ---
         # Same global prompts on every rank, each samples its shard: a group never spans processes.
@@ -177,7 +177,7 @@ def run(cfg: ReinforceConfig, reward_fn: R.RewardFn | None = None) -> Path:
                         loss = loss + beta * kl_loss
                         sums["kl_loss"] = sums.get("kl_loss", 0.0) + float(kl_loss.detach())
                 loss.backward()
-                R.average_gradients(policy)
+                dist.average_gradients(policy)
                 grad_norm = optimizer_step(policy, optimizer, scheduler, tcfg.grad_clip)
                 with torch.no_grad():
                     ent = masked_mean(entropy_from_logits(logits.detach() / T), mb.mask)
@@ -195,12 +195,12 @@ def run(cfg: ReinforceConfig, reward_fn: R.RewardFn | None = None) -> Path:
         meter.add(train_tokens)
         logger.progress(step)
         grp = ro.raw_scores.reshape(-1, k)
-        row: dict[str, Any] = R.gathered_mean({
+        row: dict[str, Any] = dist.gathered_mean({
             **R.rollout_stats(ro, kl_tok), "reward": float(rewards.mean()),
             "advantage_std": float(adv.std()) if len(adv) > 1 else 0.0,
             "group_score_std": float(grp.std(1).mean()) if k > 1 else 0.0,
             **{key: v / n_updates for key, v in sums.items()}})
-        row.update({"kl_coef": beta, "lr": scheduler.get_last_lr()[0], **R.step_timings(ro, t_train, train_tokens)})
+        row.update({"kl_coef": beta, "lr": scheduler.get_last_lr()[0], **S.step_timings(ro, t_train, train_tokens)})
         if baseline is not None:
             row["baseline"] = baseline
         samples = [{"step": step, "prompt": prompts[idx[i // k]].prompt, "response": (ro.texts or [""])[i],
@@ -209,7 +209,7 @@ def run(cfg: ReinforceConfig, reward_fn: R.RewardFn | None = None) -> Path:
                 f"len {row['response_length']:.1f} ({row['generate_s']:.1f}s gen, {row['score_s']:.1f}s score, "
                 f"{t_train:.1f}s train)")
         # eval + samples.jsonl, the line, metrics.jsonl, the checkpoint; stop when out of time
-        if R.end_step("reinforce", step, row, last=step == icfg.steps, train=tcfg, out=out, logger=logger,
+        if S.end_step("reinforce", step, row, last=step == icfg.steps, train=tcfg, out=out, logger=logger,
                       clock=clock, evaluate=evaluate, samples=samples, line=line, model=policy, optimizer=optimizer,
                       scheduler=scheduler, sampler=sampler, kl_ctl=kl_ctl, data={"baseline": baseline}):
             break

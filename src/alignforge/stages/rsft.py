@@ -40,9 +40,8 @@ from alignforge.config import ConfigError, RSFTConfig, save_config
 from alignforge.data.batching import EncodeStats, encode_example, lm_loss, make_batches, pad_id_of
 from alignforge.data.records import Demonstration, Prompt, ReadReport, RecordError, read_records, write_records
 from alignforge.eval.scorers import RewardModelScorer, Scorer, sample_and_score
-from alignforge.models.load import matmul_params
+from alignforge.models.load import load_policy, matmul_params
 from alignforge.perf import Throughput
-from alignforge.stages.sft import load_model
 from alignforge.train import checkpoint as ckpt
 from alignforge.train import distributed as dist
 from alignforge.train.loop import (EpochSampler, autocast, make_optimizer, make_scheduler,
@@ -99,7 +98,7 @@ def run(cfg: RSFTConfig, scorer: Scorer | None = None) -> Path:
     world, rank = dist.world_size(), dist.rank()
 
     seed_everything(dist.rank_seed(cfg.seed))
-    model, tok = load_model(cfg)
+    model, tok = load_policy(cfg)
     scorer = scorer if scorer is not None else reward_scorer(cfg, device)
     prompts = read_prompts(cfg)
     n_matmul = matmul_params(model)

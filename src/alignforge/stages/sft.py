@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,8 @@ from alignforge.data.batching import (
     pad_id_of,
 )
 from alignforge.data.records import Demonstration, ReadReport, RecordError
-from alignforge.models.load import matmul_params, prepare_for_training
+from alignforge.data.splits import split_eval
+from alignforge.models.load import load_policy, matmul_params
 from alignforge.perf import Throughput, measure_matmul_peak
 from alignforge.train import checkpoint as ckpt
 from alignforge.train import distributed as dist
@@ -85,20 +85,6 @@ def read_demonstrations(path: str, cfg: SFTConfig, limit: int | None = None) -> 
     return records  # type: ignore[return-value]
 
 
-def split_eval(records: list, fraction: float, seed: int, max_eval: int | None = None) -> tuple[list, list]:
-    """A seeded held-out share of the training records (used when data.eval is not given),
-    at most ``max_eval`` of them: the rest stay in training rather than being thrown away."""
-    if fraction <= 0 or len(records) < 2 or max_eval == 0:
-        return records, []
-    idx = list(range(len(records)))
-    random.Random(seed).shuffle(idx)
-    n_eval = min(len(records) - 1, max(1, round(fraction * len(records))))
-    if max_eval is not None:
-        n_eval = min(n_eval, max_eval)
-    held = set(idx[:n_eval])
-    return [r for i, r in enumerate(records) if i not in held], [records[i] for i in sorted(held)]
-
-
 def encode_all(tok, records: Sequence[Demonstration], cfg: SFTConfig) -> tuple[list[Example], list, EncodeStats, int]:
     """(examples, the records kept, stats, UTF-8 bytes of the kept responses)."""
     stats = EncodeStats()
@@ -118,28 +104,6 @@ def encode_all(tok, records: Sequence[Demonstration], cfg: SFTConfig) -> tuple[l
 # ---------------------------------------------------------------------------------------------
 
 
-def load_model(cfg: SFTConfig):
-    """(model, tokenizer): model.init (stage folder / HF dir), else a fresh preset + model.tokenizer."""
-    from alignforge.models.load import build_model, load_causal_lm
-    from alignforge.models.tokenizer import ensure_chat_template, load_tokenizer
-
-    if cfg.model.init:
-        try:
-            model, tok = load_causal_lm(cfg.model.init, tokenizer=cfg.model.tokenizer)
-        except FileNotFoundError as e:
-            raise ConfigError(f"model.init={cfg.model.init}: {e}") from None
-    else:
-        if not cfg.model.tokenizer:
-            raise ConfigError("sft needs model.init (a stage folder or HF model dir), or model.tokenizer "
-                              "to fine-tune a fresh model.preset")
-        tok = ensure_chat_template(load_tokenizer(cfg.model.tokenizer))
-        model = build_model(cfg.model.preset, len(tok), seed=cfg.seed, **cfg.model.overrides)
-    max_pos = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
-    if max_pos is not None and cfg.train.seq_len > max_pos:
-        raise ConfigError(f"train.seq_len={cfg.train.seq_len} exceeds the model's {max_pos} positions")
-    return prepare_for_training(model, cfg), tok
-
-
 # ---------------------------------------------------------------------------------------------
 # The stage
 # ---------------------------------------------------------------------------------------------
@@ -156,7 +120,7 @@ def run(cfg: SFTConfig) -> Path:
 
     # --- model first (its tokenizer encodes the data), seeded per rank ---
     seed_everything(dist.rank_seed(cfg.seed))
-    model, tok = load_model(cfg)
+    model, tok = load_policy(cfg)
     n_matmul = matmul_params(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 

@@ -210,3 +210,25 @@ def _fsdp_no_sync(model: Any) -> Iterator[None]:
         yield
     finally:
         model.set_requires_gradient_sync(True)
+
+
+def average_gradients(*models) -> None:
+    """Mean of every gradient over ranks (no-op in one process). Plain all-reduce instead of DDP
+    because the value model is called through ``token_scores`` (its backbone and head directly),
+    which a DDP wrapper's forward hooks would not see."""
+    if not is_distributed():
+        return
+    for model in models:
+        for p in model.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+                p.grad /= world_size()
+
+
+def gathered_mean(row: dict[str, float]) -> dict[str, float]:
+    """Every value averaged over ranks (each rank holds the same number of responses)."""
+    if not is_distributed():
+        return row
+    keys = sorted(row)
+    t = all_reduce_mean(torch.tensor([float(row[k]) for k in keys], dtype=torch.float64))
+    return dict(zip(keys, t.tolist()))

@@ -394,7 +394,26 @@ def start_stage(cfg: Any, name: str, clear_also: Sequence[str] = ()) -> tuple[An
         return out, device, True
     if cfg.force:
         ckpt.clear(out, also=tuple(clear_also))
+    if dist.is_main():
+        print(f"{name}: {precision_note(cfg.runtime, device)}")
     return out, device, False
+
+
+def precision_note(runtime: Any, device: torch.device) -> str:
+    """'bf16 autocast (runtime.precision=auto: this CPU has AMX-BF16)' — what a stage runs in, and why."""
+    import os
+
+    want = getattr(runtime, "precision", "auto")
+    got = resolve_precision(runtime, device)
+    if want != "auto":
+        why = f"runtime.precision={want}"
+    elif os.environ.get(AUTO_PRECISION_ENV, "").strip():
+        why = f"runtime.precision=auto, {AUTO_PRECISION_ENV}={os.environ[AUTO_PRECISION_ENV].strip()}"
+    elif device.type == "cuda":
+        why = "runtime.precision=auto on " + ("a GPU with bf16" if got == "bf16" else "a GPU without bf16")
+    else:
+        why = "runtime.precision=auto: " + ("this CPU has AMX-BF16" if got == "bf16" else "no AMX-BF16 on this CPU")
+    return ("bf16 autocast, fp32 master weights" if got == "bf16" else "fp32") + f" ({why})"
 
 
 class StageClock:

@@ -27,6 +27,23 @@ def whiten(values: torch.Tensor, mask: torch.Tensor | None = None, shift_mean: b
     return out if mask is None else out * mask
 
 
+def global_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """:func:`whiten` with the mean and variance of the masked entries of ALL ranks
+    (design §8: advantages are whitened globally, not per process). One process: exactly ``whiten``."""
+    from alignforge.train import distributed as dist
+
+    if not dist.is_distributed():
+        return whiten(values, mask, shift_mean=shift_mean, eps=eps)
+    m = mask.to(values.dtype)
+    n = dist.all_reduce_sum(m.sum().double())
+    mean = (dist.all_reduce_sum((values * m).sum().double()) / n.clamp_min(1)).to(values.dtype)
+    var = (dist.all_reduce_sum((((values - mean) ** 2) * m).sum().double()) / (n - 1).clamp_min(1)).to(values.dtype)
+    out = (values - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return out * mask
+
+
 def masked_moments(values: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and unbiased variance over the masked entries."""
     if mask is None:
