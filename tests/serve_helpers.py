@@ -14,7 +14,7 @@ def running_server(cfg) -> Iterator[tuple[object, str]]:
     """Yield ``(server, base_url)`` for a ``ServeConfig``; stop the server and its engine after."""
     import uvicorn
 
-    from alignforge.serve import create_app, load_server
+    from alignforge.serving.serve import create_app, load_server
 
     server = load_server(cfg)
     sock = socket.socket()

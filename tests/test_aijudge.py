@@ -9,7 +9,7 @@ import pytest
 import torch
 from serve_helpers import running_server
 
-from alignforge.aijudge import (
+from alignforge.aifeedback.judge import (
     STRENGTH_CUTS,
     EndpointJudge,
     JudgeError,
@@ -21,7 +21,7 @@ from alignforge.aijudge import (
     strength_of,
     to_comparison,
 )
-from alignforge.constitution import (
+from alignforge.aifeedback.constitution import (
     JUDGE_CHOICES,
     Principle,
     judge_prompt,

@@ -44,7 +44,7 @@ def greedy(model, tok, messages, n=10):
 
 
 def run(session, text, interactive=False):
-    from alignforge.chat import run_chat
+    from alignforge.serving.chat import run_chat
 
     out, err = io.StringIO(), io.StringIO()
     assert run_chat(session, io.StringIO(text), out, err, interactive=interactive) == 0
@@ -52,7 +52,7 @@ def run(session, text, interactive=False):
 
 
 def test_history_goes_through_the_chat_template_and_reset_forgets_it(loaded):
-    from alignforge.chat import ChatSession
+    from alignforge.serving.chat import ChatSession
 
     model, tok = loaded
     session = ChatSession(model, tok, temperature=0, max_tokens=10)
@@ -68,7 +68,7 @@ def test_history_goes_through_the_chat_template_and_reset_forgets_it(loaded):
 
 
 def test_commands_change_sampling_and_bad_values_are_reported(loaded):
-    from alignforge.chat import ChatSession
+    from alignforge.serving.chat import ChatSession
 
     model, tok = loaded
     session = ChatSession(model, tok, temperature=0.7, max_tokens=10)
@@ -84,7 +84,7 @@ def test_commands_change_sampling_and_bad_values_are_reported(loaded):
 
 
 def test_interactive_mode_prompts_and_piped_mode_does_not(loaded):
-    from alignforge.chat import ChatSession
+    from alignforge.serving.chat import ChatSession
 
     model, tok = loaded
     out, err = run(ChatSession(model, tok, temperature=0, max_tokens=4), "hi\n", interactive=True)
@@ -94,7 +94,7 @@ def test_interactive_mode_prompts_and_piped_mode_does_not(loaded):
 
 
 def test_long_conversations_drop_the_oldest_turns(loaded):
-    from alignforge.chat import ChatSession
+    from alignforge.serving.chat import ChatSession
 
     model, tok = loaded
     session = ChatSession(model, tok, temperature=0, max_tokens=40, system="sys")  # 128 positions in all
@@ -119,7 +119,7 @@ def test_cli_over_a_pipe(checkpoint, loaded, capsys):
     # bytes, not text mode: universal newlines would turn a '\r' in a random answer into '\n'
     assert proc.stdout.decode() == f"{hi}\n{bye}\n" and proc.stderr.decode() == "(conversation reset)\n"
 
-    from alignforge.chat import main
+    from alignforge.serving.chat import main
 
     assert main(["chat.temperature=0"]) == 2
     assert "chat needs a checkpoint" in capsys.readouterr().err

@@ -1,7 +1,7 @@
 import pytest
 
 from alignforge.config import ConfigError
-from alignforge.constitution import AXES, load_constitution, parse_constitution
+from alignforge.aifeedback.constitution import AXES, load_constitution, parse_constitution
 
 
 def test_default_constitution_loads_with_one_principle_per_axis():

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from alignforge.config import ConfigError, CritiqueConfig, load_config
-from alignforge.constitution import (CRITIQUE_REQUEST, REVISION_REQUEST, critique_messages, load_constitution,
+from alignforge.aifeedback.constitution import (CRITIQUE_REQUEST, REVISION_REQUEST, critique_messages, load_constitution,
                                      revision_messages)
 from alignforge.data.batching import encode_example, encode_prompt
 from alignforge.data.records import RecordError, read_records

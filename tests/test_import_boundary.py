@@ -110,7 +110,7 @@ def test_training_code_never_imports_the_gold_judge():
                "alignforge.world.facts", "alignforge.world.demonstrator", "alignforge.world.policies",
                "alignforge.world.config",
                # the AI judge and the RLAIF stage are training code: they learn nothing from gold
-               "alignforge.aijudge", "alignforge.stages.rlaif", "alignforge.constitution"):
+               "alignforge.aifeedback.judge", "alignforge.stages.rlaif", "alignforge.aifeedback.constitution"):
         assert ok not in tainted, ok
     # Constitutional AI's critique → revision: the world's examples (world.core imports them) and the stage
     for ok in ("alignforge.world.critiques", "alignforge.stages.critique"):

@@ -211,7 +211,7 @@ def test_bad_requests_are_4xx_with_clear_messages_and_the_server_stays_up(client
 
 def test_stream_deltas_agree_with_the_final_text():
     from alignforge.models.tiny import tiny_tokenizer
-    from alignforge.serve import stream_deltas
+    from alignforge.serving.serve import stream_deltas
 
     tok = tiny_tokenizer("llama")
     ids = tok("héron → Marrowfen, 42!", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
@@ -226,7 +226,7 @@ def test_stream_deltas_agree_with_the_final_text():
 def test_engine_groups_by_sampling_params_and_splits_by_max_batch():
     from alignforge.generation import SamplingParams
     from alignforge.models.tiny import tiny_random_model, tiny_tokenizer
-    from alignforge.serve import BatchingEngine, Job
+    from alignforge.serving.serve import BatchingEngine, Job
 
     torch.set_num_threads(1)
     tok = tiny_tokenizer("llama")
@@ -253,7 +253,7 @@ def test_engine_groups_by_sampling_params_and_splits_by_max_batch():
 
 
 def test_cli_errors_and_port_sugar(checkpoint, capsys):
-    from alignforge.serve import _sugar, main
+    from alignforge.serving.serve import _sugar, main
 
     assert _sugar(["ckpt", "--port", "8123", "--host=0.0.0.0"]) == ["ckpt", "serve.port=8123", "serve.host=0.0.0.0"]
     assert main(["--port", "8123"]) == 2
@@ -265,7 +265,7 @@ def test_cli_errors_and_port_sugar(checkpoint, capsys):
 
 
 def test_a_failing_generate_is_a_500_for_its_batch_and_the_worker_lives_on(client, monkeypatch):
-    import alignforge.serve as serve_mod
+    import alignforge.serving.serve as serve_mod
 
     real = serve_mod.generate
 

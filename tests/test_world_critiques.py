@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 
 from alignforge.config import load_config
-from alignforge.constitution import CRITIQUE_REQUEST, REVISION_REQUEST, load_constitution
+from alignforge.aifeedback.constitution import CRITIQUE_REQUEST, REVISION_REQUEST, load_constitution
 from alignforge.data.records import Demonstration, read_records
 from alignforge.world import WorldConfig, build_world
 from alignforge.world.critiques import HARM_DOES, critique_demonstrations, critique_examples

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from alignforge.config import load_config
-from alignforge.constitution import JUDGE_CHOICES, judge_prompt, load_constitution
+from alignforge.aifeedback.constitution import JUDGE_CHOICES, judge_prompt, load_constitution
 from alignforge.data.records import prompt_text, read_records
 from alignforge.world import WorldConfig, build_world
 from alignforge.world.judge import judge

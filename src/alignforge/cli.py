@@ -34,8 +34,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "eval": ("alignforge.stages.eval", "evaluate checkpoints: gold judge, win-rates, KL, perplexity"),
     "pipeline": ("alignforge.stages.pipeline", "run a YAML list of stages, resumably"),
     "demo": ("alignforge.stages.demo", "the whole pipeline on the embedded world, with an HTML report"),
-    "chat": ("alignforge.chat", "terminal chat with a checkpoint"),
-    "serve": ("alignforge.serve", "OpenAI-compatible HTTP server"),
+    "chat": ("alignforge.serving.chat", "terminal chat with a checkpoint"),
+    "serve": ("alignforge.serving.serve", "OpenAI-compatible HTTP server"),
 }
 
 

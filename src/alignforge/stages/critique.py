@@ -14,8 +14,8 @@ Bai et al. 2022, §3, read top to bottom:
          revision ← π(…, critique, "Revision request: <principle.revision>")
          answer   ← revision
 
-   The conversations are built by :func:`alignforge.constitution.critique_messages` /
-   :func:`~alignforge.constitution.revision_messages` (the builder the world's critique
+   The conversations are built by :func:`alignforge.aifeedback.constitution.critique_messages` /
+   :func:`~alignforge.aifeedback.constitution.revision_messages` (the builder the world's critique
    demonstrations use) and tokenised with the chat template by :mod:`alignforge.data.batching`.
    Each round restarts from the prompt and the latest revision rather than appending to one
    ever-growing conversation: the context stays as long as round 1's (small models have few
@@ -56,7 +56,7 @@ import torch
 
 from alignforge.cli import run_stage
 from alignforge.config import ConfigError, CritiqueConfig, DataSection, SFTConfig, save_config
-from alignforge.constitution import Principle, critique_messages, load_constitution, revision_messages
+from alignforge.aifeedback.constitution import Principle, critique_messages, load_constitution, revision_messages
 from alignforge.data.batching import encode_prompt, pad_id_of
 from alignforge.data.records import Demonstration, Prompt, PromptRecord, ReadReport, RecordError, write_records
 from alignforge.generation import SamplingParams, generate

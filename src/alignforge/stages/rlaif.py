@@ -2,7 +2,7 @@
 
 The stand-in for human labellers in Constitutional AI's RL phase (Bai et al. 2022, §4): instead of
 annotators, a feedback model is asked "which response is better under principle P?" for each pair,
-in both presentation orders (:mod:`alignforge.aijudge`), and its verdicts become the same
+in both presentation orders (:mod:`alignforge.aifeedback.judge`), and its verdicts become the same
 comparison records `collect` writes — so `alignforge reward` and `alignforge dpo` read them unchanged.
 
 Read top to bottom:
@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 
-from alignforge.aijudge import (
+from alignforge.aifeedback.judge import (
     Judge,
     PairQuestion,
     judge_pairs,
@@ -54,7 +54,7 @@ from alignforge.aijudge import (
 )
 from alignforge.cli import run_stage
 from alignforge.config import ConfigError, RlaifConfig, save_config, to_dict
-from alignforge.constitution import Principle, load_constitution
+from alignforge.aifeedback.constitution import Principle, load_constitution
 from alignforge.data.records import (
     Candidates,
     Comparison,

@@ -13,8 +13,8 @@ critique, so the world writes examples of the whole exchange (``critique_sft.jso
 
 Each conversation becomes two demonstrations, one per assistant turn the model should learn —
 the critique and the revision — and never the flawed answer itself (SFT puts loss on the final
-assistant turn only). The conversation is built by :func:`alignforge.constitution.critique_messages`
-/ :func:`~alignforge.constitution.revision_messages`, the builder ``alignforge critique`` uses.
+assistant turn only). The conversation is built by :func:`alignforge.aifeedback.constitution.critique_messages`
+/ :func:`~alignforge.aifeedback.constitution.revision_messages`, the builder ``alignforge critique`` uses.
 
 What the world's critic does:
 
@@ -41,7 +41,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from alignforge.constitution import Constitution, critique_messages, load_constitution, revision_messages
+from alignforge.aifeedback.constitution import Constitution, critique_messages, load_constitution, revision_messages
 from alignforge.data.records import Demonstration
 from alignforge.world.config import DemonstratorSection
 from alignforge.world.demonstrator import Demonstrator

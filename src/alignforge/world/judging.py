@@ -3,7 +3,7 @@
 Constitutional AI's feedback model is a pretrained LM that already knows what "less harmful" or
 "more honest" means; a tiny world model learns only what its corpus shows. So the world writes
 ``judge_train.jsonl``: demonstrations whose prompt is the judge's question
-(:func:`alignforge.constitution.judge_prompt`, the one renderer the AI judge also uses) about two
+(:func:`alignforge.aifeedback.constitution.judge_prompt`, the one renderer the AI judge also uses) about two
 responses to a TRAIN prompt, and whose response is the verdict ``(A)`` or ``(B)``.
 
 * **Responses**: for each train prompt, the answers of the world's reference policies
@@ -31,7 +31,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from alignforge.constitution import (
+from alignforge.aifeedback.constitution import (
     JUDGE_CHOICES,
     Constitution,
     judge_prompt,

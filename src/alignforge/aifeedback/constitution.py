@@ -2,7 +2,7 @@
 
 Constitutional AI (Bai et al. 2022) replaces human labels with a model's own judgements, steered
 by a short list of natural-language principles. One YAML file holds them (the default ships
-beside this module, ``alignforge/constitution.yaml``; pass your own with ``load_constitution``)::
+beside this module, ``alignforge/aifeedback/constitution.yaml``; pass your own with ``load_constitution``)::
 
     principles:
       - name: harmless            # recorded on every judgement made under it
@@ -100,7 +100,7 @@ def load_constitution(path: str | Path | None = None) -> Constitution:
 
 # ---------------------------------------------------------------------------------------------
 # The AI judge's question (RLAIF). ONE renderer: the world's judging demonstrations
-# (alignforge.world.judging) and the judge (alignforge.aijudge) both call it, so a judge model
+# (alignforge.world.judging) and the judge (alignforge.aifeedback.judge) both call it, so a judge model
 # trained on the world sees at judging time exactly the text it was trained on.
 # ---------------------------------------------------------------------------------------------
 

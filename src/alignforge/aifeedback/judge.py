@@ -1,6 +1,6 @@
 """The AI judge of RLAIF / Constitutional AI: which of two responses is better under a principle?
 
-The question is :func:`alignforge.constitution.judge_prompt` (the one renderer: the world's judging
+The question is :func:`alignforge.aifeedback.constitution.judge_prompt` (the one renderer: the world's judging
 demonstrations use it too); the judge answers ``(A)`` or ``(B)``. Two backends give the
 probability that it answers ``(A)``:
 
@@ -44,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from alignforge.constitution import JUDGE_CHOICES, Principle, judge_prompt
+from alignforge.aifeedback.constitution import JUDGE_CHOICES, Principle, judge_prompt
 from alignforge.data.records import Comparison, Prompt
 
 #: Confidence |2p − 1| cut points for strength 1, 2, 3 (below the first: strength 0).
