@@ -12,7 +12,13 @@ truncation (design §8). With ``top_k = 0`` and ``top_p = 1`` the sampled distri
 (``rollout.reuse_logprobs``). With truncation the behaviour policy is not π_T, so we recompute
 them with a training-style forward instead (and say so in the metrics). The reference and the
 policy's training forward use the same temperature, as TRL does, so at step 0 the ratio is 1 and
-the KL is 0 up to float rounding (tested).
+the KL is 0 up to float rounding (tested). Under bf16 autocast they are always recomputed: the
+engine's incremental forward and the full-sequence one round differently.
+
+Layout. Prompts are left-padded and responses right-padded, exactly as the engine returns them
+(``Generation.model_inputs``): logits at columns ``P-1 … P+L-2`` predict the response tokens.
+:meth:`Rollout.select` takes a minibatch and trims the all-padding columns on both sides, so a
+minibatch of short answers costs only its own length.
 
 What the RL stages do around a rollout — config checks, prompts, resume, evaluation, the step tail —
 is in :mod:`alignforge.rl.stage`; loading the reward and value models in :mod:`alignforge.models.load`.
@@ -32,6 +38,7 @@ from alignforge.losses import token_logprobs
 
 #: An injected reward: the engine's :class:`Generation` (token ids, mask, texts) → one score per row.
 RewardFn = Callable[[Generation], torch.Tensor]
+
 
 @dataclass
 class Rollout:
