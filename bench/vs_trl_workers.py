@@ -17,10 +17,23 @@ What a step is, and which tokens it counts (the same on both sides of a row):
   counted once per rollout (PPO's two epochs do not count them twice);
 * sample-BxN: one batched sampling call of B prompts × N new tokens (eos off, so every row
   generates N); tokens are the B·N generated tokens.
+
+Precision (``precision``, the orchestrator's ``--precision``), the same on both sides of a row:
+
+* ``fp32``: everything in fp32. alignforge gets ``runtime.precision=fp32`` explicitly (its ``auto``
+  would pick bf16 autocast on a CPU with AMX-BF16); TRL's configs get ``bf16=False``.
+* ``bf16``: bf16 autocast over fp32 master weights on both sides. alignforge:
+  ``runtime.precision=bf16`` (the stages' ``torch.autocast("cpu", bfloat16)``; the optimizer and
+  master weights stay fp32). TRL: ``bf16=True`` with ``use_cpu=True`` — transformers sets
+  ``mixed_precision="bf16"``, accelerate sets ``native_amp`` on CPU and wraps ``model.forward``
+  of every model it prepares (policy, reference, reward model) in ``torch.autocast("cpu",
+  bfloat16)`` + ``convert_outputs_to_fp32``; the weights are not cast. The plain PPO loop and
+  transformers' ``generate`` run inside ``torch.autocast("cpu", bfloat16)``, as does the engine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 from collections.abc import Callable
@@ -34,6 +47,19 @@ BETA = {"grpo": 0.04, "rloo": 0.05, "ppo": 0.05}  # KL coefficients: TRL's defau
 PPO_EPOCHS = 2  # PPO passes over each rollout; minibatch = half the rollout → 4 optimizer steps a rollout
 OFFLINE = ("sft", "reward", "dpo")
 ONLINE = ("grpo", "rloo", "ppo")
+PRECISIONS = ("fp32", "bf16")
+
+
+def cpu_autocast(precision: str) -> contextlib.AbstractContextManager:
+    """``torch.autocast("cpu", bfloat16)`` for ``"bf16"``, a no-op for ``"fp32"``: what the baselines
+    without a trainer (``generate``, the plain PPO loop) and the engine row run their forwards in."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
 def split_stage(stage: str) -> tuple[str, str | None, tuple[int, int] | None]:
@@ -79,24 +105,31 @@ def _assistant(text: str) -> list[dict]:
 
 
 def trl_worker(stage: str, fixture: Path, steps: int, batch: int, seed: int, stamp: Callable[[], None],
-               defaults: bool = False) -> dict:
+               defaults: bool = False, precision: str = "fp32") -> dict:
     """Train with TRL's own trainer for ``steps`` steps (or run the baseline of a non-TRL row).
 
     TRL at its best unless ``defaults``: gradient checkpointing off (TRL 1.16 turns it on in every
     trainer config; alignforge does not recompute activations, so leaving it on charges TRL for
     memory it does not need here) and, for DPO, ``precompute_ref_log_probs=True`` (alignforge caches
     its reference log-probs too). ``defaults`` keeps TRL's own settings: the second baseline row.
+    ``precision``: see the module docstring (``bf16`` → ``bf16=True`` in TRL's config).
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     base, scale, shape = split_stage(stage)
     if base == "sample":
-        return _generate_baseline(fixture, shape, steps, seed, stamp)
+        return _generate_baseline(fixture, shape, steps, seed, stamp, precision)
     if base == "ppo":
         import ppo_reference
         import torch
 
-        tokens = ppo_reference.run(fixture, steps=steps, batch=batch, seed=seed, lr=LR, beta=BETA["ppo"],
-                                   epochs=PPO_EPOCHS, minibatch=max(1, batch // 2), new_tokens=NEW_TOKENS,
-                                   on_step=lambda n: stamp())
+        # The whole loop inside autocast: it recasts only matmul-family ops (the forwards and
+        # ``generate``); the backward replays the forward's dtypes and AdamW has no such ops, so this
+        # is the same as autocasting the forwards alone (alignforge's and accelerate's way).
+        with cpu_autocast(precision):
+            tokens = ppo_reference.run(fixture, steps=steps, batch=batch, seed=seed, lr=LR, beta=BETA["ppo"],
+                                       epochs=PPO_EPOCHS, minibatch=max(1, batch // 2), new_tokens=NEW_TOKENS,
+                                       on_step=lambda n: stamp())
         return {"step_tokens": tokens, "version": f"plain PyTorch PPO (torch {torch.__version__})"}
 
     import datasets
@@ -122,7 +155,9 @@ def trl_worker(stage: str, fixture: Path, steps: int, batch: int, seed: int, sta
               "gradient_accumulation_steps": 1, "max_steps": steps, "learning_rate": LR,
               "lr_scheduler_type": "constant", "logging_steps": steps, "save_strategy": "no",
               "report_to": "none", "use_cpu": True, "seed": seed, "dataloader_num_workers": 0,
-              "disable_tqdm": True, "bf16": False}
+              # bf16=True on CPU: accelerate's autocast to bf16 around each prepared model's forward,
+              # fp32 weights (module docstring); the orchestrator also pins ACCELERATE_MIXED_PRECISION.
+              "disable_tqdm": True, "bf16": precision == "bf16"}
     if not defaults:
         common["gradient_checkpointing"] = False
     kw = {"processing_class": tok, "callbacks": [Stamp()]}
@@ -193,8 +228,10 @@ def _prompt_ids(fixture: Path, tok, n: int) -> list[list[int]]:
     return [encode_prompt(tok, rows[i % len(rows)]["prompt"]) for i in range(n)]
 
 
-def _generate_baseline(fixture: Path, shape: tuple[int, int], steps: int, seed: int, stamp) -> dict:
-    """transformers ``model.generate`` (sampling, T = 1, no top-k/top-p, eos off) on the fixture model."""
+def _generate_baseline(fixture: Path, shape: tuple[int, int], steps: int, seed: int, stamp,
+                       precision: str = "fp32") -> dict:
+    """transformers ``model.generate`` (sampling, T = 1, no top-k/top-p, eos off) on the fixture model,
+    inside bf16 autocast when ``precision`` is ``"bf16"`` (the weights stay fp32)."""
     import torch
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -213,7 +250,7 @@ def _generate_baseline(fixture: Path, shape: tuple[int, int], steps: int, seed: 
         att[i, P - len(p):] = 1
     torch.manual_seed(seed)
     for _ in range(steps):
-        with torch.inference_mode():
+        with torch.inference_mode(), cpu_autocast(precision):
             out = model.generate(input_ids=inp, attention_mask=att, do_sample=True, max_new_tokens=N,
                                  temperature=1.0, top_k=0, top_p=1.0, pad_token_id=tok.pad_token_id)
         if out.shape[1] != P + N:
@@ -227,10 +264,13 @@ def _generate_baseline(fixture: Path, shape: tuple[int, int], steps: int, seed: 
 # ---------------------------------------------------------------------------------------------
 
 
-def alignforge_worker(stage: str, fixture: Path, steps: int, batch: int, seed: int, stamp: Callable[[], None]) -> dict:
-    """Run the real alignforge stage for ``steps`` steps (or the engine for a sample row)."""
+def alignforge_worker(stage: str, fixture: Path, steps: int, batch: int, seed: int, stamp: Callable[[], None],
+                      precision: str = "fp32") -> dict:
+    """Run the real alignforge stage for ``steps`` steps (or the engine for a sample row) at
+    ``precision`` (``runtime.precision``, set explicitly so ``auto`` never decides)."""
     import alignforge
-    from alignforge import rollout
+
+    from alignforge.rl import rollout  # the stages call R.make_rollout with R = this module
     from alignforge.config import (
         DPOConfig,
         PPOConfig,
@@ -241,10 +281,12 @@ def alignforge_worker(stage: str, fixture: Path, steps: int, batch: int, seed: i
     )
     from alignforge.train import tracking
 
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     base, scale, shape = split_stage(stage)
     version = f"alignforge {alignforge.__version__}"
     if base == "sample":
-        return {**_engine(fixture, shape, steps, seed, stamp), "version": f"{version} engine"}
+        return {**_engine(fixture, shape, steps, seed, stamp, precision), "version": f"{version} engine"}
     seen: set[int] = set()
     log = tracking.MetricsLogger.log
 
@@ -268,7 +310,9 @@ def alignforge_worker(stage: str, fixture: Path, steps: int, batch: int, seed: i
     common = {"model.init": str(_model_dir(fixture, scale)), "out": str(out), "seed": seed, "train.lr": LR,
               "train.max_steps": steps, "train.log_every": 1, "train.eval_every": 0, "train.save_every": 0,
               "train.warmup_steps": 0, "train.schedule": "constant", "train.seq_len": SEQ_LEN,
-              "runtime.device": "cpu", "runtime.progress": False}
+              "runtime.device": "cpu", "runtime.progress": False,
+              # Explicit: auto would pick bf16 autocast on a CPU with AMX-BF16 while TRL runs fp32.
+              "runtime.precision": precision}
     online = {"reward.init": str(fixture / "reward"), "data.train": str(fixture / "prompts.jsonl"),
               "sampling.max_new_tokens": NEW_TOKENS, "sampling.temperature": 1.0}
     # Threads: worker_main already set torch's, and runtime.threads unset leaves them as they are.
@@ -312,8 +356,10 @@ def alignforge_worker(stage: str, fixture: Path, steps: int, batch: int, seed: i
     return {"step_tokens": [float(done["tokens"]) / done["step"]] * len(seen), "version": version}
 
 
-def _engine(fixture: Path, shape: tuple[int, int], steps: int, seed: int, stamp) -> dict:
-    """``alignforge.generation.generate`` on the same prompts, sampling and lengths as the baseline."""
+def _engine(fixture: Path, shape: tuple[int, int], steps: int, seed: int, stamp, precision: str = "fp32") -> dict:
+    """``alignforge.generation.generate`` on the same prompts, sampling and lengths as the baseline,
+    inside bf16 autocast when ``precision`` is ``"bf16"`` (as the stages sample under
+    ``runtime.precision=bf16``; the engine keeps its LM head in fp32 there)."""
     import torch
 
     from alignforge.generation import SamplingParams, generate
@@ -325,8 +371,9 @@ def _engine(fixture: Path, shape: tuple[int, int], steps: int, seed: int, stamp)
     ids = _prompt_ids(fixture, tok, B)
     params = SamplingParams(temperature=1.0, max_new_tokens=N)
     for i in range(steps):
-        g = generate(model, ids, params, eos_token_id=None, pad_token_id=tok.pad_token_id,
-                     generator=torch.Generator().manual_seed(seed + i))
+        with cpu_autocast(precision):
+            g = generate(model, ids, params, eos_token_id=None, pad_token_id=tok.pad_token_id,
+                         generator=torch.Generator().manual_seed(seed + i))
         if int(g.response_mask.sum()) != B * N:
             raise RuntimeError(f"the engine returned {int(g.response_mask.sum())} tokens, expected {B * N}")
         stamp()
