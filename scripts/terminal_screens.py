@@ -2,10 +2,12 @@
 """Run a command in a pseudo-terminal and keep what its screen shows at chosen moments: the text
 "screenshots" of docs/demo.md, taken from a real run, not drawn by hand.
 
-    python scripts/terminal_screens.py --width 120 --height 32 --at "pretrain: 50%" --at "▶ ppo " \\
-        --out docs/data/demo-screens -- alignforge demo --seed 1 --out /tmp/demo-s1
+    python scripts/terminal_screens.py --width 118 --height 30 --at "(9[0-9]|1[0-3][0-9])/180  step remaining" \\
+        --at "[6-9]/12  step remaining" --out /tmp/screens --doc docs/demo.md --block demo-screens \\
+        -- alignforge demo --seed 1 --out /tmp/demo-s1
 
-Each ``--at TEXT`` takes one snapshot the first time TEXT is on screen (in order); the last snapshot is
+Each ``--at REGEX`` takes one snapshot the first time it matches the output (in order; what it matches
+must be written in one piece, as a bar's "93/180  step remaining" is); the last snapshot is
 the screen when the command exits. Snapshots go to ``OUT/1.txt``, ``OUT/2.txt``, … and, with
 ``--doc FILE --block NAME``, into FILE between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` as
 code blocks. Needs ``pyte`` (a terminal emulator; in the ``dev`` extra).
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import pty
+import re
 import subprocess
 import sys
 import time
@@ -35,7 +38,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--width", type=int, default=120)
     ap.add_argument("--height", type=int, default=32)
-    ap.add_argument("--at", action="append", default=[], help="snapshot when this text first shows")
+    ap.add_argument("--at", action="append", default=[], help="snapshot when this regex first matches")
     ap.add_argument("--out", required=True)
     ap.add_argument("--doc", default=None)
     ap.add_argument("--block", default=None)
@@ -49,7 +52,7 @@ def main(argv=None) -> int:
     env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": str(args.width), "LINES": str(args.height)}
     proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
     os.close(slave)
-    shots, pending = [], list(args.at)
+    shots, pending, unfed = [], list(args.at), []
     t0 = time.time()
     while True:
         try:
@@ -58,13 +61,18 @@ def main(argv=None) -> int:
             break
         if not data:
             break
-        # The pty's line discipline turns \n into \r\n; the emulator needs both.
-        stream.feed(data)
-        text = screen_text(screen)
-        while pending and pending[0] in text:
-            shots.append((pending.pop(0), time.time() - t0, text))
+        # The emulator (pure Python) only runs when a trigger shows up in the raw bytes: feeding it every
+        # refresh would make this reader the slow end of the pty, and the program would wait on its writes.
+        unfed.append(data)
+        if pending and re.search(pending[0], data.decode("utf-8", "ignore")):
+            stream.feed(b"".join(unfed))
+            unfed.clear()
+            text = screen_text(screen)
+            while pending and re.search(pending[0], text):
+                shots.append((pending.pop(0), time.time() - t0, text))
     proc.wait()
     os.close(master)
+    stream.feed(b"".join(unfed))
     shots.append(("exit", time.time() - t0, screen_text(screen)))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
