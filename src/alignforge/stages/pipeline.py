@@ -191,13 +191,10 @@ def run_step(p: Pipeline, step: Step, out: Path, refs: dict[str, str], log: Call
         done.unlink()
         if hasattr(cfg, "force"):
             cfg = dataclasses.replace(cfg, force=True)
-    def run(config: Any) -> Any:
-        return run_stage_config(step.stage, config)
-
     if output is None:
         log(f"pipeline: {step.name} ({step.stage}) → {out}")
         t0 = time.perf_counter()
-        run(cfg)
+        run_stage_config(step.stage, cfg)
         atomic_write_text(done, resolved)
         log(f"pipeline: {step.name} finished in {time.perf_counter() - t0:.0f}s")
         return
@@ -205,7 +202,7 @@ def run_step(p: Pipeline, step: Step, out: Path, refs: dict[str, str], log: Call
     try:
         with output.capture(out / LOG_FILE):
             print(f"pipeline: {step.name} ({step.stage}) → {out}")
-            run(cfg)
+            run_stage_config(step.stage, cfg)
     except KeyboardInterrupt:
         output.view.step_failed(out.name, "interrupted; rerun to resume from its last checkpoint", stopped=True)
         raise
@@ -285,7 +282,7 @@ def step_figure(stage: str, out: Path) -> str:
                 return f"gold accuracy {gold:.3f}" + (f", held-out label accuracy {acc:.3f}" if acc is not None else "")
         gk = gold_key(rows)
         gold = _last(rows, gk) if gk else None
-        kl = _last(rows, "eval_kl") if _last(rows, "eval_kl") is not None else _last(rows, "kl")
+        kl = next((v for v in (_last(rows, "eval_kl"), _last(rows, "kl")) if v is not None), None)
         if gold is not None:
             return f"gold {gold:+.2f}" + (f", KL {kl:.1f} nats" if kl is not None else "")
         for key, label in (("eval_loss", "held-out loss"), ("eval_reward_accuracy", "held-out pair accuracy"),

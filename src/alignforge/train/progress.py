@@ -77,7 +77,7 @@ class BarState:
     started: float = 0.0
     fields: dict[str, float] = field(default_factory=dict)
 
-    def bar_fields_from(self, row: dict[str, Any]) -> None:
+    def update(self, row: dict[str, Any]) -> None:
         for key in ("loss", "score", "kl", "tokens_per_s"):
             v = row.get(key)
             if isinstance(v, (int, float)):
@@ -168,7 +168,7 @@ class RunView:
 
     def bar_fields(self, row: dict[str, Any]) -> None:
         if self.bar is not None:
-            self.bar.bar_fields_from(row)
+            self.bar.update(row)
 
     def bar_finished(self) -> None:
         if self.bar is not None:
@@ -201,8 +201,6 @@ class RunView:
         total = 0.0
         for s in running:
             own = self.bar_remaining()
-            if own is None and self.bar is not None and self.bar.done >= BAR_MIN_FRACTION * self.bar.total:
-                own = 0.0
             if own is None:
                 if rate is None or not s.expected_s:
                     return None

@@ -99,7 +99,7 @@ class MetricsLogger:
         if self._view is not None:
             self._view.bar_fields(row)
         if self._progress is not None:
-            self._fields.bar_fields_from(row)
+            self._fields.update(row)
             self._progress.update(self._task, info=self._fields.info())
 
     def progress(self, step: int) -> None:
