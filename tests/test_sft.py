@@ -198,15 +198,24 @@ def test_sft_lora_changes_only_adapters_and_saves_merged(models, tmp_path):
     assert changed and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in changed)
 
 
-def test_sft_resumes_exactly_after_a_crash(models, tmp_path, monkeypatch):
+def _ptx_args(tmp_path: Path, coef: float = 0.5) -> list[str]:
+    text = _write_jsonl(tmp_path / "ptx.jsonl", [{"text": t} for t in _texts()])
+    return [f"sft.ptx_data={text}", f"sft.ptx_coef={coef}", "sft.ptx_batch_size=2"]
+
+
+@pytest.mark.parametrize("ptx", [False, True], ids=["plain", "ptx"])
+def test_sft_resumes_exactly_after_a_crash(models, tmp_path, monkeypatch, ptx):
+    """Also with SFT-ptx: its position in the pretraining text is part of the checkpoint."""
     from safetensors.torch import load_file
 
     from alignforge.train import checkpoint as ckpt
 
     data = _write_jsonl(tmp_path / "demos.jsonl", DEMOS)
     common = dict(max_steps=6, save_every=3, eval_every=2, batch_size=2)
+    extra = _ptx_args(tmp_path) if ptx else []
+    args = lambda out: _args(models["llama"], data, out, **common) + extra  # noqa: E731
     ref = tmp_path / "ref"
-    assert sft.main(_args(models["llama"], data, ref, **common)) == 0
+    assert sft.main(args(ref)) == 0
 
     out = tmp_path / "crashed"
     real_save = ckpt.save_state
@@ -217,16 +226,46 @@ def test_sft_resumes_exactly_after_a_crash(models, tmp_path, monkeypatch):
 
     monkeypatch.setattr(ckpt, "save_state", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
-        sft.main(_args(models["llama"], data, out, **common))
+        sft.main(args(out))
     monkeypatch.setattr(ckpt, "save_state", real_save)
     assert not (out / "DONE").exists()
-    assert sft.main(_args(models["llama"], data, out, **common)) == 0
+    assert sft.main(args(out)) == 0
     a, b = load_file(str(ref / "model" / "model.safetensors")), load_file(str(out / "model" / "model.safetensors"))
     for k in a:
         assert torch.equal(a[k], b[k]), f"{k} differs after resume"
     assert [r["step"] for r in _rows(out)] == list(range(1, 7))
     assert [r["loss"] for r in _rows(out)] == [r["loss"] for r in _rows(ref)]
     assert [r.get("eval_loss") for r in _rows(out)] == [r.get("eval_loss") for r in _rows(ref)]
+    assert [r.get("ptx_loss") for r in _rows(out)] == [r.get("ptx_loss") for r in _rows(ref)]
+    assert all(("ptx_loss" in r) == ptx for r in _rows(out))
+
+
+def test_sft_ptx_loss_is_the_next_token_loss_of_the_pretraining_blocks_in_order(models, tmp_path):
+    """SFT-ptx against an independent reference: the logged ptx loss of step 1 is the plain
+    next-token cross-entropy of the first ``ptx_batch_size`` blocks of the text (packed with an
+    eos after each document) under the initial model, and step 2 reads the next blocks."""
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    data = _write_jsonl(tmp_path / "demos.jsonl", DEMOS)
+    out = tmp_path / "out"
+    assert sft.main(_args(models["llama"], data, out, max_steps=1, lr=0.0, warmup_steps=0) + _ptx_args(tmp_path)) == 0
+    tok = AutoTokenizer.from_pretrained(models["llama"])
+    model = AutoModelForCausalLM.from_pretrained(models["llama"]).eval()
+    stream: list[int] = []
+    for t in _texts():
+        stream += tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    blocks = torch.tensor([stream[i * 128: i * 128 + 129] for i in range(2)])
+    with torch.no_grad():
+        logits = model(input_ids=blocks[:, :-1]).logits
+    expected = F.cross_entropy(logits.reshape(-1, logits.size(-1)), blocks[:, 1:].reshape(-1)).item()
+    assert _rows(out)[0]["ptx_loss"] == pytest.approx(expected, rel=1e-5)  # fp32 on one side, same ops
+
+
+def test_sft_ptx_config_is_checked(models, tmp_path, capsys):
+    data = _write_jsonl(tmp_path / "demos.jsonl", DEMOS)
+    assert sft.main(_args(models["llama"], data, tmp_path / "o") + ["sft.ptx_coef=0.5"]) == 2
+    assert "sft.ptx_coef' > 0 needs sft.ptx_data" in capsys.readouterr().err
 
 
 def test_step_loss_weighs_every_response_token_equally(models):

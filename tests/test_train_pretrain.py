@@ -99,16 +99,17 @@ def test_chat_dialogues_lay_out_a_dialogue_exactly_as_sft_encodes_it():
     with the assistant header, then the answer; packing adds the eos), other records stay text."""
     from alignforge.data.batching import prompt_ids, response_ids
     from alignforge.data.records import TextRecord
+    from alignforge.data.text import chat_document, document_texts
     from alignforge.models.tiny import tiny_tokenizer
     from alignforge.world.corpus import dialogue_document, dialogue_messages
 
     tok = tiny_tokenizer("llama")
     doc = dialogue_document("What is 3 plus 4?", "3 plus 4 is 7.")
     records = [TextRecord(text=doc, meta={"messages": dialogue_messages(doc)}), TextRecord(text="Mozux is red.")]
-    plain = pretrain._texts(records)
-    chat = pretrain._texts(records, tok)
+    plain = document_texts(records)
+    chat = document_texts(records, tok)
     assert plain == [doc, "Mozux is red."] and chat[1] == "Mozux is red."
     ids = tok(chat[0], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     assert ids == prompt_ids(tok, "What is 3 plus 4?") + response_ids(tok, "3 plus 4 is 7.")
     with pytest.raises(ValueError, match="assistant"):
-        pretrain.chat_document(tok, [{"role": "user", "content": "hi"}])
+        chat_document(tok, [{"role": "user", "content": "hi"}])

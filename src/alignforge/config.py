@@ -467,6 +467,19 @@ class SFTSection:
     max_eval_examples: int = option(256, "evaluate on at most this many held-out examples")
     samples: int = option(4, "greedy samples on held-out prompts logged to samples.jsonl at each eval (0 = none)")
     sample_max_new_tokens: int = option(64, "new tokens per logged sample")
+    ptx_coef: float = option(0.0, "SFT-ptx: weight of the pretraining LM loss mixed into every optimizer step "
+                                  "(keeps what pretraining stored, e.g. names the demonstrations never "
+                                  "mention; 0 = off)")
+    ptx_data: Optional[str] = option(None, "SFT-ptx text records (the pretraining corpus)")
+    ptx_batch_size: int = option(4, "SFT-ptx blocks of train.seq_len tokens per optimizer step (per process)")
+    ptx_chat_dialogues: bool = option(False, "render ptx_data's dialogue records in the chat template, as "
+                                             "pretraining with chat_dialogues did")
+
+    def validate(self) -> None:
+        if self.ptx_coef < 0 or self.ptx_batch_size < 1:
+            raise ConfigError("config keys 'sft.ptx_coef' >= 0 and 'sft.ptx_batch_size' >= 1 expected")
+        if self.ptx_coef and not self.ptx_data:
+            raise ConfigError("config key 'sft.ptx_coef' > 0 needs sft.ptx_data (text records)")
 
 
 @dataclass
@@ -697,6 +710,8 @@ class PPOSection:
     ptx_coef: float = option(0.0, "PPO-ptx: weight γ of the pretraining LM loss mixed in (0 = off)")
     ptx_data: Optional[str] = option(None, "PPO-ptx text records (JSONL/Parquet text records)")
     ptx_batch_size: int = option(4, "PPO-ptx blocks of train.seq_len tokens per minibatch")
+    ptx_chat_dialogues: bool = option(False, "render ptx_data's dialogue records in the chat template, as "
+                                             "pretraining with chat_dialogues did")
     steps: int = option(20, "PPO steps (rollouts); each makes epochs × prompts/minibatch_size optimizer steps")
     eval_prompts: int = option(64, "data.eval prompts for the eval-time proxy reward / KL (0 = off)")
     eval_world: Optional[str] = option(None, "world folder: gold reward per category at eval time (through "

@@ -49,6 +49,7 @@ from alignforge.losses import (
     ppo_policy_loss,
     value_loss,
 )
+from alignforge.data.text import text_blocks
 from alignforge.models.load import load_policy, load_reference, load_reward, load_value, matmul_params
 from alignforge.perf import Throughput
 from alignforge.rl import rollout as R
@@ -63,26 +64,11 @@ from alignforge.train.loop import (
     lm_loss,
     make_scheduler,
     optimizer_step,
-    pack_blocks,
-    pack_stream,
     param_groups,
     seed_everything,
     start_stage,
 )
 from alignforge.train.tracking import MetricsLogger
-
-
-def ptx_blocks(cfg: PPOConfig, tok) -> torch.Tensor:
-    """PPO-ptx: the pretraining text packed into ``[N, seq_len + 1]`` blocks (inputs + next-token targets)."""
-    from alignforge.data.formats import load_dataset_records
-
-    records = load_dataset_records(cfg.ppo.ptx_data, format="auto", on_bad=cfg.data.on_bad_record, kind="text")
-    stream = pack_stream((tok(r.text, add_special_tokens=False)["input_ids"] for r in records), tok.eos_token_id)
-    blocks = pack_blocks(stream, cfg.train.seq_len + 1)
-    if len(blocks) == 0:
-        raise ConfigError(f"ppo.ptx_data={cfg.ppo.ptx_data}: not enough text for one block of "
-                          f"train.seq_len={cfg.train.seq_len} tokens")
-    return blocks
 
 
 def make_optimizer(policy, value, cfg: PPOConfig) -> torch.optim.Optimizer:
@@ -117,7 +103,8 @@ def run(cfg: PPOConfig, reward_fn: R.RewardFn | None = None) -> Path:
 
     # --- prompts (left-truncated so prompt + response fits train.seq_len) and optional ptx text ---
     prompts, prompt_ids, eval_prompts, eval_ids = S.encode_prompts(cfg, tok, params, pcfg.eval_prompts)
-    ptx = ptx_blocks(cfg, tok) if pcfg.ptx_coef > 0 else None
+    ptx = (text_blocks(pcfg.ptx_data, tok, cfg.train.seq_len, chat_dialogues=pcfg.ptx_chat_dialogues,
+                       on_bad=cfg.data.on_bad_record, key="ppo.ptx_data") if pcfg.ptx_coef > 0 else None)
 
     n_mb = math.ceil(rcfg.prompts // world / pcfg.minibatch_size)  # minibatch_size is per process
     tcfg.max_steps = pcfg.steps * pcfg.epochs * n_mb  # the lr schedule spans every optimizer step

@@ -19,6 +19,7 @@ import torch
 from alignforge.cli import run_stage
 from alignforge.config import ConfigError, PretrainConfig, save_config
 from alignforge.data.records import ReadReport, read_records
+from alignforge.data.text import document_texts
 from alignforge.io import atomic_write_text
 from alignforge.models.load import build_model, matmul_params
 from alignforge.perf import Throughput, measure_matmul_peak
@@ -38,38 +39,10 @@ def _read_records(path: str, cfg: PretrainConfig, limit: int | None = None) -> l
     return records[:limit] if limit is not None else records
 
 
-def _texts(records: list, tokenizer=None) -> list[str]:
-    """The records' text; with ``tokenizer`` (``chat_dialogues``), records carrying ``meta.messages``
-    are rendered in its chat template instead (:func:`chat_document`)."""
-    if tokenizer is None:
-        return [r.text for r in records]
-    return [chat_document(tokenizer, r.meta["messages"]) if (r.meta or {}).get("messages") else r.text
-            for r in records]
-
-
 def _strip_special(text: str, tokenizer) -> str:
     for special in tokenizer.all_special_tokens:
         text = text.replace(special, "")
     return text
-
-
-def chat_document(tokenizer, messages: list[dict[str, str]]) -> str:
-    """A dialogue as SFT sees it: the chat-template prompt up to the last assistant header, then the
-    answer; the eos that ends it is the one packing puts between documents (``pack_stream``).
-
-    Pretraining on this layout is what lets the pretrained model answer a question put in the chat
-    template — the format every later stage prompts with — from what it stored: trained only on
-    ``User: …\nAssistant: …`` text, the demo's SFT had to learn the format from scratch and
-    overwrote the knowledge while doing so (issue 17: probe exact 96% → 9% on train-split facts).
-    """
-    from alignforge.data.batching import _ensure_template
-
-    *context, last = messages
-    if last.get("role") != "assistant":
-        raise ValueError(f"chat_dialogues: a dialogue must end with an assistant message, got {last.get('role')!r}")
-    _ensure_template(tokenizer)
-    prompt = tokenizer.apply_chat_template(context, add_generation_prompt=True, tokenize=False)
-    return prompt + last["content"]
 
 
 def _model_and_tokenizer(cfg: PretrainConfig, texts: list[str], out: Path):
@@ -109,13 +82,13 @@ def run(cfg: PretrainConfig) -> Path:
     # --- data: text → one token stream (documents joined by eos) → [n, seq_len+1] blocks ---
     records = _read_records(cfg.data.train, cfg, cfg.data.max_records)
     seed_everything(dist.rank_seed(cfg.seed))
-    model, tok = _model_and_tokenizer(cfg, _texts(records), out)  # a tokenizer trained here sees plain text
+    model, tok = _model_and_tokenizer(cfg, document_texts(records), out)  # a tokenizer trained here sees plain text
     render = tok if cfg.chat_dialogues else None
-    texts = _texts(records, render)
+    texts = document_texts(records, render)
     eos = tok.eos_token_id
     encode = lambda ts: tok(ts, add_special_tokens=False, verbose=False)["input_ids"]  # noqa: E731
     blocks = pack_blocks(pack_stream(encode(texts), eos), tcfg.seq_len)
-    eval_texts = _texts(_read_records(cfg.data.eval, cfg), render) if cfg.data.eval else []
+    eval_texts = document_texts(_read_records(cfg.data.eval, cfg), render) if cfg.data.eval else []
     eval_stream = pack_stream(encode(eval_texts), eos) if eval_texts else None
     # Bytes of the text the scored tokens stand for: special tokens (the chat template's markers)
     # are left out of the nats (ignore_ids below), so their strings are left out of the bytes.

@@ -42,6 +42,7 @@ from alignforge.data.batching import (
 )
 from alignforge.data.records import Demonstration, ReadReport, RecordError
 from alignforge.data.splits import split_eval
+from alignforge.data.text import text_blocks
 from alignforge.models.load import load_policy, matmul_params
 from alignforge.perf import Throughput, measure_matmul_peak
 from alignforge.train import checkpoint as ckpt
@@ -51,6 +52,7 @@ from alignforge.train.loop import (
     StageClock,
     autocast,
     compute_dtype,
+    lm_loss as next_token_loss,
     make_optimizer,
     make_scheduler,
     optimizer_step,
@@ -138,6 +140,11 @@ def run(cfg: SFTConfig) -> Path:
                         mode=scfg.batching, seed=cfg.seed)
     eval_plan = make_batches(eval_ex, seq_len=tcfg.seq_len, batch_size=tcfg.batch_size, pad_id=pad,
                              mode="pack" if scfg.batching == "pack" else "sorted", shuffle=False) if eval_ex else None
+    # SFT-ptx: pretraining text mixed into every step. Demonstrations never name most of a world's
+    # entities, so plain SFT pushes those names' (tied) embeddings away and the model stops retrieving
+    # what pretraining stored about them; a little pretraining loss keeps them (docs/world.md).
+    ptx = (text_blocks(scfg.ptx_data, tok, tcfg.seq_len, chat_dialogues=scfg.ptx_chat_dialogues,
+                       on_bad=cfg.data.on_bad_record, key="sft.ptx_data") if scfg.ptx_coef > 0 else None)
     micro_per_step = tcfg.grad_accum * world
     if len(plan.batches) < micro_per_step:
         raise ConfigError(f"only {len(plan.batches)} micro-batches of data, fewer than one optimizer step needs "
@@ -154,10 +161,11 @@ def run(cfg: SFTConfig) -> Path:
     scheduler = make_scheduler(optimizer, tcfg)
     sampler = EpochSampler(len(plan.batches), cfg.seed)
     resumed = ckpt.load_state(out, model=model, optimizer=optimizer, scheduler=scheduler)
-    step, elapsed_before = 0, 0.0
+    step, elapsed_before, ptx_pos = 0, 0.0, 0
     if resumed is not None:
         step, elapsed_before = resumed.step, float(resumed.extra.get("elapsed_s", 0.0))
         sampler.load_state_dict(resumed.data)
+        ptx_pos = int(resumed.data.get("ptx_pos", 0))
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
@@ -166,6 +174,9 @@ def run(cfg: SFTConfig) -> Path:
               f"{n_matmul / 1e6:.2f}M matmul params ({trainable / 1e6:.2f}M trainable"
               f"{', LoRA' if cfg.model.lora.enabled else ''}) on {device}"
               + (f"; resuming at step {step}" if resumed else ""))
+        if ptx is not None:
+            print(f"sft: ptx: {len(ptx)} blocks of {tcfg.seq_len} from {scfg.ptx_data}, {scfg.ptx_batch_size} "
+                  f"per step per process, weight {scfg.ptx_coef}")
     logger = MetricsLogger(out, cfg.runtime, total_steps=max_steps,
                            resume_offset=resumed.metrics_offset if resumed else None, description="sft")
     if dist.is_main() and resumed is None:
@@ -222,7 +233,7 @@ def run(cfg: SFTConfig) -> Path:
     def save(step: int) -> None:
         meter.pause()
         ckpt.save_state(out, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
-                        data=sampler.state_dict(), metrics_offset=logger.offset(),
+                        data={**sampler.state_dict(), "ptx_pos": ptx_pos}, metrics_offset=logger.offset(),
                         extra={"elapsed_s": clock.elapsed_s()})
         meter.resume()
 
@@ -234,7 +245,15 @@ def run(cfg: SFTConfig) -> Path:
         step_loss_tokens = sum(plan.batches[i].loss_tokens for i in global_idx)
         step_real_tokens = sum(plan.batches[i].real_tokens for i in global_idx)
         local = dist.shard(global_idx)
-        loss_sum = 0.0
+        loss_sum, ptx_sum = 0.0, None
+        if ptx is not None:  # its own backward, before the micro-batches whose last one syncs gradients
+            rows = (ptx_pos + dist.rank() * scfg.ptx_batch_size + torch.arange(scfg.ptx_batch_size)) % len(ptx)
+            ptx_pos += scfg.ptx_batch_size * world
+            block = ptx[rows].to(device)
+            with dist.no_sync(model, True), ctx:
+                ptx_loss = next_token_loss(model, block[:, :-1], block[:, 1:])
+            (scfg.ptx_coef * ptx_loss).backward()
+            ptx_sum = float(ptx_loss.detach())
         for micro, i in enumerate(local):
             batch = plan.batches[i].to(device)
             with dist.no_sync(model, micro < len(local) - 1), ctx:
@@ -253,6 +272,8 @@ def run(cfg: SFTConfig) -> Path:
             row.update(loss=float(dist.all_reduce_sum(loss_sum)) / max(step_loss_tokens, 1),
                        lr=scheduler.get_last_lr()[0], grad_norm=grad_norm, loss_tokens=step_loss_tokens,
                        epoch=sampler.epoch, **meter.window())
+            if ptx_sum is not None:
+                row["ptx_loss"] = dist.all_reduce_sum(ptx_sum) / world
         if (tcfg.eval_every and step % tcfg.eval_every == 0) or last:
             meter.pause()
             row.update(evaluate())
