@@ -15,7 +15,12 @@ comparison     ``prompt``, ``chosen``, ``rejected``; optional ``strength`` 0–3
 ranking        ``prompt``, ``responses`` [K], ``ranking`` (indices best → worst)
 rating         ``prompt``, ``response``, ``likert`` 1–7, ``flags``, optional ``helpful``/``honest``/``harmless``
 candidates     ``prompt``, ``responses`` [K], unlabelled (what annotators are shown)
+unpaired       ``prompt``, ``response``, ``label`` true/false: one response judged good or bad, with no
+               partner (TRL's KTO layout, a thumbs-up/down export)
 =============  =============================================================================
+
+A record that lacks a field its kind requires reads ``missing field 'rejected' for a comparison
+record (...)``: the kind is the one its other fields point to (``chosen`` → comparison).
 
 Every record may carry provenance: ``id``, ``category``, ``source``, ``annotator``, ``policy``
 (checkpoint id), ``round``, ``sampling`` (temperature/top-p), and a free ``meta`` mapping.
@@ -33,6 +38,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Iterable, Iterator, Literal, Optional, Union
 
 from alignforge.io import atomic_open
+from alignforge.textcheck import find_surrogate, json_line_may_hold_surrogate
 
 Message = dict[str, str]
 Prompt = Union[str, list[Message]]
@@ -58,7 +64,8 @@ class RecordError(ValueError):
                  field: str | None = None):
         self.path, self.line, self.field, self.reason = path, line, field, message
         where = f"{path}:{line}: " if path is not None and line is not None else (f"{path}: " if path else "")
-        what = f"field '{field}': " if field else ""
+        # "missing field 'x' ..." names its field already.
+        what = f"field '{field}': " if field and not message.startswith(f"missing field '{field}'") else ""
         super().__init__(f"{where}{what}{message}")
 
 
@@ -191,7 +198,7 @@ def _prompt_of(d: dict[str, Any]) -> Prompt:
         return check_prompt(d["prompt"], "prompt")
     if "messages" in d:
         return check_prompt(d["messages"], "messages")
-    raise RecordError("missing (expected a string or a list of messages)", field="prompt")
+    raise RecordError("missing field 'prompt' (expected a string or a list of messages)", field="prompt")
 
 
 @dataclass
@@ -344,21 +351,73 @@ class Candidates(Record):
                    **cls._provenance(d))
 
 
+@dataclass
+class UnpairedFeedback(Record):
+    """One response judged on its own: ``label`` true (desirable) or false (undesirable).
+
+    What TRL calls *unpaired preference* (KTO's input) and what a thumbs-up/down interface exports.
+    It is not a comparison: there is no second response, so a Bradley–Terry reward model or DPO
+    cannot train on it, and those stages refuse a file of these by name.
+    """
+
+    kind: ClassVar[str] = "unpaired"
+    prompt: Prompt = ""
+    response: str = ""
+    label: bool = False
+
+    @classmethod
+    def required(cls):
+        return ("prompt", "response", "label")
+
+    @classmethod
+    def from_dict(cls, d):
+        label = d.get("label")
+        if not isinstance(label, bool):
+            raise RecordError(f"expected true (desirable) or false (undesirable), got {_short(label)}", field="label")
+        return cls(prompt=_prompt_of(d), response=check_text(d.get("response"), "response"), label=label,
+                   **cls._provenance(d))
+
+
 RECORD_TYPES: dict[str, type[Record]] = {
-    t.kind: t for t in (TextRecord, PromptRecord, Demonstration, Comparison, Ranking, Rating, Candidates)
+    t.kind: t for t in (TextRecord, PromptRecord, Demonstration, Comparison, Ranking, Rating, Candidates,
+                        UnpairedFeedback)
 }
-RecordKind = Literal["text", "prompt", "demonstration", "comparison", "ranking", "rating", "candidates"]
+RecordKind = Literal["text", "prompt", "demonstration", "comparison", "ranking", "rating", "candidates", "unpaired"]
+
+# What each kind is, in words, for messages that tell a user what a file holds.
+KIND_DESCRIPTIONS: dict[str, str] = {
+    "text": "plain text (pretraining)",
+    "prompt": "prompts without responses",
+    "demonstration": "prompt + response (supervised fine-tuning)",
+    "comparison": "prompt + chosen/rejected pairs",
+    "ranking": "prompt + K responses ranked best first",
+    "rating": "prompt + response with a 1-7 Likert rating",
+    "candidates": "prompt + K unlabelled responses",
+    "unpaired": "unpaired feedback: prompt + response + label true/false, TRL's KTO layout",
+}
+
+
+def describe_kinds(counts: dict[str, int]) -> str:
+    """``{"unpaired": 3}`` → ``"3 unpaired records (unpaired feedback: ...)"``, for error messages."""
+    return "; ".join(f"{n} {k} record{'s' if n != 1 else ''} ({KIND_DESCRIPTIONS.get(k, k)})"
+                     for k, n in sorted(counts.items()))
 
 
 def infer_kind(d: dict[str, Any]) -> str:
-    """Which record type a dict is, from its fields (most specific first)."""
+    """Which record type a dict is, from its most distinctive fields (most specific first).
+
+    One distinctive field is enough (``chosen`` or ``rejected`` → comparison), so a record that
+    lacks a required field is reported as missing it, not as the wrong kind.
+    """
     keys = set(d)
-    if {"chosen", "rejected"} <= keys:
+    if "chosen" in keys or "rejected" in keys:
         return "comparison"
-    if "ranking" in keys and "responses" in keys:
+    if "ranking" in keys:
         return "ranking"
     if "likert" in keys:
         return "rating"
+    if "label" in keys:
+        return "unpaired"
     if "responses" in keys:
         return "candidates"
     if "response" in keys:
@@ -379,13 +438,29 @@ def parse_record(d: Any, kind: str | None = None, strict_fields: bool = True) ->
     if kind not in RECORD_TYPES:
         raise RecordError(f"unknown record kind {kind!r}; expected one of {', '.join(RECORD_TYPES)}")
     cls = RECORD_TYPES[kind]
+    missing = [f for f in cls.required() if f not in d and not (f == "prompt" and "messages" in d)]
+    if missing:
+        also = f" (and {', '.join(repr(m) for m in missing[1:])})" if len(missing) > 1 else ""
+        raise RecordError(f"missing field '{missing[0]}'{also} for a {kind} record (a {kind} record has "
+                          f"{', '.join(cls.required())}; this one has {', '.join(sorted(d)) or 'no fields'})",
+                          field=missing[0])
     if strict_fields:
         extra = set(d) - cls.allowed()
         if extra:
+            hint = _FOREIGN_HINTS.get(sorted(extra & set(_FOREIGN_HINTS))[0]) if extra & set(_FOREIGN_HINTS) else None
             raise RecordError(f"unexpected field(s) {sorted(extra)} for a {kind} record "
-                              f"(allowed: {', '.join(sorted(cls.allowed()))}; put extras under 'meta')",
-                              field=sorted(extra)[0])
+                              f"(allowed: {', '.join(sorted(cls.allowed()))}; put extras under 'meta')"
+                              + (f"; {hint}" if hint else ""), field=sorted(extra)[0])
     return cls.from_dict(d)
+
+
+# Fields of other datasets' layouts that land in our record format when a format is forced.
+_FOREIGN_HINTS = {
+    "completion": "'prompt' + 'completion' is TRL's prompt-completion layout (with 'label': unpaired "
+                  "feedback): read it with format=auto or format=prompt-completion / unpaired",
+    "instruction": "'instruction' is the Alpaca/Dolly layout: read it with format=auto, alpaca or dolly",
+    "conversations": "'conversations' is the ShareGPT layout: read it with format=auto or format=messages",
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -467,8 +542,11 @@ def iter_raw(path: str | os.PathLike, bad_json: str = "raise") -> Iterator[tuple
         yield from _iter_parquet(p)
         return
     if name.endswith(".json") and not name.endswith(".jsonl"):
-        with _open_text(p) as f:
-            head = f.read(4096).lstrip()
+        try:
+            with _open_text(p) as f:
+                head = f.read(4096).lstrip()
+        except UnicodeDecodeError as e:
+            raise _utf8_error(p, e) from None
         # Many datasets ship JSON Lines under a .json name; a JSON list starts with '['.
         if head.startswith("["):
             with _open_text(p) as f:
@@ -478,8 +556,14 @@ def iter_raw(path: str | os.PathLike, bad_json: str = "raise") -> Iterator[tuple
                     # A JSON document is all or nothing: no line can be skipped, so this always raises.
                     raise RecordError(f"not valid JSON: {e.msg} (column {e.colno}); expected a JSON list of "
                                       f"records", path=str(p), line=e.lineno) from None
+                except UnicodeDecodeError as e:
+                    raise _utf8_error(p, e) from None
+            # Numbered by element (a JSON list has no lines of its own).
             for i, obj in enumerate(data, 1):
-                yield i, obj
+                err = _surrogate_error(obj, p, i)
+                if err is not None and bad_json == "raise":
+                    raise err
+                yield i, (obj if err is None else err)
             return
     with _open_text(p) as f:
         lineno = 0
@@ -489,15 +573,46 @@ def iter_raw(path: str | os.PathLike, bad_json: str = "raise") -> Iterator[tuple
                     continue
                 try:
                     # Without its newline, so a line cut short reports the column where it ends.
-                    yield lineno, json.loads(line.rstrip("\r\n"))
+                    obj = json.loads(line.rstrip("\r\n"))
                 except json.JSONDecodeError as e:
                     err = RecordError(f"not valid JSON: {e.msg} (column {e.pos + 1}); expected one JSON object "
                                       f"per line", path=str(p), line=lineno)
-                    if bad_json == "raise":
-                        raise err from None
-                    yield lineno, err
-        except (OSError, EOFError, UnicodeDecodeError) as e:  # truncated .gz, binary junk
+                else:
+                    err = _surrogate_error(obj, p, lineno) if json_line_may_hold_surrogate(line) else None
+                if err is not None and bad_json == "raise":
+                    raise err from None
+                yield lineno, (obj if err is None else err)
+        except UnicodeDecodeError as e:  # bytes that are not UTF-8: say on which line
+            raise _utf8_error(p, e) from None
+        except (OSError, EOFError) as e:  # truncated .gz, binary junk
             raise RecordError(f"cannot read the file after line {lineno}: {e}", path=str(p)) from None
+
+
+def _surrogate_error(obj: Any, path: Path, line: int) -> RecordError | None:
+    """A record whose text holds a lone surrogate (JSON ``"\\udcff"``) is refused here, where its
+    file and line are known: such text is not Unicode, and would otherwise fail much later and far
+    away (a tokenizer's TypeError, a 500 in the feedback app, an export that cannot be written)."""
+    found = find_surrogate(obj)
+    if found is None:
+        return None
+    return RecordError(found.message(), path=str(path), line=line, field=found.field or None)
+
+
+def _utf8_error(p: Path, e: UnicodeDecodeError) -> RecordError:
+    """The text decoder reads ahead in blocks, so the line it was on says nothing: find the first
+    byte that is not UTF-8 by line, in the raw (decompressed) bytes."""
+    try:
+        with (gzip.open(p, "rb") if p.suffix == ".gz" else open(p, "rb")) as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as bad:
+                    byte = raw[bad.start]
+                    return RecordError(f"not valid UTF-8: byte 0x{byte:02x} at byte {bad.start + 1} of the line "
+                                       f"({bad.reason}); expected UTF-8 text", path=str(p), line=lineno)
+    except (OSError, EOFError):
+        pass
+    return RecordError(f"not valid UTF-8 ({e.reason}); expected UTF-8 text", path=str(p))
 
 
 def _iter_parquet(p: Path) -> Iterator[tuple[int, Any]]:
