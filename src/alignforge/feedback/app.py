@@ -10,7 +10,10 @@ Security model (issue 9):
 * who acts is always the session's user — no route reads a user id from the request body;
   annotators get 403 on other annotators' assignments and on every ``/admin`` page;
 * model text is untrusted: Jinja2 autoescaping is on, no template marks model text ``|safe``,
-  and a Content-Security-Policy without inline scripts is a second line of defence.
+  and a Content-Security-Policy without inline scripts is a second line of defence. Text that is
+  not valid Unicode (a lone surrogate) is refused at import; any already stored is shown with
+  U+FFFD in its place (the templates' ``finalize``) and exported the same way, so no page or
+  export can fail on what the database holds (issue 19).
 
 Handlers are plain ``def`` (run in the threadpool) because the database layer is synchronous;
 the form is read by an async dependency that also checks the CSRF token.
@@ -19,6 +22,7 @@ the form is read by an async dependency that also checks the CSRF token.
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 import secrets
 import tempfile
@@ -30,12 +34,11 @@ from urllib.parse import quote
 
 import jinja2
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
-from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -44,6 +47,9 @@ from starlette.middleware.sessions import SessionMiddleware
 from alignforge.data.records import RecordError, as_messages, read_records, write_records
 from alignforge.feedback import service
 from alignforge.feedback.db import TASKS, Label, Project, Setting, User, make_engine, make_sessionmaker, utcnow
+from alignforge.textcheck import safe_text
+
+log = logging.getLogger("alignforge.feedback")
 
 HERE = Path(__file__).resolve().parent
 SESSION_COOKIE = "alignforge_session"
@@ -134,6 +140,18 @@ def session_secret(Session_: Any) -> str:
         return row.value
 
 
+def _display(value: Any) -> Any:
+    """Jinja's ``finalize``: strings with lone surrogates come out with U+FFFD (Markup untouched)."""
+    return safe_text(value) if type(value) is str else value
+
+
+def _content_disposition(filename: str) -> str:
+    """``attachment`` with the file name as-is when it is plain ASCII, else RFC 5987 ``filename*``."""
+    quoted = quote(filename)
+    return (f'attachment; filename="{filename}"' if quoted == filename
+            else f"attachment; filename*=utf-8''{quoted}")
+
+
 def create_app(db_url: str, secret: Optional[str] = None, https_only: bool = False,
                throttle: Optional[LoginThrottle] = None) -> FastAPI:
     """The app for one database. ``alignforge feedback serve`` runs it under uvicorn."""
@@ -146,8 +164,10 @@ def create_app(db_url: str, secret: Optional[str] = None, https_only: bool = Fal
                        session_cookie=SESSION_COOKIE, max_age=14 * 24 * 3600, same_site="lax",
                        https_only=https_only)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    # finalize: every {{ value }} passes through safe_text, so a lone surrogate in stored text is
+    # shown as U+FFFD instead of making the page unencodable (a 500 on every retry).
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
-                             undefined=jinja2.StrictUndefined)
+                             undefined=jinja2.StrictUndefined, finalize=_display)
     templates = Jinja2Templates(env=env)
 
     app.add_middleware(SecurityHeaders)
@@ -350,7 +370,7 @@ def create_app(db_url: str, secret: Optional[str] = None, https_only: bool = Fal
         form = await checked_form(request)
         upload = form.get("file")
         data = await upload.read() if upload is not None and hasattr(upload, "read") else b""
-        filename = getattr(upload, "filename", "") or "upload.jsonl"
+        filename = safe_text(getattr(upload, "filename", "") or "upload.jsonl")
         return await run_in_threadpool(_create_project_sync, request, s, user, form, data, filename)
 
     def _create_project_sync(request: Request, s: Session, user: User, form: dict, data: bytes,
@@ -423,13 +443,21 @@ def create_app(db_url: str, secret: Optional[str] = None, https_only: bool = Fal
             raise HTTPException(404, f"no project {project}")
         if task is not None and task not in TASKS:
             raise HTTPException(400, f"task: expected one of {', '.join(TASKS)}, got {task!r}")
-        records = service.export_records(s, proj, [task] if task else TASKS)
-        tmp = tempfile.NamedTemporaryFile(prefix="feedback-export-", suffix=".jsonl", delete=False)
-        tmp.close()
-        write_records(tmp.name, records)
-        name = f"{proj.name if proj else 'feedback'}{'-' + task if task else ''}.jsonl"
-        return FileResponse(tmp.name, media_type="application/jsonl", filename=name,
-                            background=BackgroundTask(os.unlink, tmp.name))
+        report = service.ExportReport()
+        records = service.export_records(s, proj, [task] if task else TASKS, report=report)
+        name = safe_text(f"{proj.name if proj else 'feedback'}{'-' + task if task else ''}.jsonl")
+        # Written by write_records (atomically, the one JSONL writer) into a directory that is gone
+        # before this handler returns, error or not; the body is sent from memory. (A file handed to
+        # FileResponse and deleted by a background task outlives a client that disconnects first.)
+        with tempfile.TemporaryDirectory(prefix="feedback-export-") as tmp:
+            path = Path(tmp) / "export.jsonl"
+            write_records(path, records)
+            body = path.read_bytes()
+        headers = {"Content-Disposition": _content_disposition(name)}
+        if report.repaired_texts:
+            log.warning("export %s: %s", name, report.summary())
+            headers["X-Alignforge-Repaired-Texts"] = str(report.repaired_texts)
+        return Response(body, media_type="application/jsonl", headers=headers)
 
     @app.get("/admin/users")
     def admin_users(request: Request, user: User = Depends(admin_user), s: Session = Depends(get_db)) -> Response:

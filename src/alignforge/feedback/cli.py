@@ -90,21 +90,29 @@ def cmd_adduser(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from alignforge.data.records import ReadReport, read_records
     from alignforge.feedback import service
+    from alignforge.textcheck import safe_text
 
     with _session(args) as s:
         report = ReadReport(args.file)
         records = read_records(args.file, kind="candidates", on_bad=args.on_bad, report=report)
+        # The default batch name is the file's name, which may hold bytes that are not UTF-8
+        # (surrogateescape'd by Python): shown as U+FFFD rather than refusing a good file for its name.
+        # An explicit --batch is checked before a new project is created for it.
+        batch = args.batch or safe_text(os.path.basename(args.file))
+        service.check_storable(batch, "--batch")
         try:
             project = service.get_project(s, args.project)
             for key, have, want in (("task", project.task, args.task), ("per-item", project.per_item, args.per_item)):
                 if want is not None and have != want:
                     raise service.Invalid(f"--{key}: project {project.name!r} has {key} {have!r}, not {want!r}")
         except service.NotFound:
-            guidelines = open(args.guidelines, encoding="utf-8").read() if args.guidelines else ""
+            try:
+                guidelines = open(args.guidelines, encoding="utf-8").read() if args.guidelines else ""
+            except UnicodeDecodeError as e:
+                raise CliError(f"--guidelines {args.guidelines}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
             project = service.create_project(s, args.project, args.task or "comparison", args.per_item or 1,
                                              ask_hhh=not args.no_hhh, guidelines=guidelines)
-        result = service.import_candidates(s, project, records, batch=args.batch or os.path.basename(args.file),
-                                           seed=args.seed)
+        result = service.import_candidates(s, project, records, batch=batch, seed=args.seed)
         print(report.summary())
         print(f"project {project.name!r} ({project.task}, {project.per_item} per item): {result.summary()}")
     return 0
@@ -130,12 +138,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     with _session(args) as s:
         project = service.get_project(s, args.project) if args.project else None
-        records = service.export_records(s, project, args.task or TASKS)
+        report = service.ExportReport()
+        records = service.export_records(s, project, args.task or TASKS, report=report)
         n = write_records(args.out, records)
         kinds = {}
         for r in records:
             kinds[r.kind] = kinds.get(r.kind, 0) + 1
         print(f"wrote {n} records to {args.out} ({', '.join(f'{v} {k}' for k, v in sorted(kinds.items())) or 'none'})")
+        if report.repaired_texts:
+            print(f"note: {report.summary()}", file=sys.stderr)
     return 0
 
 

@@ -12,6 +12,7 @@ rules live in one place and are tested directly:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import random
 import re
@@ -30,6 +31,7 @@ from alignforge.data.records import (FLAGS, Candidates, Comparison, Ranking, Rat
 from alignforge.feedback.agreement import (krippendorff_alpha, pairwise_agreement,
                                            ranking_agreement)
 from alignforge.feedback.db import ROLES, TASKS, Assignment, Item, Label, Project, User, utcnow
+from alignforge.textcheck import REPLACEMENT, find_surrogate, replace_surrogates, safe_text
 
 # Pairwise choice on one 9-point scale: A better by strength 3..0, a tie, B better by 0..3.
 # Strength levels follow Llama-2 (design §3): 0 negligibly, 1 slightly, 2 better, 3 significantly.
@@ -66,6 +68,19 @@ class NotFound(Exception):
 
 class Invalid(ValueError):
     """Bad input: the message says which field and what was expected (HTTP 400)."""
+
+
+def check_storable(value: Any, what: str) -> None:
+    """Refuse text that cannot be stored and shown (a lone surrogate: JSON ``"\\udcff"``, or a
+    non-UTF-8 byte in a file name or argument read with surrogateescape), naming ``what``.
+
+    Refused, not repaired: the text came from a file the user can fix and re-import, and an item
+    stored with a silent replacement would be labelled and exported as if it were what the model
+    wrote. (Text already stored by an older version is repaired on the way out instead: see
+    :func:`export_records` and the app's template filter.)"""
+    found = find_surrogate(value)
+    if found is not None:
+        raise Invalid(f"{what}: {found.message()}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,6 +155,8 @@ def create_project(s: Session, name: str, task: str, per_item: int = 1, ask_hhh:
         raise Invalid(f"task: expected one of {', '.join(TASKS)}, got {task!r}")
     if not isinstance(per_item, int) or per_item < 1:
         raise Invalid(f"per_item: expected an integer ≥ 1 (annotators per item), got {per_item!r}")
+    check_storable(name, "project name")
+    check_storable(guidelines, "guidelines")
     if s.scalar(select(Project).where(Project.name == name)) is not None:
         raise Invalid(f"project name: {name!r} exists")
     project = Project(name=name, task=task, per_item=per_item, ask_hhh=ask_hhh, guidelines=guidelines)
@@ -153,7 +170,8 @@ def get_project(s: Session, name_or_id: str | int) -> Project:
         project = s.get(Project, int(name_or_id))
         if project is not None:
             return project
-    project = s.scalar(select(Project).where(Project.name == str(name_or_id)))
+    # A name that cannot be stored names no project (and the driver could not even encode it).
+    project = None if find_surrogate(str(name_or_id)) else s.scalar(select(Project).where(Project.name == str(name_or_id)))
     if project is None:
         raise NotFound(f"no project {name_or_id!r}")
     return project
@@ -190,14 +208,21 @@ def import_candidates(s: Session, project: Project, records: Iterable[Candidates
     comparison  one item per pair of distinct responses (A/B sides shuffled: no position bias)
     ranking     one item per prompt, the K responses in a shuffled display order
     Records that cannot make an item (fewer than two distinct responses to compare) are skipped
-    and counted in the report.
+    and counted in the report. A record whose text cannot be stored and shown (a lone surrogate)
+    raises :class:`Invalid` naming it, and nothing of the import is stored: records read from a
+    file were refused with their file:line already; this catches records made in Python.
     """
+    check_storable(batch, "batch")
     rng = random.Random(seed)
     report = ImportReport()
     for n, rec in enumerate(records):
         report.records += 1
-        prov = {k: v for k, v in rec.to_dict().items() if k not in ("prompt", "responses")}
         where = rec.id or f"record {n + 1}"
+        found = find_surrogate(rec.to_dict())
+        if found is not None:
+            s.rollback()  # all or nothing: the items of earlier records were only added, not committed
+            raise Invalid(f"{safe_text(where)}: field '{found.field}': {found.message()}")
+        prov = {k: v for k, v in rec.to_dict().items() if k not in ("prompt", "responses")}
         if project.task == "rating":
             for i, resp in enumerate(rec.responses):
                 s.add(Item(project_id=project.id, batch=batch, prompt=rec.prompt, responses=[resp],
@@ -471,11 +496,51 @@ def label_to_record(label: Label, item: Item, project: Project, annotator: str) 
     return Ranking(prompt=item.prompt, responses=responses, ranking=[indices[i] for i in p["ranking"]], **common)
 
 
+@dataclass
+class ExportReport:
+    """What an export had to repair: stored text that is not valid Unicode (lone surrogates, from
+    items imported before the import refused them) is written with U+FFFD in their place."""
+
+    records: int = 0
+    repaired_records: int = 0
+    repaired_texts: int = 0
+    first: list[str] = field(default_factory=list)  # up to 5 "record id field" of repaired ones
+
+    def summary(self) -> str:
+        if not self.repaired_texts:
+            return ""
+        return (f"{self.repaired_texts} texts in {self.repaired_records} records were not valid Unicode "
+                f"(lone surrogates, stored before import refused them) and were written with "
+                f"{REPLACEMENT} (U+FFFD) in their place; first: {', '.join(self.first)}")
+
+
+def _repaired(record: Record, report: ExportReport) -> Record:
+    """``record`` with lone surrogates in any field replaced by U+FFFD (counted in ``report``):
+    an export must never fail on what the database already holds."""
+    changed = 0
+    for f in dataclasses.fields(record):
+        value, n = replace_surrogates(getattr(record, f.name))
+        if n:
+            setattr(record, f.name, value)
+            changed += n
+            if len(report.first) < 5:
+                report.first.append(f"{safe_text(record.id or '?')} field '{f.name}'")
+    if changed:
+        report.repaired_records += 1
+        report.repaired_texts += changed
+    return record
+
+
 def export_records(s: Session, project: Optional[Project] = None,
-                   tasks: Iterable[str] = TASKS) -> list[Record]:
+                   tasks: Iterable[str] = TASKS, report: Optional[ExportReport] = None) -> list[Record]:
+    """Every label of ``project`` (or all projects) whose task is in ``tasks``, as records; text
+    that cannot be written is repaired and counted in ``report`` (pass one in to see it)."""
     tasks = set(tasks)
-    return [label_to_record(label, item, proj, who) for label, item, proj, who in _labels(s, project)
-            if proj.task in tasks]
+    report = report if report is not None else ExportReport()
+    out = [_repaired(label_to_record(label, item, proj, who), report)
+           for label, item, proj, who in _labels(s, project) if proj.task in tasks]
+    report.records = len(out)
+    return out
 
 
 def project_agreement(s: Session, project: Project) -> dict[str, Any]:
