@@ -272,8 +272,8 @@ def test_messages_lists_sharegpt_and_conversational_preferences():
     assert recs[0].response == "Paris."
     assert recs[1].prompt[-1] == {"role": "user", "content": "What is 2+2?"} and recs[1].response == "4"
     assert recs[2].prompt == "Say hello in Spanish." and recs[2].source == "handwritten"
-    (sg,) = load_dataset_records(FIXTURES / "sharegpt.jsonl")
-    assert (sg.prompt, sg.response) == ("Name a color.", "Blue.")
+    sg = load_dataset_records(FIXTURES / "sharegpt.jsonl")[0]
+    assert (sg.prompt, sg.response, sg.id) == ("Name a color.", "Blue.", "sg1")
     a, b = load_dataset_records(FIXTURES / "messages_pref.jsonl")
     assert (a.prompt, a.chosen, a.rejected) == ("Is the sky green?", "No, it usually looks blue.", "Yes.")
     assert (b.prompt, b.chosen, b.rejected) == ("2+3?", "5", "6")

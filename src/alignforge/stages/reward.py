@@ -181,6 +181,10 @@ def read_preferences(path: str, cfg: RewardConfig, limit: int | None = None) -> 
         print(f"reward: {report.summary()}")
     if not records:
         raise RecordError("no preference records (comparison, ranking or rating) found", path=str(path))
+    if not any(r.kind in KINDS for r in records):  # e.g. only unpaired feedback: say what the file holds
+        from alignforge.data.formats import kinds_refusal
+
+        raise kinds_refusal(str(path), set(KINDS), report.kinds, report.format)
     return records
 
 

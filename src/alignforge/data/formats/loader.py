@@ -12,7 +12,7 @@ from alignforge.data.formats.messages import from_messages
 from alignforge.data.formats.oasst import check_oasst_message, from_oasst_tree, oasst_records
 from alignforge.data.formats.trl import from_implicit_prompt, from_prompt_completion, from_unpaired
 from alignforge.data.formats.ultrafeedback import from_ultrafeedback, from_ultrafeedback_binarized
-from alignforge.data.records import (ReadReport, Record, RecordError, _short, describe_kinds, infer_kind, iter_raw,
+from alignforge.data.records import (RECORD_TYPES, ReadReport, Record, RecordError, _short, describe_kinds, infer_kind, iter_raw,
                                      parse_record)
 
 FORMATS = ("records", "hh-rlhf", "alpaca", "dolly", "oasst", "ultrafeedback", "ultrafeedback-binarized", "messages",
@@ -45,12 +45,12 @@ LAYOUTS: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
 ]
 
 
-def _closest_layout(keys: set[str]) -> str | None:
-    """The layout sharing the most fields with ``keys`` (at least one that is not ``prompt``), and what it lacks."""
+def _closest_layout(keys: set[str], foreign: set[str]) -> str | None:
+    """The layout sharing the most fields with ``keys`` (one of them ``foreign`` to our records), and what it lacks."""
     best = None
     for name, fields, needs in LAYOUTS:
         shared = keys & set(fields)
-        if not shared - {"prompt"}:
+        if not shared & foreign:
             continue
         lacks = [f for f in needs if f not in keys]
         score = (len(shared), -len(lacks))
@@ -104,12 +104,15 @@ def detect_format(row: Any) -> str:
         if ROLE_ALIASES.get(last_role) == "assistant" or "conversations" in keys:
             return "messages"
     try:
-        infer_kind(row)
+        extra = keys - RECORD_TYPES[infer_kind(row)].allowed()
     except RecordError:
-        closest = _closest_layout(keys)
+        extra = keys
+    # Our own records, unless fields foreign to them belong to a layout that this row only half fits.
+    closest = _closest_layout(keys, extra) if extra else None
+    if extra and (closest or extra == keys):
         raise RecordError(f"cannot tell the dataset layout from fields {sorted(keys)}"
                           + (f": {closest}" if closest else "")
-                          + f" (supported: {', '.join(FORMATS)}; see docs/data.md)") from None
+                          + f" (supported: {', '.join(FORMATS)}; see docs/data.md)")
     return "records"
 
 
