@@ -113,7 +113,7 @@ def cmd_import(args: argparse.Namespace) -> int:
             project = service.create_project(s, args.project, args.task or "comparison", args.per_item or 1,
                                              ask_hhh=not args.no_hhh, guidelines=guidelines)
         result = service.import_candidates(s, project, records, batch=batch, seed=args.seed)
-        print(report.summary())
+        print(safe_text(report.summary()))  # a file name's non-UTF-8 bytes would fail a strict stdout
         print(f"project {project.name!r} ({project.task}, {project.per_item} per item): {result.summary()}")
     return 0
 
@@ -135,6 +135,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from alignforge.data.records import write_records
     from alignforge.feedback import service
     from alignforge.feedback.db import TASKS
+    from alignforge.textcheck import safe_text
 
     with _session(args) as s:
         project = service.get_project(s, args.project) if args.project else None
@@ -144,7 +145,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         kinds = {}
         for r in records:
             kinds[r.kind] = kinds.get(r.kind, 0) + 1
-        print(f"wrote {n} records to {args.out} ({', '.join(f'{v} {k}' for k, v in sorted(kinds.items())) or 'none'})")
+        print(f"wrote {n} records to {safe_text(args.out)} ({', '.join(f'{v} {k}' for k, v in sorted(kinds.items())) or 'none'})")
         if report.repaired_texts:
             print(f"note: {report.summary()}", file=sys.stderr)
     return 0
