@@ -127,3 +127,27 @@ def test_cli_over_a_pipe(checkpoint, loaded, capsys):
     assert "model.init: cannot load" in capsys.readouterr().err
     assert main([str(checkpoint), "chat.top_p=1.5"]) == 2
     assert "chat.top_p: expected a number in (0, 1], got 1.5" in capsys.readouterr().err
+
+
+def test_lines_that_are_not_valid_text_are_refused_by_line_and_the_session_goes_on(checkpoint, loaded):
+    """Issue 19 §3: a non-UTF-8 byte (0xff reaches Python as the lone surrogate U+DCFF) used to end
+    the chat with a tokenizer's TypeError traceback; a /system line with one broke every later turn."""
+    from alignforge.serving.chat import ChatSession
+
+    model, tok = loaded
+    session = ChatSession(model, tok, temperature=0, max_tokens=4)
+    out, err = run(session, "hi \udcff\n/system be \udcfe\nbye\n")
+    assert "error: input line 1: not valid Unicode text: lone surrogate U+DCFF at character 4" in err
+    assert "input line 2: not valid Unicode text" in err and session.system is None
+    assert out == greedy(model, tok, [{"role": "user", "content": "bye"}], n=4) + "\n"
+    with pytest.raises(ValueError, match="not valid Unicode text"):
+        session.reply("x\ud800")
+    assert [m["content"] for m in session.history if m["role"] == "user"] == ["bye"]
+    # The CLI with the raw byte on a pipe, even with a strict stdin decoder.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8:strict"}
+    proc = subprocess.run([sys.executable, "-m", "alignforge", "chat", str(checkpoint), "chat.temperature=0",
+                           "chat.max_tokens=4", "runtime.device=cpu"], input=b"hi \xff\nbye\n",
+                          capture_output=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert "input line 1: not valid Unicode text: lone surrogate U+DCFF" in proc.stderr.decode()
+    assert proc.stdout.decode() == out

@@ -209,6 +209,33 @@ def test_bad_requests_are_4xx_with_clear_messages_and_the_server_stays_up(client
     assert ok.choices[0].finish_reason in ("stop", "length")
 
 
+
+def test_text_that_is_not_valid_unicode_is_a_400_naming_the_field(client, running):
+    """Issue 19 §3: JSON's "\\udcff" decodes to a lone surrogate, which no tokenizer can encode: a
+    completion was a 500, a chat a 400 blaming the chat template, a bad model name or field name a
+    500 (the error echoing it could not be encoded). Each is now a 400 that names the field."""
+    _, base = running
+
+    def post(endpoint: str, raw: str):
+        req = urllib.request.Request(f"{base}/{endpoint}", data=raw.encode("ascii"), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=30)
+        return e.value.code, json.loads(e.value.read())["error"]
+
+    code, err = post("chat/completions", '{"model": "tiny", "messages": [{"role": "user", "content": "hi \\udcff"}]}')
+    assert code == 400 and err["param"] == "messages[0].content"
+    assert err["message"].startswith("'messages[0].content': not valid Unicode text: lone surrogate U+DCFF at character 4")
+    code, err = post("completions", '{"model": "tiny", "prompt": ["ok", "\\ud800"]}')
+    assert code == 400 and err["param"] == "prompt[1]" and "U+D800" in err["message"]
+    code, err = post("completions", '{"model": "tiny\\udcff", "prompt": "hi"}')
+    assert code == 400 and err["param"] == "model"
+    code, err = post("completions", '{"model": "tiny", "prompt": "hi", "x\\udcff": 1}')
+    assert code == 400 and "in a key" in err["message"]
+    # A valid pair is one character, and fine.
+    ok = client.completions.create(model="tiny", prompt="smile \U0001F600", temperature=0, max_tokens=2)
+    assert ok.choices[0].finish_reason in ("stop", "length")
+
 def test_stream_deltas_agree_with_the_final_text():
     from alignforge.models.tiny import tiny_tokenizer
     from alignforge.serving.serve import stream_deltas

@@ -18,6 +18,10 @@ acknowledgements and warnings go to stderr either way.
 
 When the conversation no longer fits the model's context with room for ``max_tokens``, the
 oldest turns are dropped (the system message is kept) and a note says so on stderr.
+
+A line that is not valid text (bytes that are not UTF-8 reach Python as lone surrogates, e.g.
+byte 0xFF as U+DCFF) is refused with its line number and the session goes on; no tokenizer can
+encode such a line.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Sequence, TextIO
 
 from alignforge.config import ChatConfig
+from alignforge.textcheck import find_surrogate
 
 HELP = __doc__.split("::\n\n")[1].split("\n\n")[0]
 
@@ -77,6 +82,9 @@ class ChatSession:
 
         from alignforge.generation import SamplingParams, generate_text
 
+        found = find_surrogate(text)
+        if found is not None:  # before it joins the history: every later turn would fail on it
+            raise ValueError(found.message())
         self.history.append({"role": "user", "content": text})
         dropped = self._fit()
         if dropped and warn is not None:
@@ -130,6 +138,7 @@ def run_chat(session: ChatSession, stdin: TextIO, stdout: TextIO, stderr: TextIO
     """The read-answer loop. Interactive mode shows a banner and a prompt; piped mode prints answers only."""
     if interactive:
         print("alignforge chat: type a message, /help for commands, /quit to leave", file=stderr)
+    lineno = 0
     while True:
         if interactive:
             stdout.write("you> ")
@@ -140,7 +149,12 @@ def run_chat(session: ChatSession, stdin: TextIO, stdout: TextIO, stderr: TextIO
             break
         if not line:  # end of input
             break
+        lineno += 1
         line = line.rstrip("\r\n")
+        found = find_surrogate(line)
+        if found is not None:  # a command too: `/system <bad bytes>` would break every later turn
+            print(f"error: input line {lineno}: {found.message()}; line ignored", file=stderr)
+            continue
         if not line.strip():
             continue
         if line.startswith("/"):
@@ -166,9 +180,18 @@ def run_chat(session: ChatSession, stdin: TextIO, stdout: TextIO, stderr: TextIO
 def chat(cfg: ChatConfig) -> None:
     from alignforge.models.load import load_for_inference
 
+    from alignforge.config import ConfigError
+
+    found = find_surrogate(cfg.chat.system)
+    if found is not None:
+        raise ConfigError(f"chat.system: {found.message()}")
     model, tok = load_for_inference(cfg, "chat")
     session = ChatSession(model.eval(), tok, temperature=cfg.chat.temperature, top_p=cfg.chat.top_p,
                           max_tokens=cfg.chat.max_tokens, system=cfg.chat.system, seed=cfg.seed)
+    # Bytes that are not UTF-8 reach run_chat as lone surrogates, which it refuses by line; with a
+    # strict stdin (some locales, PYTHONIOENCODING) readline itself would raise and end the session.
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="surrogateescape")
     run_chat(session, sys.stdin, sys.stdout, sys.stderr, interactive=sys.stdin.isatty())
 
 

@@ -40,6 +40,7 @@ from typing import Any, Iterator, Sequence
 
 from alignforge.config import ServeConfig
 from alignforge.generation import SamplingParams, encode_prompts, generate
+from alignforge.textcheck import find_surrogate
 
 ROLES = ("system", "user", "assistant")
 # Fields some clients send that change nothing here; anything else unknown is rejected by name.
@@ -365,9 +366,16 @@ def create_app(server: Server):
 
     async def _json(request: Request) -> Any:
         try:
-            return json.loads(await request.body())
+            body = json.loads(await request.body())
         except (ValueError, UnicodeDecodeError) as e:
             raise APIError(400, f"request body is not valid JSON: {e}") from None
+        # JSON's "\udcff" decodes to a lone surrogate: not Unicode text, so a tokenizer, or the
+        # answer that echoes it in an error, would fail on it. Refused here, naming the field.
+        found = find_surrogate(body)
+        if found is not None:
+            param = found.field or None
+            raise APIError(400, f"'{found.field or 'body'}': {found.message()}", param)
+        return body
 
     async def _answers(job: Job) -> list[Answer]:
         try:
