@@ -77,7 +77,8 @@ def test_cli_import_refuses_with_file_line_and_stores_nothing(tmp_path, monkeypa
     odd = tmp_path / "r\udcff.jsonl"
     odd.write_text(GOOD_LINE)
     assert alignforge(["feedback", "import", str(odd), "--db", db, "--project", "p"]) == 0
-    assert alignforge(["feedback", "export", "--db", db, "--out", str(tmp_path / "o.jsonl"), "--project", "q\udcff"]) == 2
+    out = str(tmp_path / "o.jsonl")
+    assert alignforge(["feedback", "export", "--db", db, "--out", out, "--project", "q\udcff"]) == 2
     assert "no project 'q\\udcff'" in capsys.readouterr().err
 
 

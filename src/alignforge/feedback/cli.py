@@ -109,7 +109,8 @@ def cmd_import(args: argparse.Namespace) -> int:
             try:
                 guidelines = open(args.guidelines, encoding="utf-8").read() if args.guidelines else ""
             except UnicodeDecodeError as e:
-                raise CliError(f"--guidelines {args.guidelines}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+                raise CliError(f"--guidelines {args.guidelines}: not valid UTF-8 "
+                               f"({e.reason} at byte {e.start})") from None
             project = service.create_project(s, args.project, args.task or "comparison", args.per_item or 1,
                                              ask_hhh=not args.no_hhh, guidelines=guidelines)
         result = service.import_candidates(s, project, records, batch=batch, seed=args.seed)

@@ -171,7 +171,8 @@ def get_project(s: Session, name_or_id: str | int) -> Project:
         if project is not None:
             return project
     # A name that cannot be stored names no project (and the driver could not even encode it).
-    project = None if find_surrogate(str(name_or_id)) else s.scalar(select(Project).where(Project.name == str(name_or_id)))
+    name = str(name_or_id)
+    project = None if find_surrogate(name) else s.scalar(select(Project).where(Project.name == name))
     if project is None:
         raise NotFound(f"no project {name_or_id!r}")
     return project
