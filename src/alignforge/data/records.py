@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Iterable, Iterator, Literal, Optional, Union
 
 from alignforge.io import atomic_open
+from alignforge.textcheck import find_surrogate, json_line_may_hold_surrogate
 
 Message = dict[str, str]
 Prompt = Union[str, list[Message]]
@@ -541,8 +542,11 @@ def iter_raw(path: str | os.PathLike, bad_json: str = "raise") -> Iterator[tuple
         yield from _iter_parquet(p)
         return
     if name.endswith(".json") and not name.endswith(".jsonl"):
-        with _open_text(p) as f:
-            head = f.read(4096).lstrip()
+        try:
+            with _open_text(p) as f:
+                head = f.read(4096).lstrip()
+        except UnicodeDecodeError as e:
+            raise _utf8_error(p, e) from None
         # Many datasets ship JSON Lines under a .json name; a JSON list starts with '['.
         if head.startswith("["):
             with _open_text(p) as f:
@@ -552,8 +556,14 @@ def iter_raw(path: str | os.PathLike, bad_json: str = "raise") -> Iterator[tuple
                     # A JSON document is all or nothing: no line can be skipped, so this always raises.
                     raise RecordError(f"not valid JSON: {e.msg} (column {e.colno}); expected a JSON list of "
                                       f"records", path=str(p), line=e.lineno) from None
+                except UnicodeDecodeError as e:
+                    raise _utf8_error(p, e) from None
+            # Numbered by element (a JSON list has no lines of its own).
             for i, obj in enumerate(data, 1):
-                yield i, obj
+                err = _surrogate_error(obj, p, i)
+                if err is not None and bad_json == "raise":
+                    raise err
+                yield i, (obj if err is None else err)
             return
     with _open_text(p) as f:
         lineno = 0
@@ -563,15 +573,46 @@ def iter_raw(path: str | os.PathLike, bad_json: str = "raise") -> Iterator[tuple
                     continue
                 try:
                     # Without its newline, so a line cut short reports the column where it ends.
-                    yield lineno, json.loads(line.rstrip("\r\n"))
+                    obj = json.loads(line.rstrip("\r\n"))
                 except json.JSONDecodeError as e:
                     err = RecordError(f"not valid JSON: {e.msg} (column {e.pos + 1}); expected one JSON object "
                                       f"per line", path=str(p), line=lineno)
-                    if bad_json == "raise":
-                        raise err from None
-                    yield lineno, err
-        except (OSError, EOFError, UnicodeDecodeError) as e:  # truncated .gz, binary junk
+                else:
+                    err = _surrogate_error(obj, p, lineno) if json_line_may_hold_surrogate(line) else None
+                if err is not None and bad_json == "raise":
+                    raise err from None
+                yield lineno, (obj if err is None else err)
+        except UnicodeDecodeError as e:  # bytes that are not UTF-8: say on which line
+            raise _utf8_error(p, e) from None
+        except (OSError, EOFError) as e:  # truncated .gz, binary junk
             raise RecordError(f"cannot read the file after line {lineno}: {e}", path=str(p)) from None
+
+
+def _surrogate_error(obj: Any, path: Path, line: int) -> RecordError | None:
+    """A record whose text holds a lone surrogate (JSON ``"\\udcff"``) is refused here, where its
+    file and line are known: such text is not Unicode, and would otherwise fail much later and far
+    away (a tokenizer's TypeError, a 500 in the feedback app, an export that cannot be written)."""
+    found = find_surrogate(obj)
+    if found is None:
+        return None
+    return RecordError(found.message(), path=str(path), line=line, field=found.field or None)
+
+
+def _utf8_error(p: Path, e: UnicodeDecodeError) -> RecordError:
+    """The text decoder reads ahead in blocks, so the line it was on says nothing: find the first
+    byte that is not UTF-8 by line, in the raw (decompressed) bytes."""
+    try:
+        with (gzip.open(p, "rb") if p.suffix == ".gz" else open(p, "rb")) as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as bad:
+                    byte = raw[bad.start]
+                    return RecordError(f"not valid UTF-8: byte 0x{byte:02x} at byte {bad.start + 1} of the line "
+                                       f"({bad.reason}); expected UTF-8 text", path=str(p), line=lineno)
+    except (OSError, EOFError):
+        pass
+    return RecordError(f"not valid UTF-8 ({e.reason}); expected UTF-8 text", path=str(p))
 
 
 def _iter_parquet(p: Path) -> Iterator[tuple[int, Any]]:
