@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 # name -> (module, one-line description). Listed in pipeline order.
 STAGES: dict[str, tuple[str, str]] = {
     "world": ("alignforge.world.cli", "the embedded synthetic assistant world: generate data, judge responses"),
+    "data": ("alignforge.data.cli", "inspect a dataset: layout, record kinds, drops, chat-template rendering, token lengths"),
     "tokenizer": ("alignforge.stages.tokenizer", "train a byte-level BPE tokenizer with a chat template"),
     "pretrain": ("alignforge.stages.pretrain", "causal LM pretraining on text records (packed blocks)"),
     "sft": ("alignforge.stages.sft", "supervised fine-tuning on demonstrations (response-only loss)"),
