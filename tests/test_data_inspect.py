@@ -149,3 +149,16 @@ def test_hh_rlhf_shared_file_fit_matches_encode_pair():
     assert r["truncation"]["comparison"] == {"fit": 150 - stats.truncated - stats.dropped,
                                              "prompt_cut": stats.truncated, "dropped": stats.dropped}
     assert stats.truncated > 0 and stats.dropped > 0
+
+
+def test_docs_example_is_the_real_output(monkeypatch):
+    """docs/datasets.md shows `data inspect` output; it must be what the command prints today."""
+    from alignforge.data.inspect import format_report
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # the docs show the path relative to the repository
+    doc = (root / "docs" / "datasets.md").read_text()
+    block = doc.split("On `tests/fixtures/ultrafeedback_binarized.jsonl` (`--examples 1 --seq-len 64`):\n\n```\n")[1]
+    block = block.split("\n```")[0]
+    r = inspect_file("tests/fixtures/ultrafeedback_binarized.jsonl", examples=1, seq_len=64)
+    assert format_report(r) == block

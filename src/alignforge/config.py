@@ -371,7 +371,7 @@ class DataSection:
     eval: Optional[str] = option(None, "held-out records for evaluation")
     format: str = option("auto", "dataset layout: auto (detected from the first row), records, hh-rlhf, alpaca, dolly, "
                                "oasst, ultrafeedback, ultrafeedback-binarized, messages (ShareGPT too), "
-                               "prompt-completion, unpaired, implicit-prompt (docs/data.md)")
+                               "prompt-completion, unpaired, implicit-prompt (docs/datasets.md)")
     on_bad_record: Literal["error", "skip"] = option("error", "malformed record: stop with the error, or skip and count")
     max_records: Optional[int] = option(None, "use at most this many training records")
 

@@ -112,7 +112,7 @@ def detect_format(row: Any) -> str:
     if extra and (closest or extra == keys):
         raise RecordError(f"cannot tell the dataset layout from fields {sorted(keys)}"
                           + (f": {closest}" if closest else "")
-                          + f" (supported: {', '.join(FORMATS)}; see docs/data.md)")
+                          + f" (supported: {', '.join(FORMATS)}; see docs/datasets.md)")
     return "records"
 
 
