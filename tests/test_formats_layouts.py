@@ -174,6 +174,16 @@ def test_ultrafeedback_binarized_messages_serve_sft_and_checks(tmp_path):
     assert len(load_dataset_records(path, on_bad="skip", report=report)) == 2 and report.skipped == 0
 
 
+def test_ultrafeedback_binarized_as_the_hub_ships_it_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [json.loads(line) for line in (FIXTURES / "ultrafeedback_binarized.jsonl").read_text().splitlines()]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "train_prefs-00000-of-00001.parquet")
+    assert load_dataset_records(tmp_path / "train_prefs-00000-of-00001.parquet") == \
+        load_dataset_records(FIXTURES / "ultrafeedback_binarized.jsonl")
+
+
 def test_string_prompt_with_whole_conversations_without_scores(tmp_path):
     # argilla-style derivatives: prompt string, chosen/rejected conversations, other score columns.
     conv = lambda a: [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": a}]
@@ -239,6 +249,12 @@ def test_layout_rows_missing_a_field_name_it(tmp_path):
      r"the closest layout is Alpaca \(format=alpaca\), whose rows have instruction, input, output; this row lacks 'output'"),
     ({"message_id": "m1", "text": "hi"},
      r"the closest layout is OASST messages \(format=oasst\), .*; this row lacks 'role'"),
+    ({"instruction": "When?", "context": "In 1969.", "category": "closed_qa"},
+     r"the closest layout is Dolly \(format=dolly\), whose rows have instruction, context, response, category; "
+     r"this row lacks 'response'"),
+    ({"instruction": "Write a poem.", "models": ["m1", "m2"]},
+     r"the closest layouts are Alpaca .* — or UltraFeedback \(format=ultrafeedback\), whose rows have instruction, "
+     r"completions; this row lacks 'completions'"),
     ({"question": "q", "answer": "a"}, r"\['answer', 'question'\] \(supported: records, hh-rlhf, alpaca"),
 ])
 def test_row_matching_no_layout_names_the_closest(tmp_path, row, expected):

@@ -46,21 +46,21 @@ LAYOUTS: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
 
 
 def _closest_layout(keys: set[str], foreign: set[str]) -> str | None:
-    """The layout sharing the most fields with ``keys`` (one of them ``foreign`` to our records), and what it lacks."""
-    best = None
+    """The layout(s) sharing the most fields with ``keys`` (one of them ``foreign`` to our records), and
+    what each lacks."""
+    scored = []
     for name, fields, needs in LAYOUTS:
         shared = keys & set(fields)
-        if not shared & foreign:
-            continue
         lacks = [f for f in needs if f not in keys]
-        score = (len(shared), -len(lacks))
-        if lacks and (best is None or score > best[0]):
-            best = (score, name, fields, lacks)
-    if best is None:
+        if shared & foreign and lacks:
+            scored.append(((len(shared), -len(lacks)), name, fields, lacks))
+    if not scored:
         return None
-    _, name, fields, lacks = best
-    return (f"the closest layout is {name}, whose rows have {', '.join(fields)}; this row lacks "
-            + ", ".join(f"'{f}'" for f in lacks))
+    top = max(s[0] for s in scored)
+    best = [s for s in scored if s[0] == top]
+    parts = [f"{name}, whose rows have {', '.join(fields)}; this row lacks " + ", ".join(f"'{f}'" for f in lacks)
+             for _, name, fields, lacks in best]
+    return ("the closest layout is " if len(parts) == 1 else "the closest layouts are ") + " — or ".join(parts)
 
 
 def detect_format(row: Any) -> str:
