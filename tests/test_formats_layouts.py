@@ -275,3 +275,22 @@ def test_implicit_prompt_split_and_refusal():
     assert split_shared_prefix("Yes it is.", "Yes it is. Sure.") == ("Yes it", "is.", "is. Sure.")
     with pytest.raises(RecordError, match=r"missing field 'prompt': chosen and rejected share no leading text"):
         from_implicit_prompt({"chosen": "Blue.", "rejected": "Green."})
+
+
+def test_sft_and_dpo_stages_refuse_unpaired_feedback_by_name(tmp_path, capsys):
+    """End to end through the stages' own CLI: one clear line, exit 2, before any training."""
+    from alignforge.models.load import save_model
+    from alignforge.models.tiny import tiny_random_model, tiny_tokenizer
+    from alignforge.stages import dpo, sft
+
+    tok = tiny_tokenizer("llama")
+    save_model(tiny_random_model("llama", len(tok), max_positions=128), tok, tmp_path / "model")
+    data = _jsonl(tmp_path / "kto.jsonl", TRL["conversational_unpaired_preference"])
+    common = [f"model.init={tmp_path / 'model'}", f"data.train={data}", "runtime.threads=1", "runtime.device=cpu",
+              "runtime.progress=false", "train.seq_len=64"]
+    for name, stage, wanted in (("sft", sft, "demonstration"), ("dpo", dpo, "comparison or ranking or rating")):
+        assert stage.main(common + [f"out={tmp_path / name}"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"alignforge {name}: error: {data}: no {wanted} records: the file (unpaired layout) "
+                              "holds 2 unpaired records (unpaired feedback"), err
+        assert not (tmp_path / name / "DONE").exists()

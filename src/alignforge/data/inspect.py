@@ -244,7 +244,8 @@ def _pct(d: dict[str, float]) -> str:
 
 def format_report(r: dict[str, Any]) -> str:
     lines = [f"file:       {r['path']}",
-             f"layout:     {r['format']} ({'detected from the first row' if r['detected'] else 'forced with --format'})",
+             f"layout:     {r['format']} "
+             f"({'detected from the first row' if r['detected'] else 'forced with --format'})",
              f"rows:       {r['rows']}" + (f" (stopped at --limit {r['limit']} records)" if r["limit"] else ""),
              f"records:    {r['records']}" + (f" — {describe_kinds(r['kinds'])}" if r["kinds"] else "")
              + (f" (only {r['kind']} records: --kind)" if r["kind"] else "")]
@@ -265,7 +266,8 @@ def format_report(r: dict[str, Any]) -> str:
                 lines.append(f"    {part:<9} {_pct(lens[part])}")
         t = r["truncation"][kind]
         if kind == "text":
-            lines.append(f"    {t['tokens']} tokens → {t['blocks']} packed blocks of {r['seq_len']} (nothing truncated)")
+            lines.append(f"    {t['tokens']} tokens → {t['blocks']} packed blocks of {r['seq_len']} "
+                         "(nothing truncated)")
         else:
             lines.append(f"    fit whole: {t['fit']}; prompt cut from the left: {t['prompt_cut']}; "
                          f"dropped (response does not fit): {t['dropped']}")

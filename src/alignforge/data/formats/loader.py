@@ -12,8 +12,8 @@ from alignforge.data.formats.messages import from_messages
 from alignforge.data.formats.oasst import check_oasst_message, from_oasst_tree, oasst_records
 from alignforge.data.formats.trl import from_implicit_prompt, from_prompt_completion, from_unpaired
 from alignforge.data.formats.ultrafeedback import from_ultrafeedback, from_ultrafeedback_binarized
-from alignforge.data.records import (RECORD_TYPES, ReadReport, Record, RecordError, _short, describe_kinds, infer_kind, iter_raw,
-                                     parse_record)
+from alignforge.data.records import (RECORD_TYPES, ReadReport, Record, RecordError, _short, describe_kinds,
+                                     infer_kind, iter_raw, parse_record)
 
 FORMATS = ("records", "hh-rlhf", "alpaca", "dolly", "oasst", "ultrafeedback", "ultrafeedback-binarized", "messages",
            "prompt-completion", "unpaired", "implicit-prompt")
