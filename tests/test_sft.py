@@ -125,6 +125,24 @@ def test_tokenizer_stage_trains_saves_and_reloads(tmp_path, capsys):
     assert tokenizer_stage.read_texts(str(tmp_path / "c.txt")) == ["the cat sat", "the dog ran"]
 
 
+def test_tokenizer_also_train_on_gives_demonstration_words_their_own_tokens(tmp_path):
+    """tokenizer.also_train_on: words only the demonstrations use become tokens instead of bytes."""
+    from transformers import AutoTokenizer
+
+    corpus = _write_jsonl(tmp_path / "corpus.jsonl", [{"text": "the fox lives near the river"}] * 20)
+    demos = _write_jsonl(tmp_path / "demos.jsonl",
+                         [{"prompt": "Help?", "response": "I am sorry, I cannot help with that."}] * 20)
+    lengths = {}
+    for name, extra in (("plain", []), ("also", [f"tokenizer.also_train_on=[{demos}]"])):
+        out = tmp_path / name
+        assert tokenizer_stage.main([f"data.train={corpus}", f"out={out}", "tokenizer.vocab_size=400", *extra]) == 0
+        tok = AutoTokenizer.from_pretrained(str(out), local_files_only=True)
+        lengths[name] = len(tok(" sorry cannot", add_special_tokens=False)["input_ids"])
+        stats = json.loads((out / "stats.json").read_text())
+        assert stats["documents"] == 20 and stats["extra_documents"] == (40 if extra else 0)
+    assert lengths == {"plain": 13, "also": 2}  # one token per byte (13 bytes) vs one per word
+
+
 def test_tokenizer_stage_errors_name_the_problem(tmp_path, capsys):
     assert tokenizer_stage.main([f"data.train={tmp_path / 'missing.jsonl'}", f"out={tmp_path / 'o'}"]) == 2
     assert "missing.jsonl: file not found" in capsys.readouterr().err

@@ -445,6 +445,10 @@ class TokenizerSection:
     vocab_size: int = option(4096, "BPE vocabulary size, including the 5 special tokens and 256 bytes")
     min_frequency: int = option(2, "a pair must occur this often to be merged")
     model_max_length: int = option(1024, "the tokenizer's model_max_length")
+    also_train_on: list[str] = option(doc="more files (any format data.train takes) whose text the vocabulary "
+                                          "should cover, e.g. the SFT demonstrations: a word the pretraining "
+                                          "text never uses is otherwise spelled byte by byte, and a small model "
+                                          "sampling at T = 1 misspells it", factory=list)
 
 
 @dataclass

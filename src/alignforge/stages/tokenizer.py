@@ -79,17 +79,19 @@ def run(cfg: TokenizerConfig) -> Path:
     if not texts:
         raise RecordError("no text found to train a tokenizer on", path=cfg.data.train)
     t = cfg.tokenizer
-    tok = train_tokenizer(texts, vocab_size=t.vocab_size, min_frequency=t.min_frequency,
+    extra = [text for path in t.also_train_on for text in read_texts(path, on_bad=cfg.data.on_bad_record)]
+    tok = train_tokenizer(texts + extra, vocab_size=t.vocab_size, min_frequency=t.min_frequency,
                           model_max_length=t.model_max_length)
     stats = corpus_stats(tok, texts)
-    stats.update(documents=len(texts), vocab_size=len(tok), seconds=round(time.perf_counter() - t0, 2),
+    stats.update(documents=len(texts), extra_documents=len(extra), vocab_size=len(tok), seconds=round(time.perf_counter() - t0, 2),
                  skipped_records=report.skipped)
     with atomic_dir(out) as tmp:
         tok.save_pretrained(tmp)
         save_config(cfg, tmp / "config.yaml")
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
         (tmp / DONE).write_text("")
-    print(f"tokenizer: {len(tok)} tokens from {len(texts)} documents; "
+    print(f"tokenizer: {len(tok)} tokens from {len(texts)} documents"
+          + (f" (+{len(extra)} from {', '.join(t.also_train_on)})" if extra else "") + "; "
           f"{stats['bytes_per_token']:.2f} bytes/token; saved to {out}")
     return out
 
