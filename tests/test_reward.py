@@ -142,6 +142,19 @@ def test_split_by_prompt_keeps_prompts_apart():
     assert not {r.prompt for r in held} & {r.prompt for r in train}
 
 
+def test_normalize_on_reads_unlabelled_candidates(tmp_path):
+    """``reward.normalize_on`` takes reference-policy samples such as collect's ``candidates.jsonl``:
+    a file without preference records is refused as training data, but not as normalisation samples."""
+    from alignforge.data.records import Candidates, write_records
+
+    path = tmp_path / "candidates.jsonl"
+    write_records(path, [Candidates(prompt="p", responses=["a", "b"]), Candidates(prompt="q", responses=["c"])])
+    cfg = cfg_with(f"reward.normalize_on={path}")
+    assert sorted(t for _, t in reward.normalisation_texts(cfg, [])) == ["a", "b", "c"]
+    with pytest.raises(RecordError, match="candidates"):
+        reward.read_preferences(str(path), cfg)
+
+
 @pytest.mark.parametrize("override, match", [
     ("reward.heads=[a,b]", "ratings' axes"), ("reward.safety_head=harmless", "not one of reward.heads"),
     ("reward.margins=[1,2]", "4 margins"), ("reward.kinds=[likes]", "reward.kinds"),

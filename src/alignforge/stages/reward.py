@@ -171,7 +171,11 @@ def eval_pairs(records: Sequence[Record], cfg: RewardConfig) -> list[Item]:
     return build_items(records, view, {})
 
 
-def read_preferences(path: str, cfg: RewardConfig, limit: int | None = None) -> list[Record]:
+def read_preferences(path: str, cfg: RewardConfig, limit: int | None = None,
+                     require_preferences: bool = True) -> list[Record]:
+    """Every record of ``path`` (any layout); a file without comparisons, rankings or ratings is an
+    error naming what it holds, unless ``require_preferences=False`` (``reward.normalize_on`` reads
+    reference-policy samples, e.g. collect's ``candidates.jsonl``)."""
     from alignforge.data.formats import load_dataset_records
 
     report = ReadReport(str(path))
@@ -181,7 +185,7 @@ def read_preferences(path: str, cfg: RewardConfig, limit: int | None = None) -> 
         print(f"reward: {report.summary()}")
     if not records:
         raise RecordError("no preference records (comparison, ranking or rating) found", path=str(path))
-    if not any(r.kind in KINDS for r in records):  # e.g. only unpaired feedback: say what the file holds
+    if require_preferences and not any(r.kind in KINDS for r in records):  # e.g. only unpaired feedback
         from alignforge.data.formats import kinds_refusal
 
         raise kinds_refusal(str(path), set(KINDS), report.kinds, report.format)
@@ -354,7 +358,7 @@ def normalisation_texts(cfg: RewardConfig, train_items: Sequence[Item]) -> list[
     """Reference-policy (prompt, response) samples: ``reward.normalize_on`` or the training responses."""
     if cfg.reward.normalize_on:
         texts = []
-        for rec in read_preferences(cfg.reward.normalize_on, cfg):
+        for rec in read_preferences(cfg.reward.normalize_on, cfg, require_preferences=False):
             for t in (getattr(rec, "responses", None) or [getattr(rec, "response", None), getattr(rec, "chosen", None),
                                                          getattr(rec, "rejected", None)]):
                 if t:
