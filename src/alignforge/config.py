@@ -363,6 +363,9 @@ class ModelSection:
 @dataclass
 class RefSection:
     init: Optional[str] = option(None, "reference model (default: the policy's init)")
+    share_base: bool = option(False, "with model.lora.enabled and no ref.init: the reference is the policy with its "
+                                     "LoRA adapters disabled (peft), not a second copy of the weights — the same "
+                                     "numbers in half the weight memory")
 
 
 @dataclass
@@ -673,6 +676,8 @@ class ValueSection:
     init: Optional[str] = option(None, "value model: a scalar-head dir (default: reward.init, InstructGPT) or a causal "
                                        "LM whose backbone gets a zero head; null with no reward.init = model.init")
     lr: Optional[float] = option(None, "value-model learning rate (default: train.lr)")
+    lora: bool = option(False, "train the value model through LoRA adapters (model.lora's r, alpha, targets) and its "
+                               "head: no gradients or AdamW state for its backbone")
 
 
 @dataclass

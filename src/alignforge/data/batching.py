@@ -423,7 +423,8 @@ _PLAIN_HEAD = ("LlamaForCausalLM", "Qwen2ForCausalLM")
 def plain_head(model) -> bool:
     """A Llama / Qwen2 model called directly (``model.model`` body, ``model.lm_head`` head): callers may
     run the two separately. A wrapped model (DDP, peft) is not: its forward hooks must see the call."""
-    return type(model).__name__ in _PLAIN_HEAD
+    # The LoRA policy's base serving as the reference (models.load.AdaptersOffReference) is called the same way.
+    return type(getattr(model, "plain_base", model)).__name__ in _PLAIN_HEAD
 
 
 def token_logprobs(model, batch: Batch, attention: Attention = "mask", targets_only: bool = False) -> torch.Tensor:

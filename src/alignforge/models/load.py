@@ -12,7 +12,8 @@ Public API::
     apply_lora(model, LoraSection)     peft LoRA (optional extra ``[peft]``)
     prepare_for_training(model, cfg)   cfg.model's gradient checkpointing, then LoRA
     load_policy(cfg) -> (model, tok)   the model a stage trains: model.init or a fresh preset, prepared
-    load_reference(ref_init, policy)   the frozen reference: ref.init, or a frozen copy of the policy
+    load_reference(ref_init, policy)   the frozen reference: ref.init, a frozen copy of the policy, or
+                                       (ref.share_base) the LoRA policy with its adapters disabled
 """
 
 from __future__ import annotations
@@ -272,6 +273,157 @@ def frozen_copy(model):
     return ref
 
 
+class AdaptersOffReference:
+    """The reference as the LoRA policy's own base model (``ref.share_base``): every call runs the
+    policy with its adapters disabled, in eval mode, without gradients — one copy of the weights
+    serves as both policy and reference.
+
+    It offers what the stages use a reference for: a forward (``ref(**inputs)``); the body and the
+    head separately for Llama / Qwen2 (``ref.model``, ``ref.lm_head``, so the sliced and fp32-head
+    paths of ``data.batching.token_logprobs`` and ``rl.rollout.response_logits`` run exactly as for a
+    separately loaded base model); generation (the engine's HF path); ``parameters()`` / ``state_dict()``
+    of the base weights under their plain names (so ``refcache.model_fingerprint``, the DPO cache key,
+    equals the base model's); ``config``. ``eval()``, ``train()``, ``requires_grad_()`` and ``to()``
+    leave the policy alone: a reference is always frozen and in eval mode.
+
+    A disabled LoRA layer computes ``base_layer(x)`` and nothing else, so the log-probs are those of
+    the base model bit for bit (tests/test_recipes.py); the policy's train/eval mode and its
+    adapters are restored after each call.
+    """
+
+    _DELEGATED = frozenset({"config", "generation_config", "device", "dtype", "name_or_path",
+                            "main_input_name", "get_input_embeddings", "get_output_embeddings"})
+    _SUBMODULES = frozenset({"model", "lm_head", "transformer", "gpt_neox", "embed_out"})
+
+    def __init__(self, peft_model):
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        self._peft = peft_model
+        self._base = peft_model.get_base_model()
+        self._layers = [m for m in peft_model.modules() if isinstance(m, BaseTunerLayer)]
+        self._depth = 0
+
+    @contextlib.contextmanager
+    def adapters_off(self) -> Iterator[None]:
+        """Adapters disabled, eval mode, no grad; re-entrant; restores the policy on exit."""
+        import torch
+
+        outer = self._depth == 0
+        self._depth += 1
+        on: list[bool] = []
+        was_training = False
+        try:
+            if outer:
+                on = [not layer.disable_adapters for layer in self._layers]
+                for layer, enabled in zip(self._layers, on):
+                    if enabled:
+                        layer.enable_adapters(False)
+                was_training = self._peft.training
+                if was_training:
+                    self._peft.eval()
+            with torch.no_grad():
+                yield
+        finally:
+            self._depth -= 1
+            if outer:
+                for layer, enabled in zip(self._layers, on):
+                    if enabled:
+                        layer.enable_adapters(True)
+                if was_training:
+                    self._peft.train(True)
+
+    def __call__(self, *args, **kwargs):
+        with self.adapters_off():
+            return self._peft(*args, **kwargs)
+
+    @property
+    def forward(self):
+        import functools
+
+        @functools.wraps(self._base.forward)  # the engine reads the signature (cache argument, logits_to_keep)
+        def forward(*args, **kwargs):
+            return self(*args, **kwargs)
+        return forward
+
+    @property
+    def plain_base(self):
+        """The plain HF model under the adapters (``data.batching.plain_head`` asks for its class)."""
+        return self._base
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name in self._DELEGATED:
+            return getattr(self._base, name)
+        if name in self._SUBMODULES:
+            return _AdaptersOffModule(self, getattr(self._base, name))
+        raise AttributeError(f"{type(self).__name__} (the policy with its adapters disabled, ref.share_base) "
+                             f"has no attribute {name!r}")
+
+    # --- a frozen reference: mode and grad changes are no-ops ---
+    training = False
+
+    def eval(self):
+        return self
+
+    def train(self, mode: bool = True):
+        return self
+
+    def requires_grad_(self, requires_grad: bool = True):
+        return self
+
+    def to(self, *args, **kwargs):
+        return self
+
+    # --- the base weights, under the names a plain model gives them ---
+    @staticmethod
+    def _plain_name(name: str) -> str | None:
+        parts = name.split(".")
+        if any(p.startswith("lora_") or p == "modules_to_save" for p in parts):
+            return None
+        return ".".join(p for p in parts if p not in ("base_layer", "original_module"))
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):
+        for name, p in self._base.named_parameters(prefix=prefix, recurse=recurse, remove_duplicate=remove_duplicate):
+            plain = self._plain_name(name)
+            if plain is not None:
+                yield plain, p
+
+    def parameters(self, recurse: bool = True):
+        for _, p in self.named_parameters(recurse=recurse):
+            yield p
+
+    def buffers(self, recurse: bool = True):
+        return self._base.buffers(recurse=recurse)
+
+    def state_dict(self, *args, **kwargs) -> dict[str, Any]:
+        out = {}
+        for name, t in self._base.state_dict(*args, **kwargs).items():
+            plain = self._plain_name(name)
+            if plain is not None:
+                out[plain] = t
+        return out
+
+    def __repr__(self) -> str:
+        return f"AdaptersOffReference({type(self._base).__name__}, {len(self._layers)} LoRA layers disabled per call)"
+
+
+class _AdaptersOffModule:
+    """A submodule of the base model (body, LM head) whose calls run with the adapters disabled."""
+
+    def __init__(self, owner: AdaptersOffReference, module):
+        self._owner, self._module = owner, module
+
+    def __call__(self, *args, **kwargs):
+        with self._owner.adapters_off():
+            return self._module(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self._module, name)
+
+
 # ---------------------------------------------------------------------------------------------
 # LoRA (optional: the [peft] extra)
 # ---------------------------------------------------------------------------------------------
@@ -320,11 +472,40 @@ def apply_lora(model, lora):
     return get_peft_model(model, cfg)
 
 
+def _enable_checkpointing(model) -> None:
+    """Activation (gradient) checkpointing of every decoder layer (transformers 5 renamed the method)."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+
+
+@contextlib.contextmanager
+def checkpointing_in_eval(*models) -> Iterator[None]:
+    """Let activation checkpointing work in a forward of a model kept in eval mode.
+
+    The RL stages keep their models in eval mode (dropout off, so the engine's log-probs are the
+    training forward's), but transformers checkpoints a decoder layer only when that layer is in
+    training mode: ``model.gradient_checkpointing`` would silently do nothing. Inside this context
+    only the checkpointed layers themselves are put in training mode — their attention and MLP
+    submodules, which hold the dropout, stay in eval mode — so the forward is the same and the
+    backward recomputes each layer instead of keeping its activations."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for model in models if model is not None for m in model.modules()
+              if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing and not m.training]
+    for m in layers:
+        m.training = True
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.training = False
+
+
 def prepare_for_training(model, cfg):
     """The last step of loading a model a stage trains (``cfg.model``): gradient checkpointing,
     then LoRA adapters. Returns the model to train (a peft wrapper with LoRA)."""
     if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        _enable_checkpointing(model)
     if cfg.model.lora.enabled:
         model = apply_lora(model, cfg.model.lora)
     return model
@@ -354,11 +535,27 @@ def load_policy(cfg):
     return prepare_for_training(model, cfg), tok
 
 
-def load_reference(ref_init: str | None, policy, device):
+def load_reference(ref_init: str | None, policy, device, share_base: bool = False, fsdp: bool = False):
     """The frozen reference model: ``ref_init`` if set, else a frozen copy of ``policy`` as loaded
-    (before any update, that is the SFT policy). Shared by DPO, PPO and the REINFORCE family."""
+    (before any update, that is the SFT policy). Shared by DPO, PPO, the REINFORCE family and Nash-MD.
+
+    ``share_base`` (config ``ref.share_base``, LoRA policies only): no copy at all — the reference is
+    the policy with its adapters disabled (:class:`AdaptersOffReference`). The policy's base weights
+    are frozen under LoRA and its adapters start at zero (B = 0), so this is the same reference as
+    the frozen copy, bit for bit, for the whole run, in one copy of the weights instead of two."""
     from alignforge.config import ConfigError
 
+    if share_base:
+        if ref_init:
+            raise ConfigError(f"ref.share_base=true makes the policy's own base model the reference; it cannot be "
+                              f"combined with ref.init={ref_init} (a different model): set one of them")
+        if not _is_peft(unwrap(policy)):
+            raise ConfigError("ref.share_base=true needs a LoRA policy (model.lora.enabled=true): without adapters "
+                              "the base weights are trained and no longer the reference")
+        if fsdp:
+            raise ConfigError("ref.share_base=true cannot be used with runtime.fsdp (the reference forward runs "
+                              "outside the sharded wrapper); use a frozen copy (ref.share_base=false)")
+        return AdaptersOffReference(unwrap(policy))
     if ref_init:
         try:
             ref, _ = load_causal_lm(ref_init)
@@ -454,4 +651,9 @@ def load_value(cfg, tok, device):
         value.score = new
         value.config = copy.deepcopy(value.config)
         value.config.num_labels = 1
-    return value.requires_grad_(True)
+    value.requires_grad_(True)
+    if cfg.model.gradient_checkpointing:
+        _enable_checkpointing(value)
+    if getattr(cfg.value, "lora", False):  # adapters + the head train; the backbone stays frozen
+        value = apply_lora(value, cfg.model.lora)
+    return value

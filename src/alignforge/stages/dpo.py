@@ -128,10 +128,12 @@ def run(cfg: DPOConfig) -> Path:
     # --- policy (its tokenizer encodes the data) and the frozen reference ---
     seed_everything(dist.rank_seed(cfg.seed))
     model, tok = load_policy(cfg)
+    model.to(device)  # before the reference: with ref.share_base it IS the policy's base weights
     n_matmul = matmul_params(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     need_ref_model = not dcfg.reference_free or dcfg.kl_prompts > 0
-    ref = load_reference(cfg.ref.init, model, device) if need_ref_model else None
+    ref = (load_reference(cfg.ref.init, model, device, share_base=cfg.ref.share_base, fsdp=cfg.runtime.fsdp)
+           if need_ref_model else None)
 
     # --- data: records → weighted pairs → token ids; held-out pairs for eval ---
     pairs, pair_stats = read_pairs(cfg, "train")
@@ -189,6 +191,7 @@ def run(cfg: DPOConfig) -> Path:
         print(f"dpo: {pair_stats.as_dict()}; {enc_stats.summary()}; {len(eval_enc)} held-out pairs")
         print(f"dpo: {dcfg.loss} β={dcfg.beta}" + (" reference-free" if dcfg.reference_free else
                                                    f", reference cache {dcfg.ref_cache}")
+              + (", reference = the policy's base (adapters off)" if cfg.ref.share_base else "")
               + (f" ({'hit' if cache_info.get('hit') else 'computed'} in {cache_info['seconds']:.1f}s)"
                  if cache_info else "")
               + f"; {steps_per_epoch} steps/epoch, {max_steps} steps of {pairs_per_step} pairs; "

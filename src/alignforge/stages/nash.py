@@ -164,7 +164,7 @@ def run(cfg: NashConfig, preference_fn: PreferenceFn | None = None) -> Path:
     seed_everything(cfg.seed)
     policy, tok = load_policy(cfg)
     policy.to(device).eval()  # dropout off: the engine's log-probs come from an eval-mode forward
-    ref = load_reference(cfg.ref.init, policy, device)
+    ref = load_reference(cfg.ref.init, policy, device, share_base=cfg.ref.share_base, fsdp=cfg.runtime.fsdp)
     injected = preference_fn is not None
     if preference_fn is None:
         pm, pm_tok = preference_model(cfg, out, device)

@@ -50,7 +50,8 @@ from alignforge.losses import (
     value_loss,
 )
 from alignforge.data.text import text_blocks
-from alignforge.models.load import load_policy, load_reference, load_reward, load_value, matmul_params
+from alignforge.models.load import (checkpointing_in_eval, load_policy, load_reference, load_reward, load_value,
+                                    matmul_params)
 from alignforge.perf import Throughput
 from alignforge.rl import rollout as R
 from alignforge.rl import stage as S
@@ -95,7 +96,7 @@ def run(cfg: PPOConfig, reward_fn: R.RewardFn | None = None) -> Path:
     seed_everything(cfg.seed)
     policy, tok = load_policy(cfg)
     policy.to(device)
-    ref = load_reference(cfg.ref.init, policy, device)
+    ref = load_reference(cfg.ref.init, policy, device, share_base=cfg.ref.share_base, fsdp=cfg.runtime.fsdp)
     reward_model, head = (None, 0) if reward_fn is not None else load_reward(cfg, tok, device)
     value = load_value(cfg, tok, device).to(device)
     both = torch.nn.ModuleDict({"policy": policy, "value": value})  # one state for the checkpoint
@@ -167,7 +168,7 @@ def run(cfg: PPOConfig, reward_fn: R.RewardFn | None = None) -> Path:
             order = torch.randperm(len(ro), generator=mb_rng)
             for j in range(0, len(ro), pcfg.minibatch_size):
                 mb = ro.select(order[j:j + pcfg.minibatch_size])
-                with ctx:
+                with ctx, checkpointing_in_eval(policy, value):  # model.gradient_checkpointing, eval mode
                     lp, logits = R.response_logprobs(policy, mb, T)
                     pg_loss, pg = ppo_policy_loss(lp, mb.logprobs, mb.advantages, mb.mask, clip=pcfg.clip)
                     v = R.response_values(value, mb)

@@ -47,7 +47,7 @@ from alignforge.losses import (
     masked_mean,
     ppo_policy_loss,
 )
-from alignforge.models.load import load_policy, load_reference, load_reward, matmul_params
+from alignforge.models.load import checkpointing_in_eval, load_policy, load_reference, load_reward, matmul_params
 from alignforge.perf import Throughput
 from alignforge.rl import rollout as R
 from alignforge.rl import stage as S
@@ -98,7 +98,7 @@ def run(cfg: ReinforceConfig, reward_fn: R.RewardFn | None = None) -> Path:
     seed_everything(cfg.seed)
     policy, tok = load_policy(cfg)
     policy.to(device).eval()  # dropout off: the engine's log-probs come from an eval-mode forward
-    ref = load_reference(cfg.ref.init, policy, device)
+    ref = load_reference(cfg.ref.init, policy, device, share_base=cfg.ref.share_base, fsdp=cfg.runtime.fsdp)
     reward_model, head = (None, 0) if reward_fn is not None else load_reward(cfg, tok, device)
 
     # --- prompts ---
@@ -168,7 +168,7 @@ def run(cfg: ReinforceConfig, reward_fn: R.RewardFn | None = None) -> Path:
             for j in range(0, len(groups), g):
                 rows = (groups[j:j + g, None] * k + torch.arange(k)).reshape(-1)
                 mb = ro.select(rows)
-                with ctx:
+                with ctx, checkpointing_in_eval(policy):  # model.gradient_checkpointing in eval mode
                     lp, logits = R.response_logprobs(policy, mb, T)
                     pg_loss, pg = ppo_policy_loss(lp, mb.logprobs, mb.advantages, mb.mask, clip=icfg.clip)
                     loss = pg_loss
