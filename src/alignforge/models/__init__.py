@@ -3,6 +3,7 @@
 - ``tokenizer``: ``train_tokenizer``, ``save_tokenizer``, ``load_tokenizer``, ``ensure_chat_template``
 - ``load``: presets (``build_model``), ``load_causal_lm``, ``save_model``, ``frozen_copy``, ``apply_lora``
 - ``heads``: reward/value scalar heads (``init_from_causal_lm``, ``sequence_scores``, ``token_scores``)
+- ``scoring``: scoring texts with a saved reward model (``score_texts``, ``reward_from_scores``)
 - ``tiny``: tiny random Llama / GPT-2 / Qwen2 / GPT-NeoX models for tests
 """
 

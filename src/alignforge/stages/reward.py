@@ -27,7 +27,8 @@ ratings' axis of its name (pairs or regression). The safety gate (Llama-2) is ap
 ``R = r_safety`` if ``r_safety < threshold`` else the combination. Weights, gate and the
 normalisation are stored in the saved model's ``config.json`` (``reward_combine``,
 ``reward_safety_head``, ``reward_safety_threshold``, ``reward_mean``/``reward_std``), and
-:func:`reward_from_scores` applies them, so PPO needs nothing but the model directory.
+:func:`alignforge.models.scoring.reward_from_scores` applies them, so a saved reward model needs nothing but
+its directory (scoring texts with it: :mod:`alignforge.models.scoring`).
 
 **Normalisation**: after training, the mean score of reference-policy samples
 (``reward.normalize_on``, e.g. collect's ``candidates.jsonl``; default the training responses) is
@@ -64,6 +65,7 @@ from alignforge.io import atomic_write_text
 from alignforge.losses import bradley_terry_loss, regression_loss
 from alignforge.models.heads import _base, sequence_scores, set_reward_normalization
 from alignforge.models.load import matmul_params, prepare_for_training
+from alignforge.models.scoring import collate_rows, reward_from_scores, score_texts
 from alignforge.perf import Throughput, measure_matmul_peak
 from alignforge.train import checkpoint as ckpt
 from alignforge.train import distributed as dist
@@ -231,19 +233,8 @@ def plan_batches(encoded: Sequence[tuple[Item, list[list[int]]]], batch_size: in
 
 
 # ---------------------------------------------------------------------------------------------
-# Scoring
+# Loss and metrics (scoring texts with the model: alignforge.models.scoring)
 # ---------------------------------------------------------------------------------------------
-
-
-def collate_rows(rows: Sequence[Sequence[int]], pad_id: int, device: Any = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ids and 2D attention mask (the HF classifier reads the last non-pad token)."""
-    L = max(len(r) for r in rows)
-    ids = torch.full((len(rows), L), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), L), dtype=torch.long)
-    for b, r in enumerate(rows):
-        ids[b, :len(r)] = torch.tensor(r)
-        mask[b, :len(r)] = 1
-    return ids.to(device), mask.to(device)
 
 
 def item_rewards(scores: torch.Tensor, heads: Sequence[int | None], weights: torch.Tensor) -> torch.Tensor:
@@ -255,21 +246,6 @@ def item_rewards(scores: torch.Tensor, heads: Sequence[int | None], weights: tor
     single = scores.gather(1, idx[:, None]).squeeze(1)
     use = torch.tensor([h is not None for h in heads], device=scores.device)
     return torch.where(use, single, combined)
-
-
-def reward_from_scores(model, scores: torch.Tensor) -> torch.Tensor:
-    """The overall reward of ``(batch, heads)`` *normalised* scores, per the saved config: the weighted
-    combination, replaced by the safety head's score where it falls below the threshold (Llama-2)."""
-    cfg = _base(model).config
-    n = scores.shape[-1]
-    weights = torch.tensor(getattr(cfg, "reward_combine", None) or [1.0 / n] * n, dtype=scores.dtype,
-                           device=scores.device)
-    reward = scores @ weights
-    gate = getattr(cfg, "reward_safety_head", None)
-    if gate is not None:
-        safety = scores[:, gate]
-        reward = torch.where(safety < float(cfg.reward_safety_threshold), safety, reward)
-    return reward
 
 
 def micro_loss(model, encoded, batch: Sequence[int], weights: torch.Tensor, pad_id: int, device) -> tuple:
@@ -292,25 +268,6 @@ def micro_loss(model, encoded, batch: Sequence[int], weights: torch.Tensor, pad_
         target = torch.tensor([it.target for it in items], device=device)
         loss = regression_loss(r, target) * len(items)  # points all weigh 1: mean × n = Σ ℓ
     return loss, int(mask.sum())
-
-
-@torch.no_grad()
-def score_texts(model, tok, pairs: Sequence[tuple[Prompt, str]], max_len: int, batch_size: int,
-                normalize: bool = True) -> torch.Tensor:
-    """``(n, heads)`` scores of (prompt, response) pairs, length-sorted batches, input order kept."""
-    device = next(model.parameters()).device
-    rows = []
-    for p, resp in pairs:
-        ex = encode_example(tok, p, resp, max_len=max_len, min_prompt_tokens=1)
-        # A response longer than max_len on its own: score its last max_len tokens (still ends in eos).
-        rows.append(ex.input_ids if ex is not None else encode_example(tok, p, resp).input_ids[-max_len:])
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-    out = torch.zeros(len(rows), _base(model).config.num_labels)
-    for j in range(0, len(order), batch_size):
-        chunk = order[j:j + batch_size]
-        ids, mask = collate_rows([rows[i] for i in chunk], pad_id_of(tok), device)
-        out[chunk] = sequence_scores(model, ids, mask, normalize=normalize).float().cpu()
-    return out
 
 
 def pair_metrics(model, tok, items: Sequence[Item], prefix: str, cfg: RewardConfig) -> dict[str, float]:
