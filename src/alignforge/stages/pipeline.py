@@ -12,6 +12,7 @@
         set: {model.init: "{pretrain}", data.train: "{world}/sft.jsonl"}
         as: policy                  # also reachable as "{policy}" (the latest step that says so)
     rounds: 3                       # optional: round_steps run this many times (InstructGPT's "repeat")
+    vars: {base: null}              # optional: values "{base}" refers to; set with --var base=DIR (null = required)
     round_steps:                    # a round step writes to runs/<run>/<name>-r<k>
       - {name: collect, set: {model.init: "{policy}", round: ...}}
 
@@ -26,6 +27,7 @@ training stage keeps ``state/``). ``{name}`` references resolve to the step's ou
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 import re
 import sys
@@ -58,6 +60,7 @@ STAGE_RUNNERS: dict[str, tuple[str, str]] = {
     "eval": ("alignforge.config:EvalConfig", "alignforge.stages.eval:run"),
 }
 STEP_KEYS = {"name", "stage", "config", "set", "as"}
+PIPELINE_KEYS = {"run", "seed", "steps", "rounds", "round_steps", "vars"}
 DONE_FILE = "PIPELINE_DONE"
 LOG_FILE = "log.txt"  # a step's own output when the run view is on
 
@@ -93,6 +96,7 @@ class Pipeline:
     steps: list[Step] = field(default_factory=list)
     rounds: int = 0
     round_steps: list[Step] = field(default_factory=list)
+    vars: dict[str, Any] = field(default_factory=dict)  # "{name}" values given by the file / --var; None = required
     base_dir: Path = Path(".")
     out_root: Path | None = None
 
@@ -118,20 +122,49 @@ def _parse_step(raw: Any, where: str) -> Step:
 
 
 def parse_pipeline(data: dict[str, Any], base_dir: Path = Path("."), where: str = "pipeline") -> Pipeline:
-    allowed = {"run", "seed", "steps", "rounds", "round_steps"}
-    extra = set(data) - allowed
+    extra = set(data) - PIPELINE_KEYS
     if extra:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(extra)}; valid: {sorted(allowed)}")
+        raise ConfigError(f"{where}: unknown key(s) {sorted(extra)}; valid: {sorted(PIPELINE_KEYS)}")
+    variables = data.get("vars") or {}
+    if not isinstance(variables, dict) or not all(isinstance(k, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", k)
+                                                  for k in variables):
+        raise ConfigError(f"{where}: 'vars' must map plain names (letters, digits, _ . -) to values or null")
     steps = [_parse_step(s, f"{where}: steps[{i}]") for i, s in enumerate(data.get("steps") or [])]
     round_steps = [_parse_step(s, f"{where}: round_steps[{i}]") for i, s in enumerate(data.get("round_steps") or [])]
     names = [s.name for s in steps] + [s.name for s in round_steps]
     if len(set(names)) != len(names):
         raise ConfigError(f"{where}: step names must be unique, got {names}")
+    if set(variables) & set(names) or set(variables) & {"round", "prev_round"}:
+        raise ConfigError(f"{where}: vars {sorted(set(variables) & (set(names) | {'round', 'prev_round'}))} "
+                          "clash with step names (or round / prev_round)")
     rounds = int(data.get("rounds", 1 if round_steps else 0))
     if round_steps and rounds < 1:
         raise ConfigError(f"{where}: rounds must be >= 1 when round_steps are given")
     return Pipeline(run=str(data.get("run", "pipeline")), seed=int(data.get("seed", 0)), steps=steps,
-                    rounds=rounds, round_steps=round_steps, base_dir=base_dir)
+                    rounds=rounds, round_steps=round_steps, vars=dict(variables), base_dir=base_dir)
+
+
+def set_vars(p: Pipeline, assignments: Sequence[str]) -> None:
+    """Apply ``NAME=VALUE`` assignments (``--var``) to the pipeline's declared ``vars``."""
+    for text in assignments:
+        name, sep, value = text.partition("=")
+        if not sep:
+            raise ConfigError(f"--var {text!r}: expected NAME=VALUE")
+        if name not in p.vars:
+            close = difflib.get_close_matches(name, list(p.vars), n=1)
+            raise ConfigError(f"--var {name}: the pipeline declares no such variable"
+                              + (f"; did you mean '{close[0]}'?" if close else "")
+                              + f" (vars: {', '.join(sorted(p.vars)) or 'none'})")
+        p.vars[name] = value
+
+
+def _unset_vars(p: Pipeline, only: Sequence[str] | None) -> list[str]:
+    """Declared-but-null variables that a step about to run refers to."""
+    used: set[str] = set()
+    for step in p.steps + p.round_steps:
+        if only is None or step.name in only:
+            used |= set(_REF.findall(yaml.safe_dump(step.values)))
+    return sorted(n for n in used if n in p.vars and p.vars[n] is None)
 
 
 _REF = re.compile(r"\{([A-Za-z0-9_.-]+)\}")
@@ -216,7 +249,11 @@ def run_step(p: Pipeline, step: Step, out: Path, refs: dict[str, str], log: Call
 def run_pipeline(p: Pipeline, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
                  only: Sequence[str] | None = None, output: RunOutput | None = None) -> dict[str, str]:
     """Run every step in order (skipping finished ones); returns {step or alias: output folder}."""
-    refs: dict[str, str] = {}
+    missing = _unset_vars(p, only)
+    if missing:
+        raise ConfigError("pipeline variable(s) not set: " + ", ".join(missing) + "; pass "
+                          + " ".join(f"--var {n}=..." for n in missing))
+    refs: dict[str, str] = {k: str(v) for k, v in p.vars.items() if v is not None}
 
     def one(step: Step, out: Path) -> None:
         if only is None or step.name in only:
@@ -318,6 +355,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("file", help="pipeline YAML")
     parser.add_argument("--run", default=None, help="override the pipeline's run name")
     parser.add_argument("--only", nargs="*", default=None, help="run only these steps (the others must be done)")
+    parser.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
+                        help="set one of the pipeline's vars (e.g. --var base=/models/SmolLM2-135M); repeatable")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="also show every stage's own output (always in <step>/log.txt)")
     args = parser.parse_args(list(argv or []))
@@ -325,6 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p = load_pipeline(args.file)
         if args.run:
             p.run = args.run
+        set_vars(p, args.var)
         with RunOutput(f"alignforge pipeline {p.run}", planned_steps(p, args.only), verbose=args.verbose) as output:
             refs = run_pipeline(p, only=args.only, output=output)
     except (ConfigError, RecordError) as e:
