@@ -14,12 +14,12 @@ import torch
 from alignforge.generation import (
     Generation,
     SamplingParams,
-    _fast_path_supported,
     encode_prompts,
     generate,
     generate_text,
     truncate_logits,
 )
+from alignforge.generation.decoders import _fast_path_supported
 from alignforge.models.tiny import tiny_random_model, tiny_tokenizer
 
 torch.set_num_threads(1)
@@ -208,7 +208,7 @@ def test_seeded_sampling_is_deterministic(backend):
 def test_sampled_frequencies_match_the_truncated_distribution():
     """The inverse-CDF sampler draws from softmax(truncated logits): chi-square-free check on
     one fixed distribution with many rows (each row one draw)."""
-    from alignforge.generation import _sample_next
+    from alignforge.generation.sampling import _sample_next
 
     probs = torch.tensor([0.05, 0.5, 0.15, 0.3])
     logits = probs.log().expand(20000, 4)
@@ -454,7 +454,7 @@ def test_mixture_and_pad_errors_are_clear():
 
 
 def test_nan_logits_raise_instead_of_sampling_garbage():
-    from alignforge.generation import _sample_next
+    from alignforge.generation.sampling import _sample_next
 
     logits = torch.zeros(3, 5)
     logits[1, 2] = float("nan")

@@ -130,7 +130,7 @@ def response_values(value_model, ro: Rollout) -> torch.Tensor:
     return v[:, ro.prompt_len - 1: ro.prompt_len - 1 + L].float()
 
 def _train_temperature(t: float) -> float:
-    # Greedy sampling (T = 0) reports log-probs at T = 1 (generation.py); train at T = 1 then.
+    # Greedy sampling (T = 0) reports log-probs at T = 1 (alignforge.generation); train at T = 1 then.
     return t if t > 0 else 1.0
 
 def logprobs_reusable(params: SamplingParams) -> bool:
