@@ -292,7 +292,7 @@ def test_cli_errors_and_port_sugar(checkpoint, capsys):
 
 
 def test_a_failing_generate_is_a_500_for_its_batch_and_the_worker_lives_on(client, monkeypatch):
-    import alignforge.serving.serve as serve_mod
+    import alignforge.serving.batching as serve_mod  # the engine's worker calls generate
 
     real = serve_mod.generate
 

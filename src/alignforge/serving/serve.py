@@ -5,17 +5,18 @@ Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/complet
 
 How a request flows:
 
-1. The endpoint validates the JSON body by hand (so every problem is a 400 whose message names the
-   field and what was expected, in OpenAI's ``{"error": {...}}`` shape, which the ``openai`` client
-   turns into ``BadRequestError``; a wrong model name is a 404 → ``NotFoundError``), encodes the
-   prompt exactly as training does (:func:`alignforge.generation.encode_prompts` for chat, the raw
-   text for completions), and hands a :class:`Job` to the :class:`BatchingEngine`.
+1. The endpoint validates the JSON body by hand (:mod:`alignforge.serving.openai_requests`: every
+   problem is a 400 whose message names the field and what was expected, in OpenAI's
+   ``{"error": {...}}`` shape, which the ``openai`` client turns into ``BadRequestError``; a wrong
+   model name is a 404 → ``NotFoundError``), encodes the prompt exactly as training does
+   (:func:`alignforge.generation.encode_prompts` for chat, the raw text for completions), and hands
+   a :class:`Job` to the :class:`BatchingEngine`.
 2. The engine's one worker thread takes the first waiting job, waits ``serve.batch_window_ms`` for
    more (or until ``serve.max_batch`` sequences are waiting), groups the jobs by sampling
    parameters, and runs **one** :func:`alignforge.generation.generate` call per group (prompts of
    different lengths are fine: the engine left-pads them and pads never change results). While a
    batch runs, new requests queue up and form the next batch, so under load batches fill by
-   themselves.
+   themselves (:mod:`alignforge.serving.batching`).
 3. Streaming is "generate, then stream": the answer is computed as a whole, then sent as token
    deltas. The engine has no per-step callback, and adding one would put Python work in its inner
    loop for every caller; the cost is that the first chunk arrives when the answer is complete.
@@ -29,307 +30,16 @@ depend on the batch it is in, so batching it with strangers would break "same se
 import asyncio
 import json
 import os
-import queue
 import sys
-import threading
 import time
 import uuid
-from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 from alignforge.config import ServeConfig
-from alignforge.generation import SamplingParams, encode_prompts, generate
+from alignforge.generation import encode_prompts
+from alignforge.serving.batching import Answer, BatchingEngine, Job
+from alignforge.serving.openai_requests import CHAT_FIELDS, COMPLETION_FIELDS, APIError, Server, parse_messages
 from alignforge.textcheck import find_surrogate
-
-ROLES = ("system", "user", "assistant")
-# Fields some clients send that change nothing here; anything else unknown is rejected by name.
-_IGNORED_FIELDS = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "stream_options"}
-_UNSUPPORTED = {  # field -> value that means "not asked for"
-    "logprobs": (None, False, 0), "top_logprobs": (None, 0), "tools": (None, []), "functions": (None, []),
-    "tool_choice": (None, "none", "auto"), "function_call": (None, "none", "auto"), "logit_bias": (None, {}),
-    "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0), "echo": (None, False),
-    "best_of": (None, 1), "suffix": (None, ""), "response_format": (None, {"type": "text"}),
-}
-_COMMON = {"model", "temperature", "top_p", "top_k", "max_tokens", "n", "stop", "seed", "stream"}
-_CHAT_FIELDS = _COMMON | {"messages", "max_completion_tokens"}
-_COMPLETION_FIELDS = _COMMON | {"prompt"}
-
-
-class APIError(Exception):
-    """A request problem, sent as OpenAI's error JSON with an HTTP status."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-
-    def body(self) -> dict:
-        kind = "invalid_request_error" if self.status < 500 else "server_error"
-        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
-
-
-# ---------------------------------------------------------------------------------- the batching engine
-
-
-@dataclass
-class Job:
-    """One request: its prompts (token ids), ``n`` answers each, and where the result goes."""
-
-    prompts: list[list[int]]
-    n: int
-    params: SamplingParams
-    future: Future = field(default_factory=Future)
-
-    @property
-    def rows(self) -> int:
-        return len(self.prompts) * self.n
-
-    def group_key(self) -> Any:
-        # Greedy ignores the seed; a seeded sampled request gets a group of its own (see module doc).
-        if self.params.greedy:
-            return ("greedy", self.params.max_new_tokens, self.params.stop_strings)
-        if self.params.seed is not None:
-            return ("seeded", id(self))
-        return self.params
-
-
-@dataclass
-class Answer:
-    """One sampled answer of a job: text, token ids (stop token included), finish reason."""
-
-    text: str
-    token_ids: list[int]
-    finish_reason: str
-
-
-class BatchingEngine:
-    """A worker thread that batches waiting jobs into :func:`generate` calls (see module doc).
-
-    ``submit(job)`` returns the job's future, resolved to a list of :class:`Answer` (prompt-major:
-    ``answers[p * n + j]``) or to the exception the generate call raised. ``generate_calls`` and
-    ``rows_generated`` count the work done (tests check that concurrent requests were batched).
-    """
-
-    def __init__(self, model, tokenizer, max_batch: int = 32, window_ms: float = 10.0):
-        self.model, self.tokenizer = model, tokenizer
-        self.max_batch, self.window = max_batch, window_ms / 1000.0
-        self.eos = tokenizer.eos_token_id
-        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
-        self.generate_calls = 0
-        self.rows_generated = 0
-        self._queue: queue.Queue[Job | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._loop, name="alignforge-serve-engine", daemon=True)
-        self._thread.start()
-
-    def submit(self, job: Job) -> Future:
-        self._queue.put(job)
-        return job.future
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=30)
-
-    def _collect(self, first: Job) -> tuple[list[Job], bool]:
-        """``first`` plus whatever arrives within the window (or until a batch is full)."""
-        jobs, rows = [first], first.rows
-        deadline = time.monotonic() + self.window
-        while rows < self.max_batch:
-            try:
-                job = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if job is None:
-                return jobs, True
-            jobs.append(job)
-            rows += job.rows
-        return jobs, False
-
-    def _loop(self) -> None:
-        stop = False
-        while not stop:
-            first = self._queue.get()
-            if first is None:
-                break
-            jobs, stop = self._collect(first)
-            groups: dict[Any, list[Job]] = {}
-            for job in jobs:  # dicts keep insertion order: the oldest request's group runs first
-                groups.setdefault(job.group_key(), []).append(job)
-            for group in groups.values():
-                for chunk in self._chunks(group):
-                    self._run(chunk)
-
-    def _chunks(self, jobs: list[Job]) -> Iterator[list[Job]]:
-        """Consecutive jobs up to ``max_batch`` rows (a job bigger than that runs alone)."""
-        chunk, rows = [], 0
-        for job in jobs:
-            if chunk and rows + job.rows > self.max_batch:
-                yield chunk
-                chunk, rows = [], 0
-            chunk.append(job)
-            rows += job.rows
-        if chunk:
-            yield chunk
-
-    def _run(self, jobs: list[Job]) -> None:
-        prompts = [p for job in jobs for p in job.prompts for _ in range(job.n)]
-        try:
-            gen = generate(self.model, prompts, jobs[0].params, eos_token_id=self.eos, pad_token_id=self.pad,
-                           tokenizer=self.tokenizer)
-        except Exception as e:  # noqa: BLE001 - the error goes to the requests; the worker lives on
-            for job in jobs:
-                job.future.set_exception(e)
-            return
-        self.generate_calls += 1
-        self.rows_generated += len(prompts)
-        answers = [Answer(t, s, f) for t, s, f in zip(gen.texts, gen.sequences, gen.finish_reason)]
-        start = 0
-        for job in jobs:
-            job.future.set_result(answers[start : start + job.rows])
-            start += job.rows
-
-
-# ---------------------------------------------------------------------------------- request validation
-
-
-def _number(body: dict, key: str, default, lo=None, hi=None, lo_open=False, integer=False):
-    value = body.get(key)
-    if value is None:
-        return default
-    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-    what = "an integer" if integer else "a number"
-    if isinstance(value, bool) or not ok_type:
-        raise APIError(400, f"'{key}': expected {what}, got {json.dumps(value)}", key)
-    low_bad = lo is not None and (value <= lo if lo_open else value < lo)
-    if low_bad or (hi is not None and value > hi):
-        rng = f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}{']' if hi is not None else ')'}"
-        raise APIError(400, f"'{key}': expected {what} in {rng}, got {value}", key)
-    return value
-
-
-def _stop_strings(body: dict) -> tuple[str, ...]:
-    stop = body.get("stop")
-    if stop is None:
-        return ()
-    items = [stop] if isinstance(stop, str) else stop
-    if not isinstance(items, list) or not all(isinstance(s, str) and s for s in items) or len(items) > 4:
-        raise APIError(400, f"'stop': expected a non-empty string or a list of at most 4 non-empty strings, "
-                            f"got {json.dumps(stop)}", "stop")
-    return tuple(items)
-
-
-def _message_content(content: Any, where: str) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # OpenAI content parts: only text parts make sense for a text model
-        parts = []
-        for k, part in enumerate(content):
-            if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
-                raise APIError(400, f"'{where}.content[{k}]': expected a text part "
-                                    f"{{\"type\": \"text\", \"text\": ...}}, got {json.dumps(part)[:200]}", where)
-            parts.append(part["text"])
-        return "".join(parts)
-    raise APIError(400, f"'{where}.content': expected a string or a list of text parts, got "
-                        f"{json.dumps(content)[:200]}", where)
-
-
-def parse_messages(messages: Any) -> list[dict]:
-    """The request's ``messages`` as ``[{role, content}]`` for the chat template (400 when malformed)."""
-    if not isinstance(messages, list) or not messages:
-        raise APIError(400, f"'messages': expected a non-empty list of {{role, content}} objects, got "
-                            f"{json.dumps(messages)[:200]}", "messages")
-    out = []
-    for i, m in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise APIError(400, f"'{where}': expected an object with 'role' and 'content', got {json.dumps(m)[:200]}",
-                           where)
-        role = m.get("role")
-        if role == "developer":  # newer OpenAI clients' name for the system role
-            role = "system"
-        if role not in ROLES:
-            raise APIError(400, f"'{where}.role': expected one of {', '.join(ROLES)}, got {json.dumps(role)}", where)
-        if "content" not in m or m["content"] is None:
-            raise APIError(400, f"'{where}': missing 'content'", where)
-        out.append({"role": role, "content": _message_content(m["content"], where)})
-    return out
-
-
-class Server:
-    """Everything an endpoint needs: the served model's name and limits, and the engine."""
-
-    def __init__(self, engine: BatchingEngine, model_name: str, default_max_tokens: int = 256, max_n: int = 16):
-        self.engine, self.model_name = engine, model_name
-        self.tokenizer = engine.tokenizer
-        self.default_max_tokens, self.max_n = default_max_tokens, max_n
-        self.created = int(time.time())
-        cfg = engine.model.config
-        self.context = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
-
-    def check_fields(self, body: Any, allowed: set[str]) -> dict:
-        if not isinstance(body, dict):
-            raise APIError(400, "request body: expected a JSON object")
-        for key, neutral in _UNSUPPORTED.items():
-            if key in body and body[key] not in neutral:
-                raise APIError(400, f"'{key}' is not supported by alignforge serve", key)
-        unknown = sorted(set(body) - allowed - _IGNORED_FIELDS - set(_UNSUPPORTED))
-        if unknown:
-            raise APIError(400, f"unrecognized request field(s): {', '.join(unknown)}; supported: "
-                                f"{', '.join(sorted(allowed))}", unknown[0])
-        model = body.get("model")
-        if not isinstance(model, str):
-            raise APIError(400, "'model': required, the id of the served model (see GET /v1/models)", "model")
-        if model != self.model_name:
-            raise APIError(404, f"The model '{model}' does not exist; this server serves '{self.model_name}'",
-                           "model", "model_not_found")
-        return body
-
-    def job(self, body: dict, prompts: list[list[int]], max_tokens_key: str = "max_tokens") -> Job:
-        """Sampling parameters from the body, checked against the model's context length."""
-        temperature = _number(body, "temperature", 1.0, lo=0, hi=2)
-        top_p = _number(body, "top_p", 1.0, lo=0, hi=1, lo_open=True)
-        top_k = _number(body, "top_k", 0, lo=0, integer=True)
-        n = _number(body, "n", 1, lo=1, hi=self.max_n, integer=True)
-        seed = _number(body, "seed", None, integer=True)
-        stream = body.get("stream", False)
-        if not isinstance(stream, bool):
-            raise APIError(400, f"'stream': expected true or false, got {json.dumps(stream)}", "stream")
-        longest = max(len(p) for p in prompts)
-        room = (self.context - longest) if self.context else None
-        asked = _number(body, max_tokens_key, None, lo=1, integer=True)
-        if asked is None and max_tokens_key != "max_tokens":
-            asked = _number(body, "max_tokens", None, lo=1, integer=True)
-        if room is not None and (room < 1 or (asked is not None and asked > room)):
-            raise APIError(400, f"This model's maximum context length is {self.context} tokens; the prompt has "
-                                f"{longest} tokens and max_tokens is {asked if asked is not None else 1}. "
-                                "Shorten the prompt or lower max_tokens.", "messages", "context_length_exceeded")
-        max_tokens = asked if asked is not None else min(self.default_max_tokens, room or self.default_max_tokens)
-        params = SamplingParams(temperature=float(temperature), top_p=float(top_p), top_k=top_k,
-                                max_new_tokens=max_tokens, stop_strings=_stop_strings(body), seed=seed)
-        return Job(prompts=prompts, n=n, params=params)
-
-    def completion_prompts(self, prompt: Any) -> list[list[int]]:
-        """``prompt``: a string, a list of strings, a list of token ids, or a list of such lists."""
-        vocab = len(self.tokenizer)
-        bad = APIError(400, f"'prompt': expected a non-empty string, a list of strings, or token ids, got "
-                            f"{json.dumps(prompt)[:200]}", "prompt")
-        if isinstance(prompt, str):
-            prompt = [prompt]
-        if not isinstance(prompt, list) or not prompt:
-            raise bad
-        if all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-            prompt = [prompt]
-        out = []
-        for p in prompt:
-            if isinstance(p, str):
-                ids = self.tokenizer(p, add_special_tokens=False)["input_ids"]
-            elif isinstance(p, list) and all(isinstance(t, int) and 0 <= t < vocab for t in p):
-                ids = p
-            else:
-                raise bad
-            if not ids:
-                raise APIError(400, "'prompt': an empty prompt has no token to continue from", "prompt")
-            out.append([int(t) for t in ids])
-        return out
 
 
 def stream_deltas(tokenizer, token_ids: Sequence[int], final_text: str) -> Iterator[str]:
@@ -425,7 +135,7 @@ def create_app(server: Server):
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        body = server.check_fields(await _json(request), _CHAT_FIELDS)
+        body = server.check_fields(await _json(request), CHAT_FIELDS)
         messages = parse_messages(body.get("messages"))
         try:
             prompt = encode_prompts(server.tokenizer, [messages])
@@ -456,7 +166,7 @@ def create_app(server: Server):
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        body = server.check_fields(await _json(request), _COMPLETION_FIELDS)
+        body = server.check_fields(await _json(request), COMPLETION_FIELDS)
         job = server.job(body, server.completion_prompts(body.get("prompt")))
         answers = await _answers(job)
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
