@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from alignforge.data.records import Candidates, read_records, write_records
 from alignforge.feedback import service
 from alignforge.feedback.db import Assignment, Item, Label, User, make_engine, make_sessionmaker
+from alignforge.feedback.export import export_records, project_agreement
 from feedback_helpers import candidates
 
 
@@ -148,8 +149,8 @@ def test_export_round_trips_through_records(S, tmp_path):
         a = service.next_assignment(s, cp, a0)
         service.submit_label(s, a.id, a0, {"preference": "a3"}, "c-a3")
         shown_a = a.item.responses[0]
-        records = service.export_records(s)
-        agreement = service.project_agreement(s, rp)
+        records = export_records(s)
+        agreement = project_agreement(s, rp)
     path = tmp_path / "prefs.jsonl"
     assert write_records(path, records) == 4
     back = read_records(path)
@@ -227,7 +228,7 @@ def test_export_feeds_the_reward_stages_pair_expansion(S, tmp_path):
             choice = "tie" if pref == "tie" else ("a2" if a.item.responses[0] == "good" else "b2")
             service.submit_label(s, a.id, u, {"preference": choice}, f"c{u.id}")
         path = tmp_path / "prefs.jsonl"
-        write_records(path, service.export_records(s))
+        write_records(path, export_records(s))
     stats = PairStats()
     pairs = expand_preferences(read_records(path), stats)
     got = sorted((p.prompt, p.chosen, p.rejected, p.strength, round(p.weight, 4), p.source) for p in pairs)

@@ -46,6 +46,7 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from alignforge.data.records import RecordError, as_messages, read_records, write_records
 from alignforge.feedback import service
+from alignforge.feedback.export import ExportReport, export_records, project_agreement
 from alignforge.feedback.db import TASKS, Label, Project, Setting, User, make_engine, make_sessionmaker, utcnow
 from alignforge.textcheck import safe_text
 
@@ -431,7 +432,7 @@ def create_app(db_url: str, secret: Optional[str] = None, https_only: bool = Fal
         if project is None:
             raise HTTPException(404, f"no project {pid}")
         progress = service.project_progress(s, project)
-        agreement = service.project_agreement(s, project)
+        agreement = project_agreement(s, project)
         return render(request, "admin_project.html", user, project=project, progress=progress, agreement=agreement,
                       imported=request.query_params.get("imported"), released=request.query_params.get("released"))
 
@@ -443,8 +444,8 @@ def create_app(db_url: str, secret: Optional[str] = None, https_only: bool = Fal
             raise HTTPException(404, f"no project {project}")
         if task is not None and task not in TASKS:
             raise HTTPException(400, f"task: expected one of {', '.join(TASKS)}, got {task!r}")
-        report = service.ExportReport()
-        records = service.export_records(s, proj, [task] if task else TASKS, report=report)
+        report = ExportReport()
+        records = export_records(s, proj, [task] if task else TASKS, report=report)
         name = safe_text(f"{proj.name if proj else 'feedback'}{'-' + task if task else ''}.jsonl")
         # Written by write_records (atomically, the one JSONL writer) into a directory that is gone
         # before this handler returns, error or not; the body is sent from memory. (A file handed to

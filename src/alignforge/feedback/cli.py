@@ -136,12 +136,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     from alignforge.data.records import write_records
     from alignforge.feedback import service
     from alignforge.feedback.db import TASKS
+    from alignforge.feedback.export import ExportReport, export_records
     from alignforge.textcheck import safe_text
 
     with _session(args) as s:
         project = service.get_project(s, args.project) if args.project else None
-        report = service.ExportReport()
-        records = service.export_records(s, project, args.task or TASKS, report=report)
+        report = ExportReport()
+        records = export_records(s, project, args.task or TASKS, report=report)
         n = write_records(args.out, records)
         kinds = {}
         for r in records:
@@ -157,13 +158,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from alignforge.feedback import service
     from alignforge.feedback.db import Project
+    from alignforge.feedback.export import project_agreement
 
     with _session(args) as s:
         for project in s.scalars(select(Project).order_by(Project.id)).all():
             prog = service.project_progress(s, project)
             print(f"{project.name} [{project.task}, {project.per_item}/item]: {prog.labels}/{prog.slots} labels "
                   f"({prog.percent:.1f}%), {prog.items} items")
-            for key, value in service.project_agreement(s, project).items():
+            for key, value in project_agreement(s, project).items():
                 print(f"  {key}: {'-' if value is None else round(value, 4)}")
     return 0
 
