@@ -295,3 +295,42 @@ def test_gradient_checkpointing_recomputes_in_the_rl_stages_eval_mode_forward(ba
     assert not model.training and not model.model.layers[0].training  # the context restores eval mode
     for n in plain:
         torch.testing.assert_close(plain[n], ckpt[n], rtol=0, atol=0)
+
+
+def test_ppo_with_lora_value_and_shared_base_resumes_exactly(bandit, tmp_path):
+    """PPO with the recipe's memory options (LoRA policy, ref.share_base, value.lora, checkpointing):
+    stopped after the step-2 checkpoint, the resumed run ends with the full run's policy and value."""
+    from alignforge.config import PPOConfig
+    from alignforge.stages import ppo
+
+    def cfg(out):
+        base = {"model.init": bandit["policy"], "data.train": bandit["data"], "out": out, "runtime.threads": 1,
+                "runtime.progress": False, "runtime.device": "cpu", "sampling.max_new_tokens": 2,
+                "train.seq_len": 32, "train.lr": 2e-2, "train.warmup_steps": 0, "train.schedule": "constant",
+                "train.weight_decay": 0.0, "train.log_every": 100, "train.save_every": 2, "train.eval_every": 0,
+                "rollout.prompts": 8, "ppo.minibatch_size": 4, "ppo.epochs": 1, "ppo.steps": 4, "kl.coef": 0.1,
+                "model.lora.enabled": True, "model.lora.r": 4, "model.lora.alpha": 8, "ref.share_base": True,
+                "value.lora": True, "model.gradient_checkpointing": True}
+        return load_config(PPOConfig, None, args(base))
+
+    good = best_arm_reward(bandit)
+    full = ppo.run(cfg(tmp_path / "full"), reward_fn=good)
+    calls = {"n": 0}
+
+    def crashing(gen):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed during step 3")
+        return good(gen)
+
+    with pytest.raises(KeyboardInterrupt):
+        ppo.run(cfg(tmp_path / "crash"), reward_fn=crashing)
+    resumed = ppo.run(cfg(tmp_path / "crash"), reward_fn=good)
+    from safetensors.torch import load_file
+
+    for sub in ("model", "value"):
+        a = load_file(str(full / sub / "model.safetensors"))
+        b = load_file(str(resumed / sub / "model.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), sub
+    va = load_file(str(full / "value" / "model.safetensors"))
+    assert not any("lora" in k for k in va) and float(va["score.weight"].abs().sum()) > 0  # head trained, merged
