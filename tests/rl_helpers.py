@@ -1,4 +1,4 @@
-"""Tiny bandit-like worlds for the PPO / REINFORCE tests (shared by test_ppo.py and test_reinforce.py).
+"""Tiny bandit-like worlds for the RL stage tests (test_ppo.py, test_reinforce.py, test_nash.py, ...).
 
 A word-level tokenizer with five "arm" words (a … e) besides our special tokens, so a random
 tiny Llama starts near-uniform over ~12 tokens and an RL run can find the best arm in seconds.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 ARMS = ["a", "b", "c", "d", "e"]
@@ -71,6 +72,31 @@ def make_bandit(root: Path, sft_response: str | None = None) -> dict:
     data.write_text("".join(json.dumps({"prompt": "Pick one"}) + "\n" for _ in range(8)))
     return {"policy": root / "policy", "data": data, "tok": tok, "model": model,
             "arm": {a: tok.convert_tokens_to_ids(a) for a in ARMS}, "eos": tok.eos_token_id}
+
+
+def bandit_fixture(name: str):
+    """A module-scoped ``bandit`` fixture: ``bandit = bandit_fixture("ppo_bandit")`` in a test module."""
+
+    @pytest.fixture(scope="module")
+    def bandit(tmp_path_factory):
+        return make_bandit(tmp_path_factory.mktemp(name))
+
+    return bandit
+
+
+# What every RL stage test's config sets: the bandit, one thread on the CPU, one-token answers,
+# a constant learning rate without warmup or weight decay, and no saves, evals or logs in between.
+RL_BASE = {"runtime.threads": 1, "runtime.progress": False, "runtime.device": "cpu", "sampling.max_new_tokens": 1,
+           "train.seq_len": 32, "train.lr": 1e-2, "train.warmup_steps": 0, "train.schedule": "constant",
+           "train.weight_decay": 0.0, "train.log_every": 100, "train.save_every": 0, "train.eval_every": 0}
+
+
+def rl_config(cls: type, bandit: dict, out, stage: dict, **kw):
+    """``cls`` loaded from RL_BASE on ``bandit`` writing to ``out``, then ``stage``'s values, then ``kw``'s."""
+    from alignforge.config import load_config
+
+    values = {"model.init": bandit["policy"], "data.train": bandit["data"], "out": out, **RL_BASE, **stage, **kw}
+    return load_config(cls, None, args(values))
 
 
 def best_arm_reward(bandit: dict):

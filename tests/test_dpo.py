@@ -11,6 +11,7 @@ training, strict configs and clear errors.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,9 @@ from alignforge.data.batching import encode_pair, pad_id_of, sequence_logprobs, 
 from alignforge.losses import dpo_loss
 from alignforge.stages import dpo
 from alignforge.train import refcache
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from resume_helpers import crash_after_save  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -251,16 +255,8 @@ def test_dpo_resumes_exactly_after_a_crash(tiny, tmp_path, monkeypatch, precisio
     data = _write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
     kw = {"train.max_steps": 4, "train.save_every": 2, "dpo.kl_prompts": 0, "dpo.eval_fraction": 0.0,
           "runtime.precision": precision}
-    real = dpo.ckpt.save_state
-
-    def save_then_crash(*a, **k):
-        real(*a, **k)
-        raise KeyboardInterrupt("simulated crash after the step-2 checkpoint")
-
-    monkeypatch.setattr(dpo.ckpt, "save_state", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
+    with crash_after_save(monkeypatch, dpo.ckpt):
         dpo.run(load_config(DPOConfig, None, _args(tiny, data, tmp_path / "crash", **kw)))
-    monkeypatch.setattr(dpo.ckpt, "save_state", real)
     resumed = dpo.run(load_config(DPOConfig, None, _args(tiny, data, tmp_path / "crash", **kw)))
     full = dpo.run(load_config(DPOConfig, None, _args(tiny, data, tmp_path / "full", **kw)))
     a, b = _final_weights(resumed), _final_weights(full)

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rl_helpers import BEST, args, first_token_probs, make_bandit
+from resume_helpers import crash_on_call
+from rl_helpers import BEST, args, bandit_fixture, first_token_probs, rl_config
 
 from alignforge.config import ConfigError, NashConfig, load_config
 from alignforge.stages import nash
@@ -20,19 +21,12 @@ from alignforge.stages import nash
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module")
-def bandit(tmp_path_factory):
-    return make_bandit(tmp_path_factory.mktemp("nash_bandit"))
+bandit = bandit_fixture("nash_bandit")
 
 
 def _cfg(bandit, out, **kw):
-    base = {"model.init": bandit["policy"], "data.train": bandit["data"], "out": out, "runtime.threads": 1,
-            "runtime.progress": False, "runtime.device": "cpu", "sampling.max_new_tokens": 1, "train.seq_len": 32,
-            "train.lr": 1e-2, "train.warmup_steps": 0, "train.schedule": "constant", "train.weight_decay": 0.0,
-            "train.batch_size": 16, "train.log_every": 100, "train.save_every": 0, "train.eval_every": 0,
-            "rollout.prompts": 16, "nash.steps": 12, "nash.mixture_beta": 0.25, "kl.coef": 0.0}
-    base.update(kw)
-    return load_config(NashConfig, None, args(base))
+    return rl_config(NashConfig, bandit, out, {"train.batch_size": 16, "rollout.prompts": 16, "nash.steps": 12,
+                                               "nash.mixture_beta": 0.25, "kl.coef": 0.0}, **kw)
 
 
 def best_beats_others(bandit, seen=None):
@@ -87,15 +81,8 @@ def test_opponent_is_the_mixture_beta_one_is_the_reference(bandit, tmp_path):
 def test_resume_after_a_crash_is_exact(bandit, tmp_path):
     kw = {"nash.steps": 4, "train.save_every": 1, "kl.coef": 0.05}
     full = nash.run(_cfg(bandit, tmp_path / "full", **kw), preference_fn=best_beats_others(bandit))
-    calls = {"n": 0}
     good = best_beats_others(bandit)
-
-    def crashing(prompts, a, b):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return good(prompts, a, b)
-
+    crashing = crash_on_call(good, 3)
     with pytest.raises(KeyboardInterrupt):
         nash.run(_cfg(bandit, tmp_path / "resumed", **kw), preference_fn=crashing)
     resumed = nash.run(_cfg(bandit, tmp_path / "resumed", **kw), preference_fn=good)

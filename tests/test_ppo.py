@@ -11,29 +11,24 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rl_helpers import BEST, args, best_arm_reward, first_token_probs, make_bandit  # noqa: E402
+from resume_helpers import crash_on_call  # noqa: E402
+from rl_helpers import (BEST, args, bandit_fixture, best_arm_reward, first_token_probs, make_bandit,  # noqa: E402
+                        rl_config)
 
 from alignforge.rl import rollout as R  # noqa: E402
-from alignforge.config import ConfigError, PPOConfig, load_config  # noqa: E402
+from alignforge.config import ConfigError, PPOConfig  # noqa: E402
 from alignforge.generation import SamplingParams  # noqa: E402
 from alignforge.stages import ppo  # noqa: E402
 
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module")
-def bandit(tmp_path_factory):
-    return make_bandit(tmp_path_factory.mktemp("ppo_bandit"))
+bandit = bandit_fixture("ppo_bandit")
 
 
 def _cfg(bandit, out, **kw):
-    base = {"model.init": bandit["policy"], "data.train": bandit["data"], "out": out, "runtime.threads": 1,
-            "runtime.progress": False, "runtime.device": "cpu", "sampling.max_new_tokens": 1, "train.seq_len": 32,
-            "train.lr": 1e-2, "train.warmup_steps": 0, "train.schedule": "constant", "train.weight_decay": 0.0,
-            "train.log_every": 100, "train.save_every": 0, "train.eval_every": 0, "rollout.prompts": 32,
-            "ppo.minibatch_size": 16, "ppo.epochs": 2, "ppo.steps": 12, "kl.coef": 0.0}
-    base.update(kw)
-    return load_config(PPOConfig, None, args(base))
+    return rl_config(PPOConfig, bandit, out, {"rollout.prompts": 32, "ppo.minibatch_size": 16, "ppo.epochs": 2,
+                                              "ppo.steps": 12, "kl.coef": 0.0}, **kw)
 
 
 def test_rollout_reuses_exact_engine_logprobs_and_matches_a_forward(bandit):
@@ -101,15 +96,8 @@ def test_ppo_resumes_exactly_after_a_crash(bandit, tmp_path, precision):
     kw = {"ppo.steps": 4, "train.save_every": 2, "kl.coef": 0.1, "kl.target": 0.5, "kl.horizon": 100,
           "runtime.precision": precision}
     full = ppo.run(_cfg(bandit, tmp_path / "full", **kw), reward_fn=best_arm_reward(bandit))
-    calls = {"n": 0}
     good = best_arm_reward(bandit)
-
-    def crashing(gen):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt("killed during step 4")
-        return good(gen)
-
+    crashing = crash_on_call(good, 4, "killed during step 4")
     cfg = _cfg(bandit, tmp_path / "resumed", **kw)
     with pytest.raises(KeyboardInterrupt):
         ppo.run(cfg, reward_fn=crashing)

@@ -12,27 +12,22 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rl_helpers import BEST, args, best_arm_reward, first_token_probs, make_bandit  # noqa: E402
+from resume_helpers import crash_on_call  # noqa: E402
+from rl_helpers import BEST, args, bandit_fixture, best_arm_reward, first_token_probs, rl_config  # noqa: E402
 
-from alignforge.config import ConfigError, ReinforceConfig, load_config  # noqa: E402
+from alignforge.config import ConfigError, ReinforceConfig  # noqa: E402
 from alignforge.stages import reinforce  # noqa: E402
 
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module")
-def bandit(tmp_path_factory):
-    return make_bandit(tmp_path_factory.mktemp("reinforce_bandit"))
+bandit = bandit_fixture("reinforce_bandit")
 
 
 def _cfg(bandit, out, **kw):
-    base = {"model.init": bandit["policy"], "data.train": bandit["data"], "out": out, "runtime.threads": 1,
-            "runtime.progress": False, "runtime.device": "cpu", "sampling.max_new_tokens": 1, "train.seq_len": 32,
-            "train.lr": 1e-2, "train.warmup_steps": 0, "train.schedule": "constant", "train.weight_decay": 0.0,
-            "train.log_every": 100, "train.save_every": 0, "train.eval_every": 0, "rollout.prompts": 8,
-            "reinforce.k": 4, "reinforce.minibatch_size": 16, "reinforce.steps": 12, "kl.coef": 0.0}
-    base.update(kw)
-    return load_config(ReinforceConfig, None, args(base))
+    return rl_config(ReinforceConfig, bandit, out, {"rollout.prompts": 8, "reinforce.k": 4,
+                                                    "reinforce.minibatch_size": 16, "reinforce.steps": 12,
+                                                    "kl.coef": 0.0}, **kw)
 
 
 def test_sequence_advantages_by_hand():
@@ -87,14 +82,7 @@ def test_grpo_with_kl_loss_resumes_exactly(bandit, tmp_path):
           "reinforce.epochs": 2, "reinforce.minibatch_size": 8}
     good = best_arm_reward(bandit)
     full = reinforce.run(_cfg(bandit, tmp_path / "full", **kw), reward_fn=good)
-    calls = {"n": 0}
-
-    def crashing(gen):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("killed during step 3")
-        return good(gen)
-
+    crashing = crash_on_call(good, 3, "killed during step 3")
     with pytest.raises(KeyboardInterrupt):
         reinforce.run(_cfg(bandit, tmp_path / "resumed", **kw), reward_fn=crashing)
     resumed = reinforce.run(_cfg(bandit, tmp_path / "resumed", **kw), reward_fn=good)

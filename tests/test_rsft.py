@@ -10,6 +10,7 @@ oracle runner.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,9 @@ import torch
 from alignforge.config import ConfigError, RSFTConfig, load_config
 from alignforge.eval.scorers import RewardModelScorer, best_of_n, sample_and_score
 from alignforge.stages import rsft
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from resume_helpers import crash_after_save  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -114,18 +118,8 @@ def test_rsft_keeps_the_best_of_n_and_fine_tunes_on_it(tiny, tmp_path):
 def test_rsft_with_a_reward_model_runs_end_to_end_and_resumes_at_the_next_round(tiny, tmp_path, monkeypatch):
     out = tmp_path / "rm"
     args = _args(tiny, out, **{"rsft.rounds": 2, "rsft.min_score": -100.0})
-    calls = {"n": 0}
-    real = rsft.ckpt.save_state
-
-    def crash_after_first_round(*a, **kw):
-        real(*a, **kw)
-        calls["n"] += 1
-        raise KeyboardInterrupt("simulated crash after round 0")
-
-    monkeypatch.setattr(rsft.ckpt, "save_state", crash_after_first_round)
-    with pytest.raises(KeyboardInterrupt):
+    with crash_after_save(monkeypatch, rsft.ckpt, "simulated crash after round 0"):
         rsft.run(load_config(RSFTConfig, None, args))
-    monkeypatch.setattr(rsft.ckpt, "save_state", real)
     first_round0 = (out / "round0.jsonl").read_text()
     assert not (out / "round1.jsonl").exists()
     rsft.run(load_config(RSFTConfig, None, args))  # resumes at round 1

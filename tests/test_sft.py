@@ -23,6 +23,9 @@ from alignforge.data.batching import collate, encode_examples, lm_loss, make_bat
 from alignforge.stages import sft
 from alignforge.stages import tokenizer as tokenizer_stage
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from resume_helpers import crash_after_save  # noqa: E402
+
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -236,16 +239,8 @@ def test_sft_resumes_exactly_after_a_crash(models, tmp_path, monkeypatch, ptx):
     assert sft.main(args(ref)) == 0
 
     out = tmp_path / "crashed"
-    real_save = ckpt.save_state
-
-    def save_then_crash(*a, **kw):
-        real_save(*a, **kw)
-        raise KeyboardInterrupt("simulated crash right after the step-3 checkpoint")
-
-    monkeypatch.setattr(ckpt, "save_state", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
+    with crash_after_save(monkeypatch, ckpt, "simulated crash right after the step-3 checkpoint"):
         sft.main(args(out))
-    monkeypatch.setattr(ckpt, "save_state", real_save)
     assert not (out / "DONE").exists()
     assert sft.main(args(out)) == 0
     a, b = load_file(str(ref / "model" / "model.safetensors")), load_file(str(out / "model" / "model.safetensors"))

@@ -31,7 +31,8 @@ from alignforge.rl import rollout as R  # noqa: E402
 from alignforge.train import refcache  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rl_helpers import args, best_arm_reward, make_bandit  # noqa: E402
+from resume_helpers import crash_after_save, crash_on_call  # noqa: E402
+from rl_helpers import bandit_fixture, best_arm_reward, rl_config  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -203,36 +204,24 @@ def test_dpo_with_the_shared_base_equals_a_separate_reference_and_resumes_exactl
     assert rows(shared)[-1]["reward_margin"] != 0.0  # the policy moved away from its reference
 
     kw = {"ref.share_base": True, "train.save_every": 2}
-    real = dpo.ckpt.save_state
-
-    def save_then_crash(*a, **k):
-        real(*a, **k)
-        raise KeyboardInterrupt("simulated crash after the step-2 checkpoint")
-
-    monkeypatch.setattr(dpo.ckpt, "save_state", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
+    with crash_after_save(monkeypatch, dpo.ckpt):
         dpo.run(_dpo_cfg(llama_dir, data, tmp_path / "crash", **kw))
-    monkeypatch.setattr(dpo.ckpt, "save_state", real)
     resumed = dpo.run(_dpo_cfg(llama_dir, data, tmp_path / "crash", **kw))
     c = _weights(resumed)
     assert all(torch.equal(b[k], c[k]) for k in b)
 
 
-@pytest.fixture(scope="module")
-def bandit(tmp_path_factory):
-    return make_bandit(tmp_path_factory.mktemp("shared_ref_bandit"))
+bandit = bandit_fixture("shared_ref_bandit")
+
+# The RL runs here: two-token answers, a LoRA policy, a KL penalty.
+RL_LORA = {"sampling.max_new_tokens": 2, "train.lr": 2e-2, "kl.coef": 0.1, "model.lora.enabled": True,
+           "model.lora.r": 4, "model.lora.alpha": 8}
 
 
 def _grpo_cfg(bandit, out, **kw):
-    base = {"model.init": bandit["policy"], "data.train": bandit["data"], "out": out, "runtime.threads": 1,
-            "runtime.progress": False, "runtime.device": "cpu", "sampling.max_new_tokens": 2, "train.seq_len": 32,
-            "train.lr": 2e-2, "train.warmup_steps": 0, "train.schedule": "constant", "train.weight_decay": 0.0,
-            "train.log_every": 100, "train.save_every": 0, "train.eval_every": 0, "rollout.prompts": 4,
-            "reinforce.algorithm": "grpo", "reinforce.k": 4, "reinforce.minibatch_size": 8, "reinforce.steps": 4,
-            "kl.coef": 0.1, "kl.estimator": "k3", "model.lora.enabled": True, "model.lora.r": 4,
-            "model.lora.alpha": 8}
-    base.update(kw)
-    return load_config(ReinforceConfig, None, args(base))
+    return rl_config(ReinforceConfig, bandit, out, {**RL_LORA, "rollout.prompts": 4, "reinforce.algorithm": "grpo",
+                                                    "reinforce.k": 4, "reinforce.minibatch_size": 8,
+                                                    "reinforce.steps": 4, "kl.estimator": "k3"}, **kw)
 
 
 def test_grpo_with_the_shared_base_equals_a_separate_reference_and_resumes_exactly(bandit, tmp_path):
@@ -247,17 +236,10 @@ def test_grpo_with_the_shared_base_equals_a_separate_reference_and_resumes_exact
     kb = [json.loads(x)["kl"] for x in (shared / "metrics.jsonl").read_text().splitlines()]
     assert ka == kb and kb[-1] != 0.0
 
-    calls = {"n": 0}
-
-    def crashing(gen):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("killed during step 3")
-        return good(gen)
-
     kw = {"ref.share_base": True, "train.save_every": 2}
     with pytest.raises(KeyboardInterrupt):
-        reinforce.run(_grpo_cfg(bandit, tmp_path / "crash", **kw), reward_fn=crashing)
+        reinforce.run(_grpo_cfg(bandit, tmp_path / "crash", **kw),
+                      reward_fn=crash_on_call(good, 3, "killed during step 3"))
     resumed = reinforce.run(_grpo_cfg(bandit, tmp_path / "crash", **kw), reward_fn=good)
     c = _weights(resumed)
     assert all(torch.equal(b[k], c[k]) for k in b)
@@ -304,27 +286,15 @@ def test_ppo_with_lora_value_and_shared_base_resumes_exactly(bandit, tmp_path):
     from alignforge.stages import ppo
 
     def cfg(out):
-        base = {"model.init": bandit["policy"], "data.train": bandit["data"], "out": out, "runtime.threads": 1,
-                "runtime.progress": False, "runtime.device": "cpu", "sampling.max_new_tokens": 2,
-                "train.seq_len": 32, "train.lr": 2e-2, "train.warmup_steps": 0, "train.schedule": "constant",
-                "train.weight_decay": 0.0, "train.log_every": 100, "train.save_every": 2, "train.eval_every": 0,
-                "rollout.prompts": 8, "ppo.minibatch_size": 4, "ppo.epochs": 1, "ppo.steps": 4, "kl.coef": 0.1,
-                "model.lora.enabled": True, "model.lora.r": 4, "model.lora.alpha": 8, "ref.share_base": True,
-                "value.lora": True, "model.gradient_checkpointing": True}
-        return load_config(PPOConfig, None, args(base))
+        return rl_config(PPOConfig, bandit, out, {**RL_LORA, "train.save_every": 2, "rollout.prompts": 8,
+                                                  "ppo.minibatch_size": 4, "ppo.epochs": 1, "ppo.steps": 4,
+                                                  "ref.share_base": True, "value.lora": True,
+                                                  "model.gradient_checkpointing": True})
 
     good = best_arm_reward(bandit)
     full = ppo.run(cfg(tmp_path / "full"), reward_fn=good)
-    calls = {"n": 0}
-
-    def crashing(gen):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("killed during step 3")
-        return good(gen)
-
     with pytest.raises(KeyboardInterrupt):
-        ppo.run(cfg(tmp_path / "crash"), reward_fn=crashing)
+        ppo.run(cfg(tmp_path / "crash"), reward_fn=crash_on_call(good, 3, "killed during step 3"))
     resumed = ppo.run(cfg(tmp_path / "crash"), reward_fn=good)
     from safetensors.torch import load_file
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Optional, Union
+from typing import Any, Callable, ClassVar, Literal, Optional, Union
 
 Message = dict[str, str]
 Prompt = Union[str, list[Message]]
+FieldReader = Callable[[dict[str, Any]], Any]  # a record dict → one field's validated value
 
 ROLES = ("system", "user", "assistant")
 STRENGTHS = ("negligibly better", "slightly better", "better", "significantly better")  # 0..3 (Llama-2)
@@ -97,9 +98,15 @@ _PROVENANCE = ("id", "category", "source", "annotator", "policy", "round", "samp
 
 @dataclass
 class Record:
-    """Base: provenance fields shared by every record."""
+    """Base: provenance fields shared by every record.
+
+    A kind whose fields are each read on its own lists them in ``field_readers`` (field → reader of
+    the dict, in the order they are checked): those are its required fields, and :meth:`from_dict`
+    builds it from them. A kind with checks across fields overrides ``required`` and ``from_dict``.
+    """
 
     kind: ClassVar[str] = "record"
+    field_readers: ClassVar[dict[str, FieldReader]] = {}
 
     id: Optional[str] = None
     category: Optional[str] = None
@@ -138,29 +145,17 @@ class Record:
 
     @classmethod
     def required(cls) -> tuple[str, ...]:
-        return ()
+        return tuple(cls.field_readers)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Record":
-        raise NotImplementedError
+        if not cls.field_readers:
+            raise NotImplementedError
+        return cls(**{name: read(d) for name, read in cls.field_readers.items()}, **cls._provenance(d))
 
     @classmethod
     def allowed(cls) -> set[str]:
         return {f.name for f in dataclasses.fields(cls)} | {"messages"}
-
-
-@dataclass
-class TextRecord(Record):
-    kind: ClassVar[str] = "text"
-    text: str = ""
-
-    @classmethod
-    def required(cls):
-        return ("text",)
-
-    @classmethod
-    def from_dict(cls, d):
-        return cls(text=check_text(d.get("text"), "text"), **cls._provenance(d))
 
 
 def _prompt_of(d: dict[str, Any]) -> Prompt:
@@ -171,18 +166,23 @@ def _prompt_of(d: dict[str, Any]) -> Prompt:
     raise RecordError("missing field 'prompt' (expected a string or a list of messages)", field="prompt")
 
 
+def _text_of(name: str) -> Callable[[dict[str, Any]], str]:
+    """The reader of a non-empty string field ``name``."""
+    return lambda d: check_text(d.get(name), name)
+
+
+@dataclass
+class TextRecord(Record):
+    kind: ClassVar[str] = "text"
+    text: str = ""
+    field_readers: ClassVar[dict[str, FieldReader]] = {"text": _text_of("text")}
+
+
 @dataclass
 class PromptRecord(Record):
     kind: ClassVar[str] = "prompt"
     prompt: Prompt = ""
-
-    @classmethod
-    def required(cls):
-        return ("prompt",)
-
-    @classmethod
-    def from_dict(cls, d):
-        return cls(prompt=_prompt_of(d), **cls._provenance(d))
+    field_readers: ClassVar[dict[str, FieldReader]] = {"prompt": _prompt_of}
 
 
 @dataclass
@@ -190,14 +190,7 @@ class Demonstration(Record):
     kind: ClassVar[str] = "demonstration"
     prompt: Prompt = ""
     response: str = ""
-
-    @classmethod
-    def required(cls):
-        return ("prompt", "response")
-
-    @classmethod
-    def from_dict(cls, d):
-        return cls(prompt=_prompt_of(d), response=check_text(d.get("response"), "response"), **cls._provenance(d))
+    field_readers: ClassVar[dict[str, FieldReader]] = {"prompt": _prompt_of, "response": _text_of("response")}
 
 
 @dataclass
@@ -311,14 +304,8 @@ class Candidates(Record):
     prompt: Prompt = ""
     responses: list[str] = field(default_factory=list)
 
-    @classmethod
-    def required(cls):
-        return ("prompt", "responses")
-
-    @classmethod
-    def from_dict(cls, d):
-        return cls(prompt=_prompt_of(d), responses=check_responses(d.get("responses"), min_k=1),
-                   **cls._provenance(d))
+    field_readers: ClassVar[dict[str, FieldReader]] = {
+        "prompt": _prompt_of, "responses": lambda d: check_responses(d.get("responses"), min_k=1)}
 
 
 @dataclass
