@@ -2,11 +2,17 @@
 
     python bench/train_throughput.py                       # tiny-4m, seq 256, batch 16, all variants
     python bench/train_throughput.py --variants baseline --steps 5 --json out.jsonl
+    python bench/train_throughput.py --variants baseline --precision fp32,bf16   # does bf16 pay here?
 
 First the machine's fp32 matmul peak (alignforge.perf.measure_matmul_peak, same threads as the
 loop), then for each variant: tokens/s and MFU = 6·N·tokens/s ÷ peak (N = non-embedding matmul
 params). A step is exactly the pretrain stage's: forward, causal-LM cross-entropy, backward,
 clip, AdamW, schedule. Tokens are random ids (throughput does not depend on their values).
+
+``--precision bf16`` runs the same step under ``torch.autocast("cpu", bfloat16)`` with fp32 master
+weights (what ``runtime.precision: bf16`` does) and divides by the bf16 matmul peak; with
+``fp32,bf16`` every variant runs at both, so the ratio of the two rows is the speed-up bf16 buys on
+this CPU (``runtime.precision: auto`` picks bf16 only on AMX-BF16 CPUs: train/loop.py).
 
 Variants (each builds on the pieces the stage uses, changing one thing):
   baseline      HF LlamaForCausalLM (SDPA attention), full logits + F.cross_entropy, foreach AdamW
@@ -40,9 +46,11 @@ import torch.nn.functional as F
 
 from alignforge.config import TrainSection
 from alignforge.models.load import build_model, matmul_params
-from alignforge.perf import Throughput, measure_matmul_peak, train_flops
+from alignforge.perf import Throughput, cpu_flags, machine, measure_matmul_peak, train_flops
 from alignforge.train.loop import lm_loss, make_optimizer, make_scheduler, optimizer_step
 
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 VARIANTS = ("baseline", "eager-attn", "fused-adamw", "chunked-ce", "compile")
 
 
@@ -64,7 +72,7 @@ def chunked_lm_loss(model, inputs, targets, chunk: int = 1024):
     return total / (y != -100).sum()
 
 
-def matmul_flops_per_cpu_second(n: int = 1024, repeats: int = 5) -> float:
+def matmul_flops_per_cpu_second(n: int = 1024, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
     """Like the peak, but per CPU-second of this process (``time.process_time``, all threads).
 
     On a machine shared with other jobs, wall-clock rates measure the neighbours as much as us;
@@ -73,7 +81,7 @@ def matmul_flops_per_cpu_second(n: int = 1024, repeats: int = 5) -> float:
     wall-clock MFU when part of a step runs on fewer threads than the matmul.)
     """
     gen = torch.Generator().manual_seed(0)
-    a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
+    a, b = torch.randn(n, n, generator=gen).to(dtype), torch.randn(n, n, generator=gen).to(dtype)
     torch.matmul(a, b)
     best = 0.0
     for _ in range(repeats):
@@ -84,7 +92,7 @@ def matmul_flops_per_cpu_second(n: int = 1024, repeats: int = 5) -> float:
     return best
 
 
-def run_variant(name: str, args, peak: float) -> dict:
+def run_variant(name: str, args, peak: float, precision: str = "fp32") -> dict:
     overrides = {"attn_implementation": "eager"} if name == "eager-attn" else {}
     model = build_model(args.preset, args.vocab, seed=0, **overrides)
     n = matmul_params(model)
@@ -100,7 +108,8 @@ def run_variant(name: str, args, peak: float) -> dict:
     batch = torch.randint(0, args.vocab, (args.batch, args.seq + 1), generator=gen)
 
     def step() -> float:
-        loss = loss_fn(fwd, batch[:, :-1], batch[:, 1:])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = loss_fn(fwd, batch[:, :-1], batch[:, 1:])
         loss.backward()
         optimizer_step(model, opt, sched, t.grad_clip)
         return float(loss.detach())
@@ -120,7 +129,7 @@ def run_variant(name: str, args, peak: float) -> dict:
     tot = meter.total()
     best = min(times)
     tokens = args.batch * args.seq
-    return {"variant": name, "preset": args.preset, "seq": args.seq, "batch": args.batch, "vocab": args.vocab,
+    return {"variant": name, "precision": precision, "preset": args.preset, "seq": args.seq, "batch": args.batch, "vocab": args.vocab,
             "threads": torch.get_num_threads(), "matmul_params": n, "warmup_s": round(warm_s, 2),
             "step_s_median": round(sorted(times)[len(times) // 2], 3), "step_s_best": round(best, 3),
             "tokens_per_s": round(tot["tokens_per_s"], 1), "mfu": round(tot["mfu"], 4),
@@ -128,7 +137,7 @@ def run_variant(name: str, args, peak: float) -> dict:
             "mfu_best_step": round(train_flops(n, tokens) / best / peak, 4),
             # per CPU-second: robust to other processes taking cores (see cpu_peak)
             "cpu_s_per_step": round(sum(cpu) / len(cpu), 3),
-            "mfu_cpu": round(train_flops(n, tokens) * len(cpu) / sum(cpu) / args.cpu_peak, 4)}
+            "mfu_cpu": round(train_flops(n, tokens) * len(cpu) / sum(cpu) / args.cpu_peak[precision], 4)}
 
 
 def main(argv=None) -> int:
@@ -141,6 +150,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--precision", default="fp32", help="fp32, bf16 (autocast, fp32 master weights) or fp32,bf16")
     p.add_argument("--json", default=None, help="also append the result rows to this JSONL file")
     args = p.parse_args(argv)
     if args.threads:
@@ -149,32 +159,40 @@ def main(argv=None) -> int:
     unknown = set(names) - set(VARIANTS)
     if unknown:
         p.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    precisions = [x for x in args.precision.split(",") if x]
+    if not precisions or set(precisions) - set(DTYPES):
+        p.error(f"--precision: expected fp32, bf16 or fp32,bf16, got {args.precision!r}")
 
-    peak = measure_matmul_peak(torch.float32, repeats=5, cache=False)
-    args.cpu_peak = matmul_flops_per_cpu_second()
-    head = {"peak_gflops_fp32": round(peak / 1e9, 2), "cpu_peak_gflops_per_cpu_s": round(args.cpu_peak / 1e9, 2),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__}
+    # Each row's MFU divides by the matmul peak at the row's own precision, measured in this run.
+    peak = {x: measure_matmul_peak(DTYPES[x], repeats=5, cache=False) for x in precisions}
+    args.cpu_peak = {x: matmul_flops_per_cpu_second(dtype=DTYPES[x]) for x in precisions}
+    head = {**{f"peak_gflops_{x}": round(peak[x] / 1e9, 2) for x in precisions},
+            **{f"cpu_peak_gflops_per_cpu_s_{x}": round(args.cpu_peak[x] / 1e9, 2) for x in precisions},
+            "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": machine(),
+            "cpu_flags": cpu_flags()}
     print(json.dumps(head), flush=True)
     rows = [head]
     for name in names:
-        try:
-            row = run_variant(name, args, peak)
-        except Exception as e:  # e.g. no C++ compiler for torch.compile: report, keep going
-            row = {"variant": name, "error": f"{type(e).__name__}: {e}"[:300]}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    peak_after = measure_matmul_peak(torch.float32, repeats=5, cache=False)
-    tail = {"peak_gflops_fp32_after": round(peak_after / 1e9, 2)}
+        for precision in precisions:
+            try:
+                row = run_variant(name, args, peak[precision], precision)
+            except Exception as e:  # e.g. no C++ compiler for torch.compile: report, keep going
+                row = {"variant": name, "precision": precision, "error": f"{type(e).__name__}: {e}"[:300]}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    # The peak again after the rows: other work on the machine shows as a gap between the two readings.
+    peak_after = {x: measure_matmul_peak(DTYPES[x], repeats=5, cache=False) for x in precisions}
+    tail = {f"peak_gflops_{x}_after": round(peak_after[x] / 1e9, 2) for x in precisions}
     print(json.dumps(tail), flush=True)
     rows.append(tail)
-    print(f"\nfp32 matmul peak {peak / 1e9:.1f} GFLOP/s (after: {peak_after / 1e9:.1f}), "
-          f"{torch.get_num_threads()} threads", file=sys.stderr)
+    print(f"\n{head['machine']}; {torch.get_num_threads()} threads; {head['cpu_flags']}", file=sys.stderr)
+    for x in precisions:
+        print(f"{x} matmul peak {peak[x] / 1e9:.1f} GFLOP/s (after: {peak_after[x] / 1e9:.1f})", file=sys.stderr)
     for r in rows[1:-1]:
         if "error" in r:
-            print(f"  {r['variant']:<12} failed: {r['error']}", file=sys.stderr)
+            print(f"  {r['variant']:<12} {r['precision']:<5} failed: {r['error']}", file=sys.stderr)
         else:
-            print(f"  {r['variant']:<12} {r['tokens_per_s']:>8.0f} tok/s  MFU {r['mfu']:.1%}  "
+            print(f"  {r['variant']:<12} {r['precision']:<5} {r['tokens_per_s']:>8.0f} tok/s  MFU {r['mfu']:.1%}  "
                   f"(best step {r['tokens_per_s_best_step']:.0f} tok/s, MFU {r['mfu_best_step']:.1%}; "
                   f"per CPU-second MFU {r['mfu_cpu']:.1%})", file=sys.stderr)
     if args.json:

@@ -75,6 +75,7 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
+from alignforge.perf import cpu_flags, machine  # noqa: F401  (cpu_flags: tests read it here)
 from vs_trl_workers import (
     LR,
     PPO_EPOCHS,
@@ -390,28 +391,6 @@ def run_worker(python: str, library: str, stage: str, args, fixture: Path, profi
                flops_per_token=flops_per_token(stage, raw["matmul_params"]))
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
-
-
-def cpu_flags(cpuinfo: str | None = None) -> str:
-    """The ISA flags that decide CPU matmul speed per precision (AMX / AVX-512 bf16, AVX-512, AVX2)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return "unknown (no /proc/cpuinfo)"
-    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
-    shown = [f for f in ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2") if f in flags]
-    return " ".join(shown) or "none of amx_bf16 / avx512_bf16 / avx512f / avx2"
 
 
 #: Two peak readings further apart than this mean the machine's load changed during the run.

@@ -54,16 +54,21 @@ def test_the_suite_runs_auto_as_fp32():
     assert resolve_precision(RuntimeSection(), CPU) == "fp32"
 
 
-def test_the_amx_check_reads_the_bf16_flag_not_just_the_tiles(tmp_path):
+def test_the_bf16_check_reads_the_bf16_flags_not_just_the_tiles(tmp_path):
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nflags\t\t: fpu avx512f amx_tile amx_int8\n")
     assert not loop._cpuinfo_has("amx_bf16", str(info))
     info.write_text("processor\t: 0\nflags\t\t: fpu avx512f amx_bf16 amx_tile\n")
     assert loop._cpuinfo_has("amx_bf16", str(info))
     assert loop._cpuinfo_has("amx_bf16", str(tmp_path / "absent"))  # no /proc: trust torch's tile probe
+    # AVX512-BF16 (AMD Zen 4) counts too, but only when the kernel lists it: no flags, no bf16 claim.
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n")
+    assert loop._cpuinfo_has("avx512_bf16", str(info), missing=False)
+    assert not loop._cpuinfo_has("avx512_bf16", str(tmp_path / "absent"), missing=False)
     # On this machine the answer agrees with the kernel's flags and torch's probe.
     if Path("/proc/cpuinfo").is_file():
-        assert loop.cpu_has_fast_bf16() == (loop._cpuinfo_has("amx_bf16") and torch.cpu._is_amx_tile_supported())
+        amx = loop._cpuinfo_has("amx_bf16") and torch.cpu._is_amx_tile_supported()
+        assert loop.cpu_has_fast_bf16() == (amx or loop._cpuinfo_has("avx512_bf16"))
 
 
 def test_the_head_stays_fp32_inside_autocast():

@@ -403,7 +403,7 @@ class TrainSection:
 @dataclass
 class RuntimeSection:
     device: Literal["auto", "cpu", "cuda"] = option("auto", "auto = CUDA when present, else CPU")
-    precision: Literal["auto", "fp32", "bf16"] = option("auto", "auto = bf16 autocast on CUDA that supports it and on CPUs with AMX-BF16, fp32 elsewhere")
+    precision: Literal["auto", "fp32", "bf16"] = option("auto", "auto = bf16 autocast on CUDA that supports it and on CPUs with AMX-BF16 or AVX512-BF16, fp32 elsewhere")
     fsdp: bool = option(False, "shard the model with FSDP (multi-GPU, models that do not fit one GPU)")
     threads: Optional[int] = option(None, "torch intra-op threads on CPU (default: torch's choice)")
     tensorboard: bool = option(False, "also log to TensorBoard (needs the [tb] extra)")

@@ -11,8 +11,11 @@ for small models with long sequences or large vocabularies.
 
 from __future__ import annotations
 
+import os
+import platform
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -138,3 +141,28 @@ class Throughput:
         out = self._rates(self.tokens, time.perf_counter() - self._t_start - self._paused_total)
         out["tokens"] = float(self.tokens)
         return out
+
+
+def machine() -> str:
+    """The CPU model, logical CPUs and OS: what a number printed by a bench was measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
+
+
+def cpu_flags(cpuinfo: str | None = None) -> str:
+    """The ISA flags that decide CPU matmul speed per precision (AMX / AVX-512 bf16, AVX-512, AVX2)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return "unknown (no /proc/cpuinfo)"
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    shown = [f for f in ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2") if f in flags]
+    return " ".join(shown) or "none of amx_bf16 / avx512_bf16 / avx512f / avx2"
