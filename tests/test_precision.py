@@ -170,6 +170,6 @@ def test_each_stage_says_what_precision_it_runs_in_and_why(monkeypatch):
     monkeypatch.delenv(AUTO_PRECISION_ENV)
     monkeypatch.setattr(loop, "cpu_has_fast_bf16", lambda: True)
     assert precision_note(RuntimeSection(), CPU) == ("bf16 autocast, fp32 master weights "
-                                                     "(runtime.precision=auto: this CPU has AMX-BF16)")
+                                                     "(runtime.precision=auto: this CPU has a bf16 matmul unit: AMX-BF16 or AVX512-BF16)")
     monkeypatch.setattr(loop, "cpu_has_fast_bf16", lambda: False)
-    assert precision_note(RuntimeSection(), CPU) == "fp32 (runtime.precision=auto: no AMX-BF16 on this CPU)"
+    assert precision_note(RuntimeSection(), CPU) == "fp32 (runtime.precision=auto: no AMX-BF16 or AVX512-BF16 on this CPU)"

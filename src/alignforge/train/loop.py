@@ -402,7 +402,7 @@ def start_stage(cfg: Any, name: str, clear_also: Sequence[str] = ()) -> tuple[An
 
 
 def precision_note(runtime: Any, device: torch.device) -> str:
-    """'bf16 autocast (runtime.precision=auto: this CPU has AMX-BF16)' — what a stage runs in, and why."""
+    """'bf16 autocast (runtime.precision=auto: this CPU has a bf16 matmul unit: AMX-BF16 or AVX512-BF16)' — what a stage runs in, and why."""
     import os
 
     want = getattr(runtime, "precision", "auto")
@@ -414,7 +414,7 @@ def precision_note(runtime: Any, device: torch.device) -> str:
     elif device.type == "cuda":
         why = "runtime.precision=auto on " + ("a GPU with bf16" if got == "bf16" else "a GPU without bf16")
     else:
-        why = "runtime.precision=auto: " + ("this CPU has AMX-BF16" if got == "bf16" else "no AMX-BF16 on this CPU")
+        why = "runtime.precision=auto: " + ("this CPU has a bf16 matmul unit: AMX-BF16 or AVX512-BF16" if got == "bf16" else "no AMX-BF16 or AVX512-BF16 on this CPU")
     return ("bf16 autocast, fp32 master weights" if got == "bf16" else "fp32") + f" ({why})"
 
 
