@@ -408,6 +408,9 @@ class RuntimeSection:
     threads: Optional[int] = option(None, "torch intra-op threads on CPU (default: torch's choice)")
     tensorboard: bool = option(False, "also log to TensorBoard (needs the [tb] extra)")
     progress: bool = option(True, "show rich progress bars")
+    memory_check: bool = option(True, "before loading, estimate the stage's memory from the model's config "
+                                      "(alignforge.models.memory) and refuse a run that cannot fit the device, "
+                                      "naming the options that would; false = print the estimate and run anyway")
 
 
 @dataclass

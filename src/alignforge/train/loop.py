@@ -377,14 +377,18 @@ def bits_per_byte(total_nats: float, n_bytes: int) -> float:
 
 
 def start_stage(cfg: Any, name: str, clear_also: Sequence[str] = ()) -> tuple[Any, torch.device, bool]:
-    """The opening every training stage shares: CPU threads, device, torchrun init, and DONE.
+    """The opening every training stage shares: CPU threads, device, torchrun init, DONE, and the
+    memory check.
 
     Returns ``(out, device, finished)``. A finished stage (``DONE`` in its folder) is not
     recomputed unless ``cfg.force``, which clears the folder (and ``clear_also`` beside it) first;
-    an unfinished one with ``state/`` resumes inside the stage.
+    an unfinished one with ``state/`` resumes inside the stage. A stage that would run prints its
+    memory estimate and is refused here, before it loads a model (and before ``force`` clears
+    anything), when the estimate does not fit the device (:func:`alignforge.train.memcheck.check_memory`).
     """
     from alignforge.train import checkpoint as ckpt
     from alignforge.train import distributed as dist
+    from alignforge.train.memcheck import check_memory
 
     out = cfg.out_dir()
     apply_threads(cfg.runtime)
@@ -394,6 +398,7 @@ def start_stage(cfg: Any, name: str, clear_also: Sequence[str] = ()) -> tuple[An
         if dist.is_main():
             print(f"{name}: {out} is finished (DONE); set force=true to recompute")
         return out, device, True
+    check_memory(cfg, device)
     if cfg.force:
         ckpt.clear(out, also=tuple(clear_also))
     if dist.is_main():
