@@ -12,7 +12,7 @@ clip, AdamW, schedule. Tokens are random ids (throughput does not depend on thei
 ``--precision bf16`` runs the same step under ``torch.autocast("cpu", bfloat16)`` with fp32 master
 weights (what ``runtime.precision: bf16`` does) and divides by the bf16 matmul peak; with
 ``fp32,bf16`` every variant runs at both, so the ratio of the two rows is the speed-up bf16 buys on
-this CPU (``runtime.precision: auto`` picks bf16 only on AMX-BF16 CPUs: train/loop.py).
+this CPU (``runtime.precision: auto`` picks bf16 on AMX-BF16 and AVX512-BF16 CPUs: train/loop.py).
 
 Variants (each builds on the pieces the stage uses, changing one thing):
   baseline      HF LlamaForCausalLM (SDPA attention), full logits + F.cross_entropy, foreach AdamW
