@@ -81,3 +81,25 @@ def test_every_demo_step_builds_a_valid_config_full_included(tmp_path, quick):
     ppo_it = step_config(p, p.round_steps[2], tmp_path / "ppo-it", refs)
     assert ppo_it.model.init == refs["policy"] and ppo_it.ref.init == refs["sft"]
     assert p.rounds == 2 and demo_pipeline(quick=quick).rounds == 0
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_small_world_trains_its_tokenizer_on_the_demonstrations_and_mixes_pretraining_into_sft(tmp_path, quick):
+    """`--world small`'s two fixes for SFT (issue 17): a vocabulary that has seen the demonstrations
+    (a refusal is otherwise spelled in byte tokens the pretraining never trained) and SFT-ptx on the
+    world's corpus in the chat template (otherwise SFT overwrites the stored facts)."""
+    from alignforge.stages.demo import demo_pipeline
+    from alignforge.stages.pipeline import step_config
+
+    p = demo_pipeline(quick=quick, out_root=str(tmp_path), world="small", threads=1)
+    refs = {s.name: str(tmp_path / s.name) for s in p.steps} | {"policy": str(tmp_path / "sft")}
+    cfg = {s.name: step_config(p, s, tmp_path / s.name, refs) for s in p.steps}
+    assert cfg["tokenizer"].tokenizer.also_train_on == [str(tmp_path / "world" / "sft.jsonl")]
+    sft = cfg["sft"].sft
+    assert sft.ptx_coef == 1.0 and sft.ptx_chat_dialogues and sft.ptx_data == str(tmp_path / "world" / "corpus.jsonl")
+    assert cfg["pretrain"].chat_dialogues
+    assert cfg["sft"].train.max_steps == (30 if quick else 360)
+    default = demo_pipeline(quick=quick, out_root=str(tmp_path / "d"), threads=1)
+    dcfg = {s.name: step_config(default, s, tmp_path / "d" / s.name, refs) for s in default.steps
+            if s.name in ("tokenizer", "sft")}
+    assert dcfg["tokenizer"].tokenizer.also_train_on == [] and dcfg["sft"].sft.ptx_coef == 0.0

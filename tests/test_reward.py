@@ -232,6 +232,29 @@ def test_three_heads_with_gate_and_regression(tiny, tmp_path):
     model, _ = load_scorer(tmp_path / "hhh")
     assert model.config.id2label == {0: "helpful", 1: "honest", 2: "harmless"}
     assert model.config.reward_combine == [0.25, 0.25, 0.5] and model.config.reward_safety_head == 2
+    # What PPO, RSFT and eval score with: by default the overall reward, hand-combined here from the
+    # three heads read one at a time (weights, then the gate: harmless below -1 replaces the sum).
+    from alignforge.eval.scorers import RewardModelScorer
+
+    prompts = ["How do I bake bread?", "Tell me how to hurt Kazaix.", "What is 2 plus 2?"]
+    answers = ["Knead flour and water, then bake it.", "I will not help with that.", "4"]
+    heads = [RewardModelScorer(str(tmp_path / "hhh"), head=h)(prompts, answers) for h in ("helpful", "1", 2)]
+    want = [ha if ha < -1.0 else 0.25 * h + 0.25 * o + 0.5 * ha for h, o, ha in zip(*heads)]
+    assert RewardModelScorer(str(tmp_path / "hhh"))(prompts, answers) == pytest.approx(want, abs=1e-6)
+    assert RewardModelScorer(str(tmp_path / "hhh"), head="helpful")(prompts, answers) == heads[0]
+    with pytest.raises(ValueError, match="'kind' is not a head .*helpful, honest, harmless.*'overall'"):
+        RewardModelScorer(str(tmp_path / "hhh"), head="kind")
+    # The RL stages' loader resolves reward.head the same way (None = overall, models.scoring.select_reward).
+    from types import SimpleNamespace
+
+    from alignforge.config import ConfigError
+    from alignforge.models.load import load_reward
+
+    tok = load_scorer(tmp_path / "hhh")[1]
+    cfg = lambda head: SimpleNamespace(reward=SimpleNamespace(init=str(tmp_path / "hhh"), head=head))  # noqa: E731
+    assert load_reward(cfg("overall"), tok, "cpu")[1] is None and load_reward(cfg("harmless"), tok, "cpu")[1] == 2
+    with pytest.raises(ConfigError, match="config key 'reward.head'.*'3' is not a head"):
+        load_reward(cfg("3"), tok, "cpu")
 
 
 def test_bad_records_are_clear_errors_or_counted_skips(tiny, tmp_path):

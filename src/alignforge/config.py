@@ -636,7 +636,9 @@ class DPOConfig(StageConfig):
 @dataclass
 class ScorerSection:
     init: Optional[str] = option(None, "reward model: a `alignforge reward` stage folder or scalar-head HF dir")
-    head: str = option("0", "which head scores (an index or a head name, e.g. helpful)")
+    head: str = option("overall", "which score: overall = the combined reward saved with the model "
+                                  "(reward.combine weights and safety gate; a one-head model's head), or one "
+                                  "head by index or name (e.g. helpful)")
     batch_size: int = option(32, "responses scored per forward")
 
 

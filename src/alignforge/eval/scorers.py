@@ -26,52 +26,36 @@ Scorer = Callable[[Sequence[Prompt], Sequence[str]], list[float]]
 class RewardModelScorer:
     """Scores with a scalar-head reward model (``models.heads``), normalised as stored with it.
 
-    ``head``: which output to use when the model has several (index or ``id2label`` name).
-    Sequences are right-padded; ``sequence_scores`` reads the last real token.
+    ``head``: ``"overall"`` (default) = the combined reward the reward stage saved with the model
+    (``reward.combine`` weights, safety gate; a one-head model's only head), or one head by index or
+    ``id2label`` name. Encoding and batching are :func:`alignforge.models.scoring.score_texts`'s,
+    the reward stage's own.
     """
 
-    def __init__(self, path: str, device: str = "cpu", batch_size: int = 32, head: int | str = 0,
+    def __init__(self, path: str, device: str = "cpu", batch_size: int = 32, head: int | str = "overall",
                  max_len: int | None = None):
         from alignforge.models.heads import load_scorer
+        from alignforge.models.scoring import head_index
 
         self.model, self.tokenizer = load_scorer(path, device=device)
         self.model.eval()
         self.model.requires_grad_(False)
         self.batch_size = batch_size
         self.max_len = max_len
-        labels = getattr(self.model.config, "id2label", None) or {}
-        if isinstance(head, str):
-            names = {v: int(k) for k, v in labels.items()}
-            if head not in names:
-                raise ValueError(f"reward model {path} has no head named {head!r}; heads: {sorted(names)}")
-            head = names[head]
-        self.head = int(head)
+        self.head = head_index(self.model, head, where=f"reward model {path}")
         self.name = f"rm:{path}"
 
     @torch.no_grad()
     def __call__(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
-        from alignforge.data.batching import encode_example
-        from alignforge.models.heads import sequence_scores
+        from alignforge.models.scoring import score_texts, select_reward
 
         if len(prompts) != len(responses):
             raise ValueError(f"scorer: {len(prompts)} prompts but {len(responses)} responses")
-        pad = self.model.config.pad_token_id
-        device = next(self.model.parameters()).device
-        out: list[float] = []
-        for j in range(0, len(prompts), self.batch_size):
-            exs = [encode_example(self.tokenizer, p, r, max_len=self.max_len, min_prompt_tokens=1)
-                   for p, r in zip(prompts[j:j + self.batch_size], responses[j:j + self.batch_size])]
-            if any(e is None for e in exs):
-                raise ValueError(f"scorer: a response is longer than max_len={self.max_len} tokens")
-            L = max(len(e) for e in exs)
-            ids = torch.full((len(exs), L), pad, dtype=torch.long)
-            mask = torch.zeros((len(exs), L), dtype=torch.long)
-            for i, e in enumerate(exs):
-                ids[i, :len(e)] = torch.tensor(e.input_ids)
-                mask[i, :len(e)] = 1
-            scores = sequence_scores(self.model, ids.to(device), mask.to(device))
-            out.extend(scores[:, self.head].float().cpu().tolist())
-        return out
+        if not prompts:
+            return []
+        scores = score_texts(self.model, self.tokenizer, list(zip(prompts, responses)), self.max_len,
+                             self.batch_size)
+        return select_reward(self.model, scores, self.head).tolist()
 
 
 @dataclass

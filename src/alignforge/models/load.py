@@ -592,10 +592,12 @@ def _same_vocab(tok, other, what: str, path: str) -> None:
         raise ConfigError(f"{what}={path}: its tokenizer differs from the policy's; rollouts are scored on the "
                           "policy's token ids, so the models must share one tokenizer")
 
-def load_reward(cfg, tok, device) -> tuple[Any, int]:
-    """(frozen reward model, head index) from ``reward.init`` (the RL stages' reward)."""
+def load_reward(cfg, tok, device) -> tuple[Any, int | None]:
+    """(frozen reward model, score column) from ``reward.init`` / ``reward.head`` (the RL stages'
+    reward; column ``None`` = the overall reward, ``models.scoring.select_reward``)."""
     from alignforge.config import ConfigError
     from alignforge.models.heads import load_scorer
+    from alignforge.models.scoring import head_index
 
     if not cfg.reward.init:
         raise ConfigError(f"{type(cfg).__name__}: reward.init is not set (an `alignforge reward` stage folder)")
@@ -604,15 +606,10 @@ def load_reward(cfg, tok, device) -> tuple[Any, int]:
     except FileNotFoundError as e:
         raise ConfigError(f"reward.init={cfg.reward.init}: {e}") from None
     _same_vocab(tok, rm_tok, "reward.init", cfg.reward.init)
-    names = [rm.config.id2label[i] for i in range(rm.config.num_labels)]
-    head = cfg.reward.head
-    if head.isdigit() and int(head) < len(names):
-        index = int(head)
-    elif head in names:
-        index = names.index(head)
-    else:
-        raise ConfigError(f"config key 'reward.head': {head!r} is not a head of {cfg.reward.init} "
-                          f"(heads: {', '.join(names)}; or an index 0..{len(names) - 1})")
+    try:
+        index = head_index(rm, cfg.reward.head, where=f"config key 'reward.head' ({cfg.reward.init})")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     rm.eval().requires_grad_(False)
     return rm, index
 

@@ -7,11 +7,14 @@
 * :func:`reward_from_scores` — the overall reward of those scores per the saved ``config.json``:
   the weighted combination of the heads (``reward_combine``), replaced by the safety head's score
   where it falls below ``reward_safety_threshold`` (``reward_safety_head``; Llama-2);
+* :func:`head_index` / :func:`select_reward` — which score a consumer of the model uses: ``overall``
+  (``reward_from_scores``; a one-head model's only head) or one named/indexed head;
 * :func:`collate_rows` — right-padded ids and the attention mask (the classifier reads the last
   non-pad token).
 
-The reward stage trains and evaluates with these; anything else that scores with a saved reward
-model (tests, benchmarks, the world's cycle checks) calls them too.
+The reward stage trains and evaluates with these; everything else that scores with a saved reward
+model (PPO/REINFORCE rollouts, RSFT and eval through ``eval.scorers.RewardModelScorer``, tests,
+benchmarks, the world's cycle checks) calls them too.
 """
 
 from __future__ import annotations
@@ -35,6 +38,33 @@ def collate_rows(rows: Sequence[Sequence[int]], pad_id: int, device: Any = "cpu"
         ids[b, :len(r)] = torch.tensor(r)
         mask[b, :len(r)] = 1
     return ids.to(device), mask.to(device)
+
+
+#: ``reward.head`` value meaning the combined reward (:func:`reward_from_scores`), not one head.
+OVERALL = "overall"
+
+
+def head_index(model, head: str | int, where: str = "reward.head") -> int | None:
+    """The score column ``head`` names: ``None`` for ``overall`` (the combined reward), else the index
+    of a head given by index or ``id2label`` name. ``ValueError`` names the heads there are."""
+    cfg = _base(model).config
+    names = [cfg.id2label[i] for i in range(cfg.num_labels)] if getattr(cfg, "id2label", None) else \
+        [str(i) for i in range(cfg.num_labels)]
+    head = str(head)
+    if head == OVERALL:
+        return None
+    if head.isdigit() and int(head) < len(names):
+        return int(head)
+    if head in names:
+        return names.index(head)
+    raise ValueError(f"{where}: {head!r} is not a head of this reward model (heads: {', '.join(names)}; "
+                     f"an index 0..{len(names) - 1}; or {OVERALL!r}, their combination)")
+
+
+def select_reward(model, scores: torch.Tensor, head: int | None) -> torch.Tensor:
+    """``(batch,)`` rewards from ``(batch, heads)`` normalised scores: one head, or (``head=None``)
+    the overall reward of :func:`reward_from_scores`."""
+    return reward_from_scores(model, scores) if head is None else scores[:, head]
 
 
 def reward_from_scores(model, scores: torch.Tensor) -> torch.Tensor:

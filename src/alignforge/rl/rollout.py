@@ -147,7 +147,7 @@ def step_generator(seed: int, step: int, salt: int = 0) -> torch.Generator:
 
 @torch.no_grad()
 def make_rollout(policy, ref, tok, prompt_ids: Sequence[Sequence[int]], params: SamplingParams, *,
-                 generator: torch.Generator, reward_model=None, reward_head: int = 0,
+                 generator: torch.Generator, reward_model=None, reward_head: int | None = None,
                  reward_fn: RewardFn | None = None, value_model=None, reuse_logprobs: bool = True,
                  missing_eos_penalty: float | None = None, score_clip: float | None = None,
                  batch_size: int = 64) -> Rollout:
@@ -158,6 +158,7 @@ def make_rollout(policy, ref, tok, prompt_ids: Sequence[Sequence[int]], params: 
     """
     from alignforge.data.batching import pad_id_of
     from alignforge.models.heads import sequence_scores
+    from alignforge.models.scoring import select_reward
 
     if (reward_model is None) == (reward_fn is None):
         raise ValueError("make_rollout: pass exactly one of reward_model and reward_fn")
@@ -188,7 +189,8 @@ def make_rollout(policy, ref, tok, prompt_ids: Sequence[Sequence[int]], params: 
         if recompute:
             ro.logprobs[rows, :L] = response_logprobs(policy, sub, params.temperature)[0] * sub.mask
         if reward_model is not None:
-            ro.raw_scores[rows] = sequence_scores(reward_model, sub.input_ids, sub.attention_mask)[:, reward_head].float()
+            scores = sequence_scores(reward_model, sub.input_ids, sub.attention_mask)
+            ro.raw_scores[rows] = select_reward(reward_model, scores, reward_head).float()
         if value_model is not None:
             value_model.eval()
             v = torch.zeros(len(sub), ro.response_ids.shape[1])

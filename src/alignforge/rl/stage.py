@@ -88,7 +88,7 @@ def resume_rl(out, *, model, optimizer, scheduler, sampler, kl_ctl) -> tuple[Any
     return resumed, resumed.step, float(resumed.extra.get("elapsed_s", 0.0))
 
 def proxy_eval(policy, ref, tok, prompt_ids, params: SamplingParams, *, seed: int, reward_model=None,
-               reward_head: int = 0, reward_fn: RewardFn | None = None, batch_size: int = 64) -> dict[str, float]:
+               reward_head: int | None = None, reward_fn: RewardFn | None = None, batch_size: int = 64) -> dict[str, float]:
     """Proxy reward, KL(π‖π_ref) (sum of per-token log-ratios, k1) and length on held-out prompts."""
     ro = make_rollout(policy, ref, tok, prompt_ids, params, generator=step_generator(seed, 0, salt=17),
                       reward_model=reward_model, reward_head=reward_head, reward_fn=reward_fn,

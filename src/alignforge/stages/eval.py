@@ -84,7 +84,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         from alignforge.eval.scorers import RewardModelScorer
 
         judge = RewardModelScorer(cfg.reward.init, device=str(device), batch_size=cfg.reward.batch_size,
-                                  head=int(cfg.reward.head) if cfg.reward.head.isdigit() else cfg.reward.head)
+                                  head=cfg.reward.head)
     prompts_path = ev.prompts or (str(Path(ev.world) / "prompts_test.jsonl") if ev.world else None)
     if not prompts_path:
         raise ConfigError("eval needs eval.prompts (prompt records) or eval.world")
@@ -186,7 +186,8 @@ def _best_of_n_evals(cfg: EvalConfig, base_name: str, policy, prompts, judge, de
     from alignforge.eval.scorers import RewardModelScorer, best_of_n
 
     ev = cfg.eval
-    scorer = RewardModelScorer(cfg.reward.init, device=str(device), batch_size=cfg.reward.batch_size)
+    scorer = RewardModelScorer(cfg.reward.init, device=str(device), batch_size=cfg.reward.batch_size,
+                               head=cfg.reward.head)
     model, tok = policy
     plain = [_prompt_and_category(p)[0] for p in prompts]
     out = []
@@ -203,7 +204,8 @@ def _best_of_n_evals(cfg: EvalConfig, base_name: str, policy, prompts, judge, de
 def _reward_model_means(cfg: EvalConfig, evals, device) -> dict[str, float]:
     from alignforge.eval.scorers import RewardModelScorer
 
-    scorer = RewardModelScorer(cfg.reward.init, device=str(device), batch_size=cfg.reward.batch_size)
+    scorer = RewardModelScorer(cfg.reward.init, device=str(device), batch_size=cfg.reward.batch_size,
+                               head=cfg.reward.head)
     out = {}
     for e in evals:
         rows = e.rows["sample"]

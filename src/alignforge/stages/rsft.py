@@ -70,11 +70,13 @@ def reward_scorer(cfg: RSFTConfig, device: torch.device) -> Scorer:
                           "--world <world dir> [--config FILE] [key=value ...]")
     if not cfg.reward.init:
         raise ConfigError("rsft needs reward.init (a `alignforge reward` stage folder or scalar-head HF dir)")
-    head: int | str = int(cfg.reward.head) if cfg.reward.head.isdigit() else cfg.reward.head
     try:
-        return RewardModelScorer(cfg.reward.init, device=str(device), batch_size=cfg.reward.batch_size, head=head)
+        return RewardModelScorer(cfg.reward.init, device=str(device), batch_size=cfg.reward.batch_size,
+                                 head=cfg.reward.head)
     except FileNotFoundError as e:
         raise ConfigError(f"reward.init={cfg.reward.init}: {e}") from None
+    except ValueError as e:  # reward.head names no head of this model
+        raise ConfigError(f"config key 'reward.head': {e}") from None
 
 
 def round_prompts(prompts: Sequence[Prompt], k: int, seed: int, rnd: int) -> list[Prompt]:
