@@ -1,11 +1,12 @@
-"""The memory check every training stage opens with (issue 19 §4, ``alignforge.train.memcheck``).
+"""The memory check every stage that loads an HF-size model opens with (issue 19 §4, ``alignforge.train.memcheck``).
 
 A stage prints its estimate (weights, gradients, AdamW, activations, KV cache, peak) beside the
 memory available; a run whose estimate does not fit is refused before any model is loaded, with
 overrides that do fit (checked here against the same estimator); ``runtime.memory_check=false``
-runs anyway. The model directories are a real shape's ``config.json`` (SmolLM2-135M) and a tiny
-tokenizer, no weights: a stage that got as far as loading would fail on them — and loading is
-booby-trapped as well. Nothing is downloaded.
+runs anyway. The training stages, and the ones that mostly sample (nash, critique, collect, eval:
+issue 19's gap), whose estimate also measures their longest prompt. The model directories are a
+real shape's ``config.json`` (SmolLM2-135M) and a tiny tokenizer, no weights: a stage that got as
+far as loading would fail on them — and loading is booby-trapped as well. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from alignforge.config import (ConfigError, DPOConfig, PPOConfig, PretrainConfig, ReinforceConfig, RewardConfig,
-                               RSFTConfig, SFTConfig, load_config)
+from alignforge.config import (CollectConfig, ConfigError, CritiqueConfig, DPOConfig, EvalConfig, NashConfig,
+                               PPOConfig, PretrainConfig, ReinforceConfig, RewardConfig, RSFTConfig, SFTConfig,
+                               load_config)
 from alignforge.models import memory as M
 from alignforge.train import memcheck
 from alignforge.train.loop import start_stage
@@ -181,3 +183,154 @@ def test_reward_and_value_models_of_another_shape(smol, tmp_path):
     shapes = memcheck.shapes_of(other)
     assert shapes["reward"].layers == 2 and shapes["value"] is shapes["reward"]
     assert memcheck.estimate(other, shapes).weights < memcheck.estimate(same, memcheck.shapes_of(same)).weights
+
+
+# ---------------------------------------------------------------------------------------------
+# The stages that mostly sample: nash, critique, collect, eval (issue 19: they passed unchecked)
+# ---------------------------------------------------------------------------------------------
+
+PROMPTS = ["Write a short poem about the sea and the wind over the harbour at night.", "Hi!",
+           "Explain how a bicycle stays upright."]
+
+SAMPLING = {  # config class, keys beside out/runtime (model dir = {m}, prompts file = {p})
+    "nash": (NashConfig, ["model.init={m}", "preference.init={m}", "data.train={p}"]),
+    "critique": (CritiqueConfig, ["model.init={m}", "data.train={p}"]),
+    "collect": (CollectConfig, ["model.init={m}", "data.train={p}", "collect.world=/nonexistent"]),
+    "eval": (EvalConfig, ["eval.checkpoints=[{m}]", "eval.judge=reward", "reward.init={m}", "eval.prompts={p}"]),
+}
+
+
+def _prompts_file(tmp_path: Path) -> Path:
+    f = tmp_path / "prompts.jsonl"
+    f.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    return f
+
+
+def _sampling_keys(name: str, model_dir: Path, prompts: Path, *more: str) -> list[str]:
+    return [k.format(m=model_dir, p=prompts) for k in SAMPLING[name][1]] + ["runtime.device=cpu",
+                                                                             "runtime.progress=false", *more]
+
+
+@pytest.mark.parametrize("name", list(SAMPLING))
+def test_the_sampling_stages_are_refused_before_loading_and_pass_when_they_fit(name, smol, tmp_path, monkeypatch,
+                                                                              no_loading, capsys):
+    cls = SAMPLING[name][0]
+    keys = _sampling_keys(name, smol, _prompts_file(tmp_path))
+    cfg = load_config(cls, None, [f"out={tmp_path / name}", *keys])
+    shapes = memcheck.shapes_of(cfg)
+    n_prompt = memcheck.measure_prompts(cfg, shapes, PROMPTS)
+    assert (n_prompt is None) == (name == "nash")  # nash cuts its prompts to train.seq_len − max_new_tokens
+    mem = memcheck.estimate(cfg, shapes, n_prompt)
+    assert mem.kv_cache > 0  # the sampling engine's KV cache is counted
+    stage = importlib.import_module(f"alignforge.stages.{name}")
+    # Between the weights and the peak: a smaller batch (sampling, scoring, micro-batch) or LoRA brings it under.
+    budget = int(mem.weights + 0.5 * (mem.peak - mem.weights))
+    _available(monkeypatch, budget)
+    with pytest.raises(ConfigError) as e:
+        stage.run(cfg)
+    msg = str(e.value)
+    assert f"{name}: this run does not fit: the memory estimate is {memcheck.fmt_bytes(mem.peak)}" in msg, msg
+    assert "KV cache/rollout" in msg and "runtime.memory_check=false" in msg
+    assert "Would fit: " in msg, msg
+    assert not (tmp_path / name).exists()  # refused before anything was written
+    overrides = msg.split("Would fit: ", 1)[1].split(" — ", 1)[0].split()
+    fixed = load_config(cls, None, [f"out={tmp_path / name}", *keys, *overrides])
+    assert memcheck.estimate(fixed, memcheck.shapes_of(fixed), n_prompt).peak <= memcheck.SUGGEST_WITHIN * budget
+    if name in ("collect", "critique"):  # inference: only the sampling batch is left to change
+        assert overrides[0].startswith(f"{name}.batch_size=")
+
+    # With room, the same run passes the check, prints its estimate, and goes on to load its models.
+    capsys.readouterr()
+    _available(monkeypatch, 64 * GIB)
+    if name == "collect":
+        monkeypatch.setattr(stage, "load_world", lambda cfg: None)  # no world here; the annotators come later
+    with pytest.raises(Loaded):
+        stage.run(load_config(cls, None, [f"out={tmp_path / (name + '-fits')}", *keys]))
+    line = next(x for x in capsys.readouterr().out.splitlines() if "memory estimate" in x)
+    assert line.startswith(f"{name}: memory estimate (") and f"peak {memcheck.fmt_bytes(mem.peak)}" in line, line
+    assert "64.00 GiB available (test)" in line
+
+
+def test_an_inference_estimate_by_hand(smol, tmp_path):
+    """collect on the SmolLM2-135M shape: the fp32 weights plus one engine call's KV cache, logits and prefill."""
+    cfg = load_config(CollectConfig, None, [f"model.init={smol}", "collect.batch_size=8", "collect.k=2",
+                                            "sampling.max_new_tokens=28"])
+    mem = M.stage_memory("collect", cfg, M.Shape.from_config(SMOL), prompt_tokens=100)
+    # Parameters: embedding 49152·576 = 28,311,552; a layer: q 576·576 + k, v 2·576·192 + o 576·576 + gate,
+    # up, down 3·576·1536 + 2 norms 2·576 = 3,540,096, × 30 = 106,202,880; final norm 576; LM head tied.
+    n = 28_311_552 + 106_202_880 + 576
+    assert n == 134_515_008 and mem.weights == 4 * n == 538_060_032
+    # KV cache: 2 (k, v) · 30 layers · 192 (3 KV heads · 64) · 2 B = 23,040 B per token, for 8 prompts × K=2
+    # rows of 100 prompt + 28 new tokens; one step's logits, 16 rows · 10 B · 49152; the prefill of the 8
+    # distinct prompts, one layer's 16·576 + 4·192 + 8·1536 = 22,272 B per token.
+    kv, logits, prefill = 16 * 128 * 23_040, 16 * 10 * 49_152, 8 * 100 * 22_272
+    assert (kv, logits, prefill) == (47_185_920, 7_864_320, 17_817_600)
+    assert mem.kv_cache == kv + logits + prefill
+    assert (mem.grads, mem.adam, mem.activations) == (0, 0, 0)
+    assert mem.peak == 538_060_032 + 72_867_840 == 610_927_872
+
+
+def test_the_longest_prompt_is_measured_as_the_engine_gets_it(smol, tmp_path):
+    """Chat template included, cut to the model's positions minus the new tokens, as the stages cut it."""
+    from alignforge.data.batching import encode_prompt
+    from alignforge.models.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(smol)
+    longest = max(len(encode_prompt(tok, p)) for p in PROMPTS)
+    assert memcheck.longest_prompt(smol, PROMPTS, 64, positions=8192) == longest
+    assert memcheck.longest_prompt(smol, PROMPTS, 64, positions=64 + 10) == 10
+    messages = [[{"role": "user", "content": "hello " * 40}]]  # a conversation counts with its template
+    assert memcheck.longest_prompt(smol, messages, 8, positions=None) == len(encode_prompt(tok, messages[0]))
+
+
+def test_nash_counts_the_preference_fit_only_when_it_fits_here(smol, tmp_path):
+    """Fitting the preference model (nash.preference_data) runs before the policy has gradients or AdamW
+    state: a phase of its own, counted while no fitted model is saved in <out>/preference."""
+    keys = _sampling_keys("nash", smol, _prompts_file(tmp_path), "nash.preference_data=/x.jsonl",
+                          f"out={tmp_path / 'nash'}")
+    cfg = load_config(NashConfig, None, keys)
+    mem = memcheck.estimate(cfg, memcheck.shapes_of(cfg))
+    fit = mem.apart["preference fit"]
+    assert mem.peak == mem.weights + max(mem.grads + mem.adam + max(mem.activations, mem.kv_cache), fit)
+    (tmp_path / "nash" / "preference").mkdir(parents=True)
+    (tmp_path / "nash" / "preference" / "config.json").write_text(json.dumps(SMOL))
+    assert not memcheck.estimate(cfg, memcheck.shapes_of(cfg)).apart  # a rerun reuses it
+    forced = load_config(NashConfig, None, [*keys, "force=true"])
+    assert memcheck.estimate(forced, memcheck.shapes_of(forced)).apart == {"preference fit": fit}
+
+
+def test_critique_samples_then_fine_tunes_like_sft(smol, tmp_path):
+    """critique.finetune: SFT's estimate for the fine-tune, and the sampling as a phase before it (its
+    model is freed first), not on top of the fine-tune's gradients and AdamW state."""
+    prompts = _prompts_file(tmp_path)
+    plain = load_config(CritiqueConfig, None, _sampling_keys("critique", smol, prompts))
+    tuned = load_config(CritiqueConfig, None, _sampling_keys("critique", smol, prompts, "critique.finetune=true"))
+    shapes = memcheck.shapes_of(tuned)
+    n_prompt = memcheck.measure_prompts(tuned, shapes, PROMPTS)
+    sampling = memcheck.estimate(plain, shapes, n_prompt)
+    mem = memcheck.estimate(tuned, shapes, n_prompt)
+    sft = M.stage_memory("sft", tuned, shapes["policy"])
+    assert (mem.weights, mem.grads, mem.adam, mem.activations) == (sft.weights, sft.grads, sft.adam, sft.activations)
+    assert mem.apart == {"sampling before the fine-tune": sampling.kv_cache}
+    assert mem.peak == max(sft.peak, sampling.peak)
+    # Under FSDP the fine-tune's weights, gradients and AdamW state are sharded (it is sft); the sampling's are not.
+    fsdp = load_config(CritiqueConfig, None, _sampling_keys("critique", smol, prompts, "critique.finetune=true",
+                                                             "runtime.fsdp=true"))
+    state = sft.weights + sft.grads + sft.adam
+    assert memcheck.need_bytes(fsdp, memcheck.estimate(fsdp, shapes, n_prompt), shapes, world=64) == max(
+        sft.activations + -(-state // 64), sampling.peak)
+
+
+def test_eval_counts_every_checkpoint_at_once_and_says_when_nothing_fits(smol, tmp_path, monkeypatch, no_loading):
+    keys = _sampling_keys("eval", smol, _prompts_file(tmp_path))
+    one = load_config(EvalConfig, None, keys)
+    two = load_config(EvalConfig, None, [*keys, f"eval.checkpoints=[{smol},{smol / '.'}]", "eval.names=[a,b]"])
+    m1 = memcheck.estimate(one, memcheck.shapes_of(one), 20)
+    m2 = memcheck.estimate(two, memcheck.shapes_of(two), 20)
+    assert m2.weights - m1.weights == 4 * M.lm_params(M.Shape.from_config(SMOL))  # all loaded before sampling
+    _available(monkeypatch, m2.weights // 2)  # not even the weights: no batch size helps
+    from alignforge.stages import eval as eval_stage
+
+    with pytest.raises(ConfigError, match="No smaller sampling or scoring batch fits: the weights alone are .*: use a "
+                                          "smaller model or evaluate fewer checkpoints per run"):
+        eval_stage.run(two)

@@ -44,6 +44,7 @@ from alignforge.data.records import Candidates, Comparison, Prompt, PromptRecord
 from alignforge.io import atomic_write_text
 from alignforge.train import checkpoint as ckpt
 from alignforge.train.loop import apply_threads, autocast, resolve_device
+from alignforge.train.memcheck import check_memory
 
 LABEL_KINDS = ("comparison", "ranking", "rating")
 REFERENCE = ("oracle", "demonstrator", "noisy", "random")
@@ -250,11 +251,13 @@ def run(cfg: CollectConfig) -> Path:
     c = cfg.collect
     t0 = time.perf_counter()
 
-    world = load_world(cfg)
     limit = c.prompts if c.prompts is not None else cfg.data.max_records
     train_prompts = read_prompts(cfg.data.train, cfg, limit)
     eval_path = cfg.data.eval or _beside(cfg.data.train, "prompts_test")
     eval_prompts = read_prompts(eval_path, cfg, c.eval_prompts) if eval_path and c.eval_prompts else []
+    # The memory estimate (with the longest prompt) against the device; refused here, before loading.
+    check_memory(cfg, device, prompts=[r.prompt for r in list(train_prompts) + list(eval_prompts)])
+    world = load_world(cfg)
     try:
         model, tok = load_causal_lm(cfg.model.init, device=str(device), tokenizer=cfg.model.tokenizer)
     except FileNotFoundError as e:

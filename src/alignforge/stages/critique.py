@@ -230,7 +230,9 @@ def _sync_chunks_done(out: Path, plan: dict[str, Any]) -> set[int]:
 
 
 def run(cfg: CritiqueConfig) -> Path:
-    out, device, finished = start_stage(cfg, "critique", clear_also=(CHUNKS, "sft"))
+    # The memory check measures the longest red-team prompt (answers, critiques and revisions grow from it).
+    measured = (lambda: [p.prompt for p in read_red_team(cfg)]) if cfg.model.init and cfg.data.train else None
+    out, device, finished = start_stage(cfg, "critique", clear_also=(CHUNKS, "sft"), prompts=measured)
     if finished:
         return out
     if not cfg.model.init:

@@ -51,6 +51,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     from alignforge.eval.protocol import compare, evaluate_policy, evaluate_reference, markdown
     from alignforge.models.load import load_causal_lm
     from alignforge.train.loop import apply_threads, autocast, resolve_device
+    from alignforge.train.memcheck import check_memory
 
     ev = cfg.eval
     if not ev.checkpoints:
@@ -77,20 +78,23 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         from alignforge.eval.oracle import load_world
 
         world = load_world(ev.world)
-        judge: Any = world
-    else:
-        if not cfg.reward.init:
-            raise ConfigError("eval.judge=reward needs reward.init (a reward-model folder)")
-        from alignforge.eval.scorers import RewardModelScorer
-
-        judge = RewardModelScorer(cfg.reward.init, device=str(device), batch_size=cfg.reward.batch_size,
-                                  head=cfg.reward.head)
+    elif not cfg.reward.init:
+        raise ConfigError("eval.judge=reward needs reward.init (a reward-model folder)")
     prompts_path = ev.prompts or (str(Path(ev.world) / "prompts_test.jsonl") if ev.world else None)
     if not prompts_path:
         raise ConfigError("eval needs eval.prompts (prompt records) or eval.world")
     prompts = read_records(prompts_path, kind="prompt")
     if ev.max_prompts is not None:
         prompts = prompts[: ev.max_prompts]
+    # The memory estimate (every checkpoint at once, the longest prompt) against the device; refused
+    # here, before any model is loaded.
+    check_memory(cfg, device, prompts=[getattr(p, "prompt", p) for p in prompts])
+    judge: Any = world
+    if ev.judge == "reward":
+        from alignforge.eval.scorers import RewardModelScorer
+
+        judge = RewardModelScorer(cfg.reward.init, device=str(device), batch_size=cfg.reward.batch_size,
+                                  head=cfg.reward.head)
     heldout_path = ev.heldout or (str(Path(ev.world) / "heldout.jsonl") if ev.world else None)
     heldout = [r.text for r in read_records(heldout_path, kind="text")] if heldout_path else []
     # Only now, with every input checked, does the stage write anything.

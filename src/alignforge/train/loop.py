@@ -21,7 +21,7 @@ import contextlib
 import math
 import random
 import time
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -376,7 +376,8 @@ def bits_per_byte(total_nats: float, n_bytes: int) -> float:
     return total_nats / math.log(2) / max(1, n_bytes)
 
 
-def start_stage(cfg: Any, name: str, clear_also: Sequence[str] = ()) -> tuple[Any, torch.device, bool]:
+def start_stage(cfg: Any, name: str, clear_also: Sequence[str] = (),
+                prompts: Callable[[], Sequence[Any] | None] | None = None) -> tuple[Any, torch.device, bool]:
     """The opening every training stage shares: CPU threads, device, torchrun init, DONE, and the
     memory check.
 
@@ -384,7 +385,9 @@ def start_stage(cfg: Any, name: str, clear_also: Sequence[str] = ()) -> tuple[An
     recomputed unless ``cfg.force``, which clears the folder (and ``clear_also`` beside it) first;
     an unfinished one with ``state/`` resumes inside the stage. A stage that would run prints its
     memory estimate and is refused here, before it loads a model (and before ``force`` clears
-    anything), when the estimate does not fit the device (:func:`alignforge.train.memcheck.check_memory`).
+    anything), when the estimate does not fit the device (:func:`alignforge.train.memcheck.check_memory`;
+    ``prompts``: for a stage that samples from prompts of unbounded length, a function returning
+    them, so that the check can measure the longest).
     """
     from alignforge.train import checkpoint as ckpt
     from alignforge.train import distributed as dist
@@ -398,7 +401,7 @@ def start_stage(cfg: Any, name: str, clear_also: Sequence[str] = ()) -> tuple[An
         if dist.is_main():
             print(f"{name}: {out} is finished (DONE); set force=true to recompute")
         return out, device, True
-    check_memory(cfg, device)
+    check_memory(cfg, device, prompts=prompts)
     if cfg.force:
         ckpt.clear(out, also=tuple(clear_also))
     if dist.is_main():

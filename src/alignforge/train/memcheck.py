@@ -1,19 +1,25 @@
 """Will a stage fit its device? :mod:`alignforge.models.memory`'s estimate against the free memory,
 checked before anything is loaded.
 
-:func:`check_memory` is the one place this happens: ``train.loop.start_stage`` (the opening every
-training stage shares) calls it once the device is known and before the stage loads a model, for
-the stages the estimator has a model of (pretrain, sft, reward, dpo, rsft, ppo, reinforce). It
-costs a few small file reads and some integer arithmetic — the shapes come from the models'
-``config.json`` (or the preset's config), never from their weights — so the tiny world's stages pay
-nothing measurable, and it draws no random numbers.
+:func:`check_memory` is the one place this happens, called once per run after the device is known
+and before the stage loads a model: by ``train.loop.start_stage`` (the opening of pretrain, sft,
+reward, dpo, rsft, ppo, reinforce, nash and critique) and by collect and eval, which open on their
+own, right after reading their prompts. It covers every stage the estimator has a model of
+(:data:`alignforge.models.memory.ESTIMATED_STAGES`: those, i.e. every stage that loads an HF-size
+model except rlaif, serve and chat). It costs a few small file reads and some integer arithmetic —
+the shapes come from the models' ``config.json`` (or the preset's config), never from their
+weights — so the tiny world's stages pay nothing measurable, and it draws no random numbers.
+collect, eval and critique also measure their longest prompt: the stage hands its prompts over,
+and the check encodes the :data:`MEASURED_PROMPTS` longest (in characters) with the model's
+tokenizer and chat template, as the sampling engine will see them (:func:`longest_prompt`).
 
 It prints one line (weights, gradients, AdamW state, activations, KV cache / rollout, the peak, and
 the memory available) and, when the peak is more than what is available, raises
 :class:`~alignforge.config.ConfigError` naming the memory options that would bring it under, found
-with the same estimator. ``runtime.memory_check=false`` keeps the line and runs anyway (the
-estimate leaves out the CUDA context and allocator slack, and counts some activations as an upper
-bound: docs/recipes.md).
+with the same estimator (for the inference stages, smaller sampling / scoring batches), or saying
+that none does. ``runtime.memory_check=false`` keeps the line and runs anyway (the estimate leaves
+out the CUDA context and allocator slack, and counts some activations as an upper bound:
+docs/recipes.md).
 
 What "available" means:
 
@@ -24,7 +30,8 @@ What "available" means:
   cgroup memory limit leaves less. The processes of one torchrun on one host share that RAM, so the
   need is multiplied by ``LOCAL_WORLD_SIZE`` there.
 * FSDP (``runtime.fsdp`` under torchrun, in the stages that wrap their trained model: pretrain, sft,
-  reward, dpo, rsft): that model's weights, its gradients and AdamW state are split over the processes.
+  reward, dpo, rsft, and critique's fine-tune): that model's weights, its gradients and AdamW state
+  are split over the processes.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import itertools
 import json
 import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +54,11 @@ from alignforge.models import memory as M
 #: Stages whose trained model ``train.distributed.wrap_model`` shards under ``runtime.fsdp``
 #: (the RL stages keep whole replicas and average gradients with an all-reduce).
 FSDP_STAGES = ("pretrain", "sft", "reward", "dpo", "rsft")
+
+#: How many prompts :func:`longest_prompt` encodes: the longest ones in characters (all of them when there are
+#: fewer). Encoding every prompt of a large collect would cost seconds; the longest in tokens is among the
+#: longest in characters unless scripts of very different token densities are mixed.
+MEASURED_PROMPTS = 256
 
 #: The share of the available memory a suggested fix may use: the rest is for what the estimate leaves
 #: out (the CUDA context, allocator slack, single kernels' buffers), so that a fix is not itself on the edge.
@@ -110,24 +123,101 @@ def policy_shape(cfg: Any) -> M.Shape:
     return M.Shape.from_config(conf, name=f"preset {cfg.model.preset}")
 
 
+def _shape(path: str, key: str) -> M.Shape:
+    return M.Shape.from_config(_config_json(path, key), name=str(path))
+
+
 def shapes_of(cfg: Any) -> dict[str, M.Shape]:
-    """{"policy", and where the stage has them "reward" / "value"}: every model the estimate counts."""
+    """{"policy", and where the stage has them "reward" / "value" / "ref" / "preference", eval's
+    "checkpoint <i>"}: every model the estimate counts. eval's "policy" is its first checkpoint."""
     stage = type(cfg).stage_name
-    out = {"policy": policy_shape(cfg)}
+    if stage == "eval":
+        if not cfg.eval.checkpoints:
+            raise NoEstimate("no checkpoints")
+        out = {f"checkpoint {i}": _shape(c, "eval.checkpoints") for i, c in enumerate(cfg.eval.checkpoints)}
+        out["policy"] = out["checkpoint 0"]
+    else:
+        out = {"policy": policy_shape(cfg)}
     reward_init = getattr(getattr(cfg, "reward", None), "init", None)
-    if stage in ("rsft", "ppo", "reinforce") and reward_init:
-        out["reward"] = M.Shape.from_config(_config_json(reward_init, "reward.init"), name=reward_init)
+    if stage in ("rsft", "ppo", "reinforce", "eval") and reward_init:
+        out["reward"] = _shape(reward_init, "reward.init")
     if stage == "ppo":  # load_value's order: value.init, else reward.init (InstructGPT), else the policy
         if cfg.value.init:
-            out["value"] = M.Shape.from_config(_config_json(cfg.value.init, "value.init"), name=cfg.value.init)
+            out["value"] = _shape(cfg.value.init, "value.init")
         elif "reward" in out:
             out["value"] = out["reward"]
+    if stage in ("nash", "eval") and cfg.ref.init:
+        out["ref"] = _shape(cfg.ref.init, "ref.init")
+    if stage == "nash":  # preference_model's order: fitted on preference.init or model.init, else preference.init
+        if cfg.nash.preference_data:
+            backbone = cfg.preference.init or cfg.model.init
+            out["preference"] = _shape(backbone, "preference.init") if backbone else out["policy"]
+        elif cfg.preference.init:
+            out["preference"] = _shape(cfg.preference.init, "preference.init")
     return out
 
 
-def estimate(cfg: Any, shapes: dict[str, M.Shape]) -> M.Memory:
-    return M.stage_memory(type(cfg).stage_name, cfg, shapes["policy"], reward=shapes.get("reward"),
-                          value=shapes.get("value"))
+def longest_prompt(tokenizer_dir: str | Path, prompts: Sequence[Any], max_new_tokens: int,
+                   positions: int | None) -> int:
+    """The longest prompt in tokens as the sampling engine gets it: the chat template's ids
+    (``data.batching.encode_prompt``), cut to the model's ``positions − max_new_tokens`` like the
+    stages cut it; over the :data:`MEASURED_PROMPTS` longest prompts in characters."""
+    from alignforge.data.batching import encode_prompt
+    from alignforge.models.tokenizer import ensure_chat_template, load_tokenizer
+
+    if not prompts:
+        raise NoEstimate("no prompts")
+    try:
+        tok = ensure_chat_template(load_tokenizer(tokenizer_dir))
+    except (OSError, ValueError) as e:  # the stage's loader says it properly
+        raise NoEstimate(f"tokenizer {tokenizer_dir}: {e}") from None
+
+    def chars(p: Any) -> int:
+        return len(p) if isinstance(p, str) else sum(len(str(m.get("content", ""))) for m in p)
+
+    budget = max(1, positions - max_new_tokens) if positions else None
+    longest = sorted(prompts, key=chars, reverse=True)[:MEASURED_PROMPTS]
+    return max(len(encode_prompt(tok, p, budget)) for p in longest)
+
+
+def measure_prompts(cfg: Any, shapes: dict[str, M.Shape], prompts: Sequence[Any] | None) -> int | None:
+    """:func:`longest_prompt` for the stages whose estimate needs it (None for the others)."""
+    stage = type(cfg).stage_name
+    if stage not in M.PROMPTED_STAGES:
+        return None
+    if prompts is None:
+        raise NoEstimate("the stage gave no prompts to measure")
+    if stage == "eval":  # every checkpoint samples with its own tokenizer
+        return max(longest_prompt(_model_dir(c), prompts, cfg.eval.max_new_tokens,
+                                  shapes[f"checkpoint {i}"].positions) for i, c in enumerate(cfg.eval.checkpoints))
+    tok_dir = cfg.model.tokenizer or _model_dir(cfg.model.init)
+    return longest_prompt(tok_dir, prompts, cfg.sampling.max_new_tokens, shapes["policy"].positions)
+
+
+def _model_dir(path: str | None) -> Path:
+    from alignforge.models.load import resolve_model_dir
+
+    if not path:
+        raise NoEstimate("no model directory")
+    try:
+        return resolve_model_dir(path)
+    except FileNotFoundError as e:
+        raise NoEstimate(str(e)) from None
+
+
+def _fits_preference_here(cfg: Any) -> bool:
+    """nash fits its preference model in this run: preference_data, and none saved yet (or force=true)."""
+    return bool(cfg.nash.preference_data) and (
+        cfg.force or not (cfg.out_dir() / "preference" / "config.json").is_file())
+
+
+def estimate(cfg: Any, shapes: dict[str, M.Shape], prompt_tokens: int | None = None) -> M.Memory:
+    stage = type(cfg).stage_name
+    return M.stage_memory(stage, cfg, shapes["policy"], reward=shapes.get("reward"), value=shapes.get("value"),
+                          ref=shapes.get("ref"), preference=shapes.get("preference"),
+                          checkpoints=[v for k, v in shapes.items() if k.startswith("checkpoint ")],
+                          prompt_tokens=prompt_tokens,
+                          fit_preference=_fits_preference_here(cfg) if stage == "nash" else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,17 +279,25 @@ def _processes_sharing(device: torch.device) -> int:
         return dist.world_size()
 
 
+def _sharded(cfg: Any) -> bool:
+    """Does ``runtime.fsdp`` shard this stage's trained model (critique: its fine-tune, which is sft)?"""
+    stage = type(cfg).stage_name
+    return stage in FSDP_STAGES or (stage == "critique" and cfg.critique.finetune)
+
+
 def need_bytes(cfg: Any, mem: M.Memory, shapes: dict[str, M.Shape], world: int) -> int:
     """One process's peak: the estimate, less what FSDP shards away (the trained model, its gradients
-    and AdamW state split over ``world`` processes)."""
+    and AdamW state split over ``world`` processes; a phase apart, such as critique's sampling, runs
+    on whole weights)."""
     stage = type(cfg).stage_name
-    peak = mem.peak
-    if cfg.runtime.fsdp and world > 1 and stage in FSDP_STAGES:
-        s = shapes["policy"]
-        trained = 4 * (M.scorer_params(s, len(cfg.reward.heads)) if stage == "reward" else M.lm_params(s))
-        sharded = trained + mem.grads + mem.adam
-        peak -= sharded - math.ceil(sharded / world)
-    return peak
+    if not (cfg.runtime.fsdp and world > 1 and _sharded(cfg)):
+        return mem.peak
+    s = shapes["policy"]
+    trained = 4 * (M.scorer_params(s, len(cfg.reward.heads)) if stage == "reward" else M.lm_params(s))
+    sharded = trained + mem.grads + mem.adam
+    training = (mem.weights + mem.grads + mem.adam + max(mem.activations, mem.kv_cache)
+                - sharded + math.ceil(sharded / world))
+    return max(training, mem.weights + max(mem.apart.values())) if mem.apart else training
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,11 +334,31 @@ def _halvings(n: int, floor: int = 1, step: int = 1) -> list[int]:
         out.append(nxt)
 
 
+def _batch_axis(key: str, n: int, why: str, tier: int = 3, floor: int = 1, step: int = 1,
+                levels: int | None = None) -> list[_Level]:
+    """``key`` at n, n/2, n/4, … (the first ``levels`` of them)."""
+    return [_Level(((key, v),), tier, i, why if i else "")
+            for i, v in enumerate(_halvings(n, floor=floor, step=step)[:levels])]
+
+
 def _axes(cfg: Any) -> list[list[_Level]]:
     """Each memory option as a list of levels (level 0 = as configured)."""
     stage = type(cfg).stage_name
-    t = cfg.train
+    generate = "more, smaller generate calls"
+    if stage == "collect":
+        return [_batch_axis("collect.batch_size", cfg.collect.batch_size, generate)]
+    if stage == "eval":
+        axes = [_batch_axis("eval.batch_size", cfg.eval.batch_size, "more, smaller generate and log-prob calls")]
+        if cfg.reward.init:
+            axes.append(_batch_axis("reward.batch_size", cfg.reward.batch_size, "smaller reward-model forwards"))
+        return axes
     axes: list[list[_Level]] = []
+    if stage == "critique":
+        axes.append(_batch_axis("critique.batch_size", cfg.critique.batch_size,
+                                "more, smaller generate calls (a new chunk plan)"))
+        if not cfg.critique.finetune:
+            return axes
+    t = cfg.train
     same = _Level((), 0, 0)
     if not cfg.model.gradient_checkpointing:
         axes.append([same, _Level((("model.gradient_checkpointing", True),), 3, 1, "recomputes activations: slower")])
@@ -248,14 +366,14 @@ def _axes(cfg: Any) -> list[list[_Level]]:
         lora: list[tuple[str, Any]] = []
         if not cfg.model.lora.enabled:
             lora.append(("model.lora.enabled", True))
-        uses_ref = stage in ("ppo", "reinforce") or (stage == "dpo" and not cfg.dpo.reference_free)
+        uses_ref = stage in ("ppo", "reinforce", "nash") or (stage == "dpo" and not cfg.dpo.reference_free)
         if uses_ref and not cfg.ref.share_base and not cfg.ref.init and not cfg.runtime.fsdp:
             lora.append(("ref.share_base", True))
         if stage == "ppo" and not cfg.value.lora:
             lora.append(("value.lora", True))
         if lora:
             axes.append([same, _Level(tuple(lora), 1, 1, "trains adapters, not every weight")])
-    if stage in ("pretrain", "sft", "reward", "dpo", "rsft"):
+    if stage in ("pretrain", "sft", "reward", "dpo", "rsft", "critique"):
         # Smaller micro-batches, more of them accumulated: the same batch per optimizer step.
         b, a = t.batch_size, t.grad_accum
         axes.append([_Level((("train.batch_size", nb), ("train.grad_accum", math.ceil(a * b / nb))), 2, i,
@@ -265,15 +383,29 @@ def _axes(cfg: Any) -> list[list[_Level]]:
         key = f"{stage}.minibatch_size"
         mb = getattr(getattr(cfg, stage), "minibatch_size")
         k = cfg.reinforce.k if stage == "reinforce" else 1  # a GRPO/RLOO group is never split
-        axes.append([_Level(((key, n),), 2, i, "more, smaller optimizer steps per rollout" if i else "")
-                     for i, n in enumerate(_halvings(mb, floor=k, step=k))])
-        axes.append([_Level((("rollout.batch_size", n),), 3, i, "more, smaller generate calls" if i else "")
-                     for i, n in enumerate(_halvings(cfg.rollout.batch_size))])
+        axes.append(_batch_axis(key, mb, "more, smaller optimizer steps per rollout", tier=2, floor=k, step=k))
+        axes.append(_batch_axis("rollout.batch_size", cfg.rollout.batch_size, generate))
+    if stage == "nash":
+        axes.append(_batch_axis("train.batch_size", t.batch_size, "more, smaller optimizer steps per rollout",
+                                tier=2, levels=4))
+        # The log-prob and preference-model forwards, halved together (speed only).
+        pairs: list[tuple[int, int]] = []
+        for i in range(4):
+            pair = (max(1, cfg.rollout.batch_size >> i), max(1, cfg.preference.batch_size >> i))
+            if not pairs or pair != pairs[-1]:
+                pairs.append(pair)
+        axes.append([_Level((("rollout.batch_size", rb), ("preference.batch_size", pb)), 3, i,
+                            "smaller log-prob and preference forwards" if i else "")
+                     for i, (rb, pb) in enumerate(pairs)])
+        if _fits_preference_here(cfg):
+            axes.append(_batch_axis("nash.preference_batch_size", cfg.nash.preference_batch_size,
+                                    "smaller preference-fit batches", tier=2, levels=4))
+        # Fewer prompts per step: the opponent's sampling holds all of them at once (changes the updates).
+        axes.append(_batch_axis("rollout.prompts", cfg.rollout.prompts, "fewer prompts per step", tier=0, levels=3))
     if stage == "rsft":
-        axes.append([_Level((("rsft.sample_batch_size", n),), 3, i, "more, smaller generate calls" if i else "")
-                     for i, n in enumerate(_halvings(cfg.rsft.sample_batch_size))])
+        axes.append(_batch_axis("rsft.sample_batch_size", cfg.rsft.sample_batch_size, generate))
     # Shorter sequences change the data (longer examples are cut or dropped): the last resort, two halvings.
-    floor = 64 + (cfg.sampling.max_new_tokens if stage in ("ppo", "reinforce") else 0)
+    floor = 64 + (cfg.sampling.max_new_tokens if stage in ("ppo", "reinforce", "nash") else 0)
     seqs = [n for n in _halvings(t.seq_len)[:3] if n >= floor] or [t.seq_len]
     axes.append([_Level((("train.seq_len", n),), 0, i, "longer examples are cut or dropped" if i else "")
                  for i, n in enumerate(seqs)])
@@ -290,19 +422,21 @@ class Fit:
         return " ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in self.changes)
 
 
-def what_fits(cfg: Any, shapes: dict[str, M.Shape], budget: int, world: int = 1, procs: int = 1) -> list[Fit]:
+def what_fits(cfg: Any, shapes: dict[str, M.Shape], budget: int, world: int = 1, procs: int = 1,
+              prompt_tokens: int | None = None) -> list[Fit]:
     """The least intrusive combinations of the memory options that bring the estimate under ``budget``.
 
-    Every combination is estimated (a few hundred at most, each a config copy and some integer
-    arithmetic; only a refused run gets here) and ranked by what it changes, the most intrusive
-    change compared first: the data (train.seq_len), then what trains (LoRA), then the optimizer
-    steps (micro-batches), then only the speed (checkpointing, generation batches). Returns the best,
-    and the best with LoRA when the best has none (usually faster than tiny micro-batches)."""
+    Every combination is estimated (a few hundred, nash's a few thousand at most, each a config copy
+    and some integer arithmetic; only a refused run gets here) and ranked by what it changes, the
+    most intrusive change compared first: the data (train.seq_len; nash: rollout.prompts), then what
+    trains (LoRA), then the optimizer steps (micro-batches), then only the speed (checkpointing,
+    generation and scoring batches). Returns the best, and the best with LoRA when the best has none
+    (usually faster than tiny micro-batches)."""
     fits: list[tuple[tuple[int, ...], Fit]] = []
     for combo in itertools.product(*_axes(cfg)):
         changes = tuple(c for level in combo for c in level.changes if level.cost)
         trial = _with(cfg, changes)
-        need = need_bytes(trial, estimate(trial, shapes), shapes, world) * procs
+        need = need_bytes(trial, estimate(trial, shapes, prompt_tokens), shapes, world) * procs
         if need <= budget:
             rank = tuple(sum(level.cost for level in combo if level.tier == tier) for tier in range(4))
             fits.append((rank, Fit(changes, need, tuple(lv.why for lv in combo if lv.cost and lv.why))))
@@ -324,15 +458,35 @@ def what_fits(cfg: Any, shapes: dict[str, M.Shape], budget: int, world: int = 1,
 
 
 def _parts(mem: M.Memory) -> str:
-    return (f"weights {fmt_bytes(mem.weights)}, grads {fmt_bytes(mem.grads)}, AdamW {fmt_bytes(mem.adam)}, "
-            f"activations {fmt_bytes(mem.activations)}, KV cache/rollout "
-            f"{fmt_bytes(mem.kv_cache) if mem.kv_cache else '–'}")
+    def b(n: int) -> str:
+        return fmt_bytes(n) if n else "–"
+
+    trains = f"grads {fmt_bytes(mem.grads)}, AdamW {fmt_bytes(mem.adam)}, " if mem.grads or mem.adam else ""
+    apart = "".join(f", {what} {fmt_bytes(n)}" for what, n in mem.apart.items())
+    return (f"weights {fmt_bytes(mem.weights)}, {trains}activations {b(mem.activations)}, "
+            f"KV cache/rollout {b(mem.kv_cache)}{apart}")
 
 
-def check_memory(cfg: Any, device: torch.device, log=print) -> M.Memory | None:
+def _nothing_fits(cfg: Any, mem: M.Memory) -> str:
+    stage = type(cfg).stage_name
+    if not (mem.grads or mem.adam):  # only inference: the weights and the smallest batches are what is left
+        more = " or evaluate fewer checkpoints per run (eval loads them all at once)" if stage == "eval" else ""
+        return (f"No smaller sampling or scoring batch fits: the weights alone are {fmt_bytes(mem.weights)}: "
+                f"use a smaller model{more}.")
+    return ("No combination of gradient checkpointing, LoRA (with the shared reference), smaller micro-batches "
+            "and a shorter train.seq_len fits: use a smaller model"
+            + ("" if cfg.runtime.fsdp or not _sharded(cfg) else
+               ", or shard it with runtime.fsdp=true over several GPUs under torchrun (pretrain, sft, reward, dpo, "
+               "rsft, critique's fine-tune)") + ".")
+
+
+def check_memory(cfg: Any, device: torch.device, log: Callable[[str], Any] = print,
+                 prompts: Sequence[Any] | Callable[[], Sequence[Any] | None] | None = None) -> M.Memory | None:
     """Print the stage's memory estimate beside the device's available memory; refuse (ConfigError)
     a run whose estimate does not fit, naming what would, unless ``runtime.memory_check`` is false.
-    Returns the estimate (None for a stage without a memory model, or shapes it cannot read)."""
+    ``prompts``: the prompts collect, eval and critique will sample from (or a function returning
+    them, called only when the check runs), for the longest one's length. Returns the estimate (None
+    for a stage without a memory model, or shapes or prompts it cannot read)."""
     from alignforge.train import distributed as dist
 
     stage = type(cfg).stage_name
@@ -341,8 +495,11 @@ def check_memory(cfg: Any, device: torch.device, log=print) -> M.Memory | None:
     main = dist.is_main()
     try:
         shapes = shapes_of(cfg)
-        mem = estimate(cfg, shapes)
-    except (NoEstimate, ValueError) as e:  # every rank reads the same files: they all skip alike
+        if stage in M.PROMPTED_STAGES and callable(prompts):
+            prompts = prompts()
+        n_prompt = measure_prompts(cfg, shapes, prompts)
+        mem = estimate(cfg, shapes, n_prompt)
+    except (NoEstimate, ValueError, OSError) as e:  # every rank reads the same files: they all skip alike
         if main:
             log(f"{stage}: memory: no estimate ({e})")
         return None
@@ -358,8 +515,10 @@ def check_memory(cfg: Any, device: torch.device, log=print) -> M.Memory | None:
         how = [f"FSDP over {world}"] if need_bytes(cfg, mem, shapes, world) != mem.peak else []
         how += [f"{procs} processes on this host"] if procs > 1 else []
         per = f" → {fmt_bytes(need)} with {' and '.join(how)}"
-    ckpt = "checkpointing" if cfg.model.gradient_checkpointing else "no checkpointing"
-    line = (f"{stage}: memory estimate ({mem.notes}; {ckpt}): {_parts(mem)}; peak {fmt_bytes(mem.peak)}{per}; "
+    setting = mem.notes
+    if mem.grads or mem.adam:
+        setting += "; checkpointing" if cfg.model.gradient_checkpointing else "; no checkpointing"
+    line = (f"{stage}: memory estimate ({setting}): {_parts(mem)}; peak {fmt_bytes(mem.peak)}{per}; "
             + (f"{fmt_bytes(avail)} {where}" if avail is not None else "available memory unknown"))
     if avail is None or need <= avail:
         if main:
@@ -370,18 +529,15 @@ def check_memory(cfg: Any, device: torch.device, log=print) -> M.Memory | None:
             log(line + " — does NOT fit; running anyway (runtime.memory_check=false)")
         return mem
     msg = [f"{stage}: this run does not fit: the memory estimate is {fmt_bytes(mem.peak)}{per} ({_parts(mem)}; "
-           f"{mem.notes}; {ckpt}) and {fmt_bytes(avail)} is {where}."]
-    fits = what_fits(cfg, shapes, int(SUGGEST_WITHIN * avail), world, procs)
+           f"{setting}) and {fmt_bytes(avail)} is {where}."]
+    fits = what_fits(cfg, shapes, int(SUGGEST_WITHIN * avail), world, procs, n_prompt)
     if fits:
         for i, f in enumerate(fits):
             why = f" ({'; '.join(f.why)})" if f.why else ""
             msg.append(f"{'Would fit' if i == 0 else 'Or, with LoRA'}: {f.overrides()} — {fmt_bytes(f.need)} "
                        f"estimated{why}.")
     else:
-        msg.append("No combination of gradient checkpointing, LoRA (with the shared reference), smaller micro-batches "
-                   "and a shorter train.seq_len fits: use a smaller model"
-                   + ("" if cfg.runtime.fsdp else ", or shard it with runtime.fsdp=true over several GPUs under "
-                      "torchrun (pretrain, sft, reward, dpo, rsft)") + ".")
+        msg.append(_nothing_fits(cfg, mem))
     msg.append(f"The estimate (alignforge.models.memory, docs/recipes.md) leaves out the CUDA context and allocator "
                f"slack, so a fix named here stays within {SUGGEST_WITHIN:.0%} of what is available; set "
                f"runtime.memory_check=false to run anyway.")
