@@ -60,8 +60,9 @@ def _tokens(stage: str, cfg) -> str:
     if stage in ("reward", "dpo"):
         return f"2 × {t.batch_size} pairs × {t.seq_len} tokens"
     mb = cfg.ppo.minibatch_size if stage == "ppo" else cfg.reinforce.minibatch_size
-    return (f"{mb} × {t.seq_len} tokens, rollouts of {cfg.rollout.batch_size} × {t.seq_len} "
-            f"({cfg.sampling.max_new_tokens} new)")
+    rows, _ = M.rollout_rows(cfg, stage)
+    return (f"{mb} × {t.seq_len} tokens, rollouts of {rows} × {t.seq_len} sampled at once "
+            f"({cfg.sampling.max_new_tokens} new), scored in forwards of {cfg.rollout.batch_size}")
 
 
 def tables() -> str:

@@ -4,7 +4,9 @@ A stage prints its estimate (weights, gradients, AdamW, activations, KV cache, p
 memory available; a run whose estimate does not fit is refused before any model is loaded, with
 overrides that do fit (checked here against the same estimator); ``runtime.memory_check=false``
 runs anyway. The training stages, and the ones that mostly sample (nash, critique, collect, eval:
-issue 19's gap), whose estimate also measures their longest prompt. The model directories are a
+issue 19's gap), whose estimate also measures their longest prompt (and rsft's). PPO / REINFORCE
+sample all of a step's prompts (× k) in one engine call: the rollout is counted so, by hand here,
+and the fix named for it is fewer prompts, not a smaller rollout.batch_size. The model directories are a
 real shape's ``config.json`` (SmolLM2-135M) and a tiny tokenizer, no weights: a stage that got as
 far as loading would fail on them — and loading is booby-trapped as well. Nothing is downloaded.
 """
@@ -74,7 +76,9 @@ STAGES = {  # stage module, config class, overrides that make it a full fine-tun
 
 def _cfg(name: str, model_dir: Path, out: Path, *more: str):
     _, cls, extra = STAGES[name]
-    keys = [f"model.init={model_dir}", f"out={out}", "data.train=/nonexistent.jsonl", "runtime.device=cpu",
+    # rsft hands its prompts to the check (their length is in no config): a real prompts file.
+    data = _prompts_file(out.parent) if name == "rsft" else "/nonexistent.jsonl"
+    keys = [f"model.init={model_dir}", f"out={out}", f"data.train={data}", "runtime.device=cpu",
             "runtime.progress=false", *extra, *more]
     if name in ("ppo", "reinforce", "rsft"):
         keys.append(f"reward.init={model_dir}")
@@ -106,7 +110,9 @@ def test_a_run_that_cannot_fit_is_refused_before_loading_naming_what_would(name,
                                                                           no_loading):
     cfg = _cfg(name, smol, tmp_path / name)
     shapes = memcheck.shapes_of(cfg)
-    mem = memcheck.estimate(cfg, shapes)
+    n_prompt = memcheck.measure_prompts(cfg, shapes, PROMPTS)  # rsft's longest prompt; None for the others
+    assert (n_prompt is None) == (name != "rsft")
+    mem = memcheck.estimate(cfg, shapes, n_prompt)
     # Less than a full fine-tune's weights + gradients + AdamW: only LoRA brings it under (pretrain, which has
     # no LoRA: less than half its peak, which checkpointing and smaller micro-batches bring it under).
     budget = int(0.45 * mem.peak) if name == "pretrain" else int(0.9 * (mem.weights + mem.grads + mem.adam))
@@ -123,7 +129,7 @@ def test_a_run_that_cannot_fit_is_refused_before_loading_naming_what_would(name,
     fixed = load_config(type(cfg), None, [f"model.init={smol}", f"out={tmp_path / name}", "data.train=/x.jsonl",
                                           *([f"reward.init={smol}"] if name in ("ppo", "reinforce", "rsft") else []),
                                           *overrides])
-    assert memcheck.estimate(fixed, memcheck.shapes_of(fixed)).peak <= memcheck.SUGGEST_WITHIN * budget
+    assert memcheck.estimate(fixed, memcheck.shapes_of(fixed), n_prompt).peak <= memcheck.SUGGEST_WITHIN * budget
     if name != "pretrain":
         assert "model.lora.enabled=true" in overrides
 
@@ -334,3 +340,157 @@ def test_eval_counts_every_checkpoint_at_once_and_says_when_nothing_fits(smol, t
     with pytest.raises(ConfigError, match="No smaller sampling or scoring batch fits: the weights alone are .*: use a "
                                           "smaller model or evaluate fewer checkpoints per run"):
         eval_stage.run(two)
+
+
+# ---------------------------------------------------------------------------------------------
+# PPO / REINFORCE: one engine call samples all of a step's prompts (× k); rsft's prompts are measured
+# ---------------------------------------------------------------------------------------------
+
+# The SmolLM2-135M shape's numbers (see test_an_inference_estimate_by_hand): KV cache 23,040 B per token;
+# one layer's A_layer = 22,272 B per token; an LM head's logits 10 · 49152 = 491,520 B per token.
+KV, A_LAYER, HEAD = 23_040, 22_272, 491_520
+RL_KEYS = ["train.seq_len=128", "sampling.max_new_tokens=28", "rollout.batch_size=4"]
+
+
+def test_a_reinforce_rollout_by_hand(smol, tmp_path):
+    """rollout.prompts × reinforce.k rows in one generate call (rl.rollout.make_rollout; the engine does
+    not split it), not rollout.batch_size rows: GRPO with 8 prompts × k = 4 and rollout.batch_size = 4."""
+    cfg = load_config(ReinforceConfig, None, [f"model.init={smol}", f"reward.init={smol}", "rollout.prompts=8",
+                                              "reinforce.k=4", "reinforce.minibatch_size=8", *RL_KEYS])
+    s = M.Shape.from_config(SMOL)
+    assert (s.hd, s.d_kv, M.kv_bytes_per_token(s), M.layer_activation_bytes(s)) == (64, 192, KV, A_LAYER)
+    # Sampling: 8 · 4 = 32 rows of 128 tokens (prompts cut to 128 − 28 = 100, + 28 new) of KV cache; one
+    # step's logits for 32 rows; the prefill of the 8 distinct prompts (the k copies share it).
+    sampling = 32 * 128 * KV + 32 * HEAD + 8 * 100 * A_LAYER
+    assert sampling == 94_371_840 + 15_728_640 + 17_817_600 == 127_918_080
+    # Then chunks of rollout.batch_size = 4 rows: the log-prob forward (A_layer per token, the head on the
+    # 28 + 1 response positions), the reward model's forward (no LM head).
+    logprob, reward = 4 * 128 * A_LAYER + 4 * 29 * HEAD, 4 * 128 * A_LAYER
+    assert (logprob, reward) == (68_419_584, 11_403_264)
+    assert M.rl_rollout_bytes(cfg, "reinforce", s, s, None) == {"sampling": sampling, "forwards": logprob}
+    mem = M.stage_memory("reinforce", cfg, s)
+    assert mem.kv_cache == 127_918_080
+    # The former estimate, rollout.batch_size rows of KV cache plus the logits: 68,812,800 B, about half.
+    assert 4 * 128 * KV + 4 * 29 * HEAD == 68_812_800 < mem.kv_cache
+    # Under torchrun each process samples its share of the prompts (whole groups): 4 prompts × 4.
+    halves = M.rl_rollout_bytes(cfg, "reinforce", s, s, None, world=2)["sampling"]
+    assert halves == 16 * 128 * KV + 16 * HEAD + 4 * 100 * A_LAYER == 63_959_040
+    # With data.eval, rank 0's proxy evaluation samples its eval_prompts at once too (64 distinct prompts).
+    ev = load_config(ReinforceConfig, None, [f"model.init={smol}", "rollout.prompts=8", "reinforce.k=4",
+                                             "reinforce.minibatch_size=8", "data.eval=/x.jsonl",
+                                             "reinforce.eval_prompts=64", *RL_KEYS])
+    assert M.stage_memory("reinforce", ev, s).kv_cache == 64 * 128 * KV + 64 * HEAD + 64 * 100 * A_LAYER == 362_741_760
+
+
+def test_a_ppo_rollout_by_hand(smol, tmp_path):
+    """PPO: rollout.prompts rows, one sample each, in one generate call; then the chunks of
+    rollout.batch_size through the policy / reference, the reward model and the value model."""
+    cfg = load_config(PPOConfig, None, [f"model.init={smol}", f"reward.init={smol}", "rollout.prompts=16",
+                                        "ppo.minibatch_size=4", *RL_KEYS])
+    s = M.Shape.from_config(SMOL)
+    sampling = 16 * 128 * KV + 16 * HEAD + 16 * 100 * A_LAYER
+    assert sampling == 47_185_920 + 7_864_320 + 35_635_200 == 90_685_440
+    logprob = 4 * 128 * A_LAYER + 4 * 29 * HEAD  # the value and reward models' forwards (11,403,264 B) are smaller
+    assert logprob == 68_419_584
+    assert M.rl_rollout_bytes(cfg, "ppo", s, s, s) == {"sampling": sampling, "forwards": logprob}
+    mem = memcheck.estimate(cfg, memcheck.shapes_of(cfg))
+    assert mem.kv_cache == 90_685_440
+    assert mem.peak == mem.weights + mem.grads + mem.adam + max(mem.activations, 90_685_440)
+    # A minibatch is at most the rollout: 64 > 16 rows counts 16 rows' activations.
+    big = load_config(PPOConfig, None, [f"model.init={smol}", "rollout.prompts=16", "ppo.minibatch_size=64",
+                                        *RL_KEYS])
+    assert M.stage_memory("ppo", big, s).activations == M.stage_memory("ppo", cfg, s).activations * 4
+
+
+def test_a_rollout_that_does_not_fit_is_told_fewer_prompts_not_a_smaller_rollout_batch(smol, tmp_path, monkeypatch,
+                                                                                    no_loading):
+    """GRPO whose sampling (64 prompts × k = 4 in one engine call) is the peak: rollout.batch_size only
+    chunks the forwards after it, so the fix named is fewer rollout.prompts — and it does fit."""
+    from alignforge.stages import reinforce
+
+    keys = [f"model.init={smol}", f"reward.init={smol}", "data.train=/nonexistent.jsonl", "runtime.device=cpu",
+            "runtime.progress=false", "model.lora.enabled=true", "ref.share_base=true",
+            "model.gradient_checkpointing=true", "train.seq_len=256", "sampling.max_new_tokens=128",
+            "rollout.prompts=64", "reinforce.k=4", "reinforce.minibatch_size=4", "rollout.batch_size=8"]
+    cfg = load_config(ReinforceConfig, None, [f"out={tmp_path / 'grpo'}", *keys])
+    shapes = memcheck.shapes_of(cfg)
+    mem = memcheck.estimate(cfg, shapes)
+    parts = M.rl_rollout_bytes(cfg, "reinforce", shapes["policy"], shapes["reward"], None)
+    assert mem.kv_cache == parts["sampling"] > max(parts["forwards"], mem.activations)  # the sampling is the peak
+    budget = int(mem.peak - 0.3 * mem.kv_cache)
+    _available(monkeypatch, budget)
+    with pytest.raises(ConfigError) as e:
+        reinforce.run(cfg)
+    msg = str(e.value)
+    overrides = msg.split("Would fit: ", 1)[1].split(" — ", 1)[0].split()
+    assert "rollout.prompts=32" in overrides, msg
+    fixed = load_config(ReinforceConfig, None, [*keys, *overrides])
+    assert memcheck.estimate(fixed, memcheck.shapes_of(fixed)).peak <= memcheck.SUGGEST_WITHIN * budget
+    # The former advice does nothing for the sampling: rollout.batch_size=1 leaves the peak where it was.
+    tiny_chunks = load_config(ReinforceConfig, None, [*keys, "rollout.batch_size=1"])
+    assert memcheck.estimate(tiny_chunks, shapes).peak == mem.peak > budget
+    # Under torchrun each process samples its share: 2 processes halve the rows, and a fix keeps
+    # rollout.prompts divisible by the processes (198 over 3: 99, then 48, not 49).
+    half = memcheck.estimate(cfg, shapes, world=2)
+    assert half.kv_cache == M.rl_rollout_bytes(cfg, "reinforce", shapes["policy"], shapes["reward"], None,
+                                               world=2)["sampling"] < mem.kv_cache
+    odd = memcheck._with(cfg, (("rollout.prompts", 198),))
+
+    def need(n: int) -> int:
+        return memcheck.estimate(memcheck._with(odd, (("rollout.prompts", n),)), shapes, world=3).peak
+
+    assert need(48) < need(99) < need(198)
+    assert ("rollout.prompts", 48) in memcheck.what_fits(odd, shapes, need(48), world=3)[0].changes
+
+
+def _rsft_keys(smol: Path, prompts: Path, *more: str) -> list[str]:
+    return [f"model.init={smol}", f"reward.init={smol}", f"data.train={prompts}", "runtime.device=cpu",
+            "runtime.progress=false", "model.lora.enabled=true", "model.gradient_checkpointing=true",
+            "train.batch_size=1", "sampling.max_new_tokens=32", *more]
+
+
+def test_rsft_sizes_its_sampling_by_its_measured_prompts_not_train_seq_len(smol, tmp_path, monkeypatch, no_loading,
+                                                                          capsys):
+    """Nothing cuts RSFT's prompts to train.seq_len: the check measures the longest (the stage hands its
+    prompts over), and a shorter seq_len is never named as a fix for the sampling."""
+    from alignforge.stages import rsft
+
+    long_prompt = "Describe, step by step and with every detail you can, " + "the harbour at night " * 80
+    f = tmp_path / "long.jsonl"
+    f.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in [*PROMPTS, long_prompt]))
+    keys = _rsft_keys(smol, f, "train.seq_len=64", "rsft.sample_batch_size=64", "rsft.n=4")
+    cfg = load_config(RSFTConfig, None, [f"out={tmp_path / 'rsft'}", *keys])
+    shapes = memcheck.shapes_of(cfg)
+    P = memcheck.measure_prompts(cfg, shapes, rsft.read_prompts(cfg))
+    assert P == memcheck.longest_prompt(smol, [long_prompt], 32, 8192) > 64  # longer than train.seq_len itself
+    mem = memcheck.estimate(cfg, shapes, P)
+    # 64 rows of P + 32 tokens; a batch of 64 rows holds at most 17 distinct prompts (n = 4, it may start
+    # in the middle of one prompt's copies); the reward model's forward, 8 rows (reward.batch_size) of P + 32.
+    sampling = 64 * (P + 32) * KV + 64 * HEAD + 17 * P * A_LAYER
+    assert mem.kv_cache == max(sampling, 8 * (P + 32) * A_LAYER) == sampling
+    assert f"prompts up to {P} tokens" in mem.notes
+    # train.seq_len does not change it; the prompts do.
+    assert memcheck.estimate(memcheck._with(cfg, (("train.seq_len", 32),)), shapes, P).kv_cache == mem.kv_cache
+    assert memcheck.estimate(cfg, shapes, 10).kv_cache < mem.kv_cache
+
+    # Refused, with a smaller sampling batch as the fix (no train.seq_len), which fits by the same estimate.
+    budget = int(mem.peak - 0.5 * mem.kv_cache)
+    _available(monkeypatch, budget)
+    with pytest.raises(ConfigError) as e:
+        rsft.run(cfg)
+    msg = str(e.value)
+    assert f"prompts up to {P} tokens" in msg
+    overrides = msg.split("Would fit: ", 1)[1].split(" — ", 1)[0].split()
+    assert any(o.startswith("rsft.sample_batch_size=") for o in overrides), msg
+    assert "train.seq_len" not in msg.split("Would fit: ", 1)[1].split("The estimate", 1)[0], msg
+    fixed = load_config(RSFTConfig, None, [*keys, *overrides])
+    assert memcheck.estimate(fixed, shapes, P).peak <= memcheck.SUGGEST_WITHIN * budget
+    assert not (tmp_path / "rsft").exists()
+
+    # With room, it prints the estimate with the measured prompt and goes on to load.
+    capsys.readouterr()
+    _available(monkeypatch, 64 * GIB)
+    with pytest.raises(Loaded):
+        rsft.run(load_config(RSFTConfig, None, [f"out={tmp_path / 'rsft-fits'}", *keys]))
+    line = next(x for x in capsys.readouterr().out.splitlines() if "memory estimate" in x)
+    assert f"prompts up to {P} tokens" in line and f"peak {memcheck.fmt_bytes(mem.peak)}" in line, line

@@ -704,7 +704,8 @@ class KLSection:
 @dataclass
 class RolloutSection:
     prompts: int = option(64, "prompts per rollout (one PPO step / one REINFORCE step)")
-    batch_size: int = option(64, "sequences per generation / scoring forward")
+    batch_size: int = option(64, "sequences per log-prob / scoring forward (the sampling takes all of a "
+                                 "step's prompts at once: rollout.prompts bounds its memory)")
     reuse_logprobs: bool = option(True, "use the sampling engine's log-probs as the old log-probs when exact "
                                         "(top_k = 0, top_p = 1); false = recompute with a forward")
     missing_eos_penalty: Optional[float] = option(None, "subtract this from the score of a response that hit "

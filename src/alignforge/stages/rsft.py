@@ -87,7 +87,10 @@ def round_prompts(prompts: Sequence[Prompt], k: int, seed: int, rnd: int) -> lis
 
 
 def run(cfg: RSFTConfig, scorer: Scorer | None = None) -> Path:
-    out, device, finished = start_stage(cfg, "rsft")
+    # The memory check measures the longest prompt: best-of-n samples prompts cut only to the model's
+    # positions, not to train.seq_len, so their length is not in the config.
+    measured = (lambda: read_prompts(cfg)) if cfg.model.init and cfg.data.train else None
+    out, device, finished = start_stage(cfg, "rsft", prompts=measured)
     if finished:
         return out
     if scorer is None and cfg.rsft.scorer == "gold":

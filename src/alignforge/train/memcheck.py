@@ -9,9 +9,12 @@ own, right after reading their prompts. It covers every stage the estimator has 
 model except rlaif, serve and chat). It costs a few small file reads and some integer arithmetic —
 the shapes come from the models' ``config.json`` (or the preset's config), never from their
 weights — so the tiny world's stages pay nothing measurable, and it draws no random numbers.
-collect, eval and critique also measure their longest prompt: the stage hands its prompts over,
-and the check encodes the :data:`MEASURED_PROMPTS` longest (in characters) with the model's
-tokenizer and chat template, as the sampling engine will see them (:func:`longest_prompt`).
+collect, eval, critique and rsft also measure their longest prompt (nothing cuts their prompts to
+``train.seq_len``): the stage hands its prompts over, and the check encodes the
+:data:`MEASURED_PROMPTS` longest (in characters) with the model's tokenizer and chat template, as the
+sampling engine will see them (:func:`longest_prompt`). ppo, reinforce and nash cut their prompts to
+``train.seq_len − sampling.max_new_tokens``, which bounds them; they sample all of a step's prompts
+in one engine call, so fewer ``rollout.prompts``, not a smaller ``rollout.batch_size``, shrinks that.
 
 It prints one line (weights, gradients, AdamW state, activations, KV cache / rollout, the peak, and
 the memory available) and, when the peak is more than what is available, raises
@@ -211,13 +214,14 @@ def _fits_preference_here(cfg: Any) -> bool:
         cfg.force or not (cfg.out_dir() / "preference" / "config.json").is_file())
 
 
-def estimate(cfg: Any, shapes: dict[str, M.Shape], prompt_tokens: int | None = None) -> M.Memory:
+def estimate(cfg: Any, shapes: dict[str, M.Shape], prompt_tokens: int | None = None, world: int = 1) -> M.Memory:
+    """The stage's estimate; ``world``: the torchrun processes (the RL stages sample one's share of the prompts)."""
     stage = type(cfg).stage_name
     return M.stage_memory(stage, cfg, shapes["policy"], reward=shapes.get("reward"), value=shapes.get("value"),
                           ref=shapes.get("ref"), preference=shapes.get("preference"),
                           checkpoints=[v for k, v in shapes.items() if k.startswith("checkpoint ")],
                           prompt_tokens=prompt_tokens,
-                          fit_preference=_fits_preference_here(cfg) if stage == "nash" else None)
+                          fit_preference=_fits_preference_here(cfg) if stage == "nash" else None, world=world)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,7 +345,7 @@ def _batch_axis(key: str, n: int, why: str, tier: int = 3, floor: int = 1, step:
             for i, v in enumerate(_halvings(n, floor=floor, step=step)[:levels])]
 
 
-def _axes(cfg: Any) -> list[list[_Level]]:
+def _axes(cfg: Any, world: int = 1) -> list[list[_Level]]:
     """Each memory option as a list of levels (level 0 = as configured)."""
     stage = type(cfg).stage_name
     generate = "more, smaller generate calls"
@@ -384,7 +388,17 @@ def _axes(cfg: Any) -> list[list[_Level]]:
         mb = getattr(getattr(cfg, stage), "minibatch_size")
         k = cfg.reinforce.k if stage == "reinforce" else 1  # a GRPO/RLOO group is never split
         axes.append(_batch_axis(key, mb, "more, smaller optimizer steps per rollout", tier=2, floor=k, step=k))
-        axes.append(_batch_axis("rollout.batch_size", cfg.rollout.batch_size, generate))
+        # rollout.batch_size chunks the log-prob and scoring forwards only: make_rollout samples all of a
+        # step's prompts (× k) in one engine call, so fewer rollout.prompts is what shrinks the sampling.
+        axes.append(_batch_axis("rollout.batch_size", cfg.rollout.batch_size, "smaller log-prob and scoring forwards",
+                                levels=4))
+        axes.append(_batch_axis("rollout.prompts", cfg.rollout.prompts,
+                                "fewer prompts per step: all of them are sampled at once", tier=0, floor=world,
+                                step=world, levels=3))
+        n_eval = getattr(cfg, stage).eval_prompts
+        if cfg.data.eval and n_eval:
+            axes.append(_batch_axis(f"{stage}.eval_prompts", n_eval,
+                                    "fewer eval prompts: the proxy eval samples them at once", tier=0, levels=3))
     if stage == "nash":
         axes.append(_batch_axis("train.batch_size", t.batch_size, "more, smaller optimizer steps per rollout",
                                 tier=2, levels=4))
@@ -401,10 +415,13 @@ def _axes(cfg: Any) -> list[list[_Level]]:
             axes.append(_batch_axis("nash.preference_batch_size", cfg.nash.preference_batch_size,
                                     "smaller preference-fit batches", tier=2, levels=4))
         # Fewer prompts per step: the opponent's sampling holds all of them at once (changes the updates).
-        axes.append(_batch_axis("rollout.prompts", cfg.rollout.prompts, "fewer prompts per step", tier=0, levels=3))
+        axes.append(_batch_axis("rollout.prompts", cfg.rollout.prompts, "fewer prompts per step", tier=0,
+                                floor=world, step=world, levels=3))
     if stage == "rsft":
         axes.append(_batch_axis("rsft.sample_batch_size", cfg.rsft.sample_batch_size, generate))
     # Shorter sequences change the data (longer examples are cut or dropped): the last resort, two halvings.
+    # (rsft's sampling is sized by its measured prompts, not train.seq_len: a shorter seq_len is found to
+    # fit only where it shrinks the training; ppo / reinforce / nash cut their prompts to it.)
     floor = 64 + (cfg.sampling.max_new_tokens if stage in ("ppo", "reinforce", "nash") else 0)
     seqs = [n for n in _halvings(t.seq_len)[:3] if n >= floor] or [t.seq_len]
     axes.append([_Level((("train.seq_len", n),), 0, i, "longer examples are cut or dropped" if i else "")
@@ -426,17 +443,18 @@ def what_fits(cfg: Any, shapes: dict[str, M.Shape], budget: int, world: int = 1,
               prompt_tokens: int | None = None) -> list[Fit]:
     """The least intrusive combinations of the memory options that bring the estimate under ``budget``.
 
-    Every combination is estimated (a few hundred, nash's a few thousand at most, each a config copy
-    and some integer arithmetic; only a refused run gets here) and ranked by what it changes, the
-    most intrusive change compared first: the data (train.seq_len; nash: rollout.prompts), then what
-    trains (LoRA), then the optimizer steps (micro-batches), then only the speed (checkpointing,
-    generation and scoring batches). Returns the best, and the best with LoRA when the best has none
-    (usually faster than tiny micro-batches)."""
+    Every combination is estimated (a few hundred, ppo's and nash's a few thousand at most, each a
+    config copy and some integer arithmetic; only a refused run gets here) and ranked by what it
+    changes, the most intrusive change compared first: the data (train.seq_len; ppo, reinforce, nash:
+    rollout.prompts; ppo, reinforce: their eval_prompts), then what trains (LoRA), then the optimizer
+    steps (micro-batches), then only the speed (checkpointing, generation and scoring batches).
+    Returns the best, and the best with LoRA when the best has none (usually faster than tiny
+    micro-batches)."""
     fits: list[tuple[tuple[int, ...], Fit]] = []
-    for combo in itertools.product(*_axes(cfg)):
+    for combo in itertools.product(*_axes(cfg, world)):
         changes = tuple(c for level in combo for c in level.changes if level.cost)
         trial = _with(cfg, changes)
-        need = need_bytes(trial, estimate(trial, shapes, prompt_tokens), shapes, world) * procs
+        need = need_bytes(trial, estimate(trial, shapes, prompt_tokens, world), shapes, world) * procs
         if need <= budget:
             rank = tuple(sum(level.cost for level in combo if level.tier == tier) for tier in range(4))
             fits.append((rank, Fit(changes, need, tuple(lv.why for lv in combo if lv.cost and lv.why))))
@@ -473,7 +491,8 @@ def _nothing_fits(cfg: Any, mem: M.Memory) -> str:
         more = " or evaluate fewer checkpoints per run (eval loads them all at once)" if stage == "eval" else ""
         return (f"No smaller sampling or scoring batch fits: the weights alone are {fmt_bytes(mem.weights)}: "
                 f"use a smaller model{more}.")
-    return ("No combination of gradient checkpointing, LoRA (with the shared reference), smaller micro-batches "
+    fewer = ", fewer rollout.prompts" if stage in ("ppo", "reinforce", "nash") else ""
+    return (f"No combination of gradient checkpointing, LoRA (with the shared reference), smaller micro-batches{fewer} "
             "and a shorter train.seq_len fits: use a smaller model"
             + ("" if cfg.runtime.fsdp or not _sharded(cfg) else
                ", or shard it with runtime.fsdp=true over several GPUs under torchrun (pretrain, sft, reward, dpo, "
@@ -484,7 +503,7 @@ def check_memory(cfg: Any, device: torch.device, log: Callable[[str], Any] = pri
                  prompts: Sequence[Any] | Callable[[], Sequence[Any] | None] | None = None) -> M.Memory | None:
     """Print the stage's memory estimate beside the device's available memory; refuse (ConfigError)
     a run whose estimate does not fit, naming what would, unless ``runtime.memory_check`` is false.
-    ``prompts``: the prompts collect, eval and critique will sample from (or a function returning
+    ``prompts``: the prompts collect, eval, critique and rsft will sample from (or a function returning
     them, called only when the check runs), for the longest one's length. Returns the estimate (None
     for a stage without a memory model, or shapes or prompts it cannot read)."""
     from alignforge.train import distributed as dist
@@ -493,17 +512,17 @@ def check_memory(cfg: Any, device: torch.device, log: Callable[[str], Any] = pri
     if stage not in M.ESTIMATED_STAGES:
         return None
     main = dist.is_main()
+    world = dist.world_size()
     try:
         shapes = shapes_of(cfg)
         if stage in M.PROMPTED_STAGES and callable(prompts):
             prompts = prompts()
         n_prompt = measure_prompts(cfg, shapes, prompts)
-        mem = estimate(cfg, shapes, n_prompt)
+        mem = estimate(cfg, shapes, n_prompt, world)
     except (NoEstimate, ValueError, OSError) as e:  # every rank reads the same files: they all skip alike
         if main:
             log(f"{stage}: memory: no estimate ({e})")
         return None
-    world = dist.world_size()
     procs = _processes_sharing(device)
     need = need_bytes(cfg, mem, shapes, world) * procs
     avail, where = available_memory(device)
