@@ -124,8 +124,11 @@ class _FastDecoder:
         return fp32_head(self.lm_head, self.norm(x[:, -1]))
 
     def select(self, rows: torch.Tensor) -> None:
-        self.k = [c.index_select(0, rows) for c in self.k]
-        self.v = [c.index_select(0, rows) for c in self.v]
+        # Layer by layer, in place: each old layer is freed as its selection replaces it, so compacting or
+        # expanding rows holds one extra layer at a time, not a second whole cache.
+        for cache in (self.k, self.v):
+            for i, c in enumerate(cache):
+                cache[i] = c.index_select(0, rows)
         self.key_ok = self.key_ok.index_select(0, rows)
 
 
