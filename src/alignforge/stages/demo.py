@@ -246,8 +246,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "a finished demo in the same folder)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads per stage")
     parser.add_argument("--world", choices=("default", "small"), default="default",
-                        help="small: a world the pretraining stores (46 entities, ~10 min; docs/world.md "
-                             "'The small world'): bigger RLHF gains, SFT still far below its demonstrator")
+                        help="small: a world the pretraining stores (46 entities, ~16 min on 2 cores; docs/world.md "
+                             "'The small world'): SFT about half its demonstrator's gold, every policy above "
+                             "the default world's")
     parser.add_argument("--time-cap", type=float, default=None,
                         help="safety cap per training stage in minutes (default 10; stages are step-bounded)")
     parser.add_argument("-v", "--verbose", action="store_true",
