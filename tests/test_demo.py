@@ -98,6 +98,8 @@ def test_small_world_trains_its_tokenizer_on_the_demonstrations_and_mixes_pretra
     sft = cfg["sft"].sft
     assert sft.ptx_coef == 1.0 and sft.ptx_chat_dialogues and sft.ptx_data == str(tmp_path / "world" / "corpus.jsonl")
     assert cfg["pretrain"].chat_dialogues
+    assert cfg["ppo"].ppo.ptx_coef == 1.0 and cfg["ppo"].ppo.ptx_chat_dialogues  # PPO-ptx, as SFT-ptx
+    assert cfg["ppo-hack"].ppo.ptx_coef == 0.0  # the hack shows an unchecked proxy: nothing holds it back
     assert cfg["sft"].train.max_steps == (30 if quick else 360)
     default = demo_pipeline(quick=quick, out_root=str(tmp_path / "d"), threads=1)
     dcfg = {s.name: step_config(default, s, tmp_path / "d" / s.name, refs) for s in default.steps

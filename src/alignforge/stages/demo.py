@@ -29,8 +29,8 @@ from alignforge.train.progress import RunOutput, fmt_seconds
 #: with the world's dialogues pretrained in the chat template (pretrain.chat_dialogues), 1800
 #: pretraining steps of 8 blocks, a tokenizer that has also seen the demonstrations (else a refusal is
 #: spelled in byte tokens the pretraining never trained, and SFT at T = 1 misspells it), SFT twice as
-#: long with the pretraining loss mixed in (SFT-ptx: the facts the pretraining stored survive), and
-#: reward-model data with right and wrong answers to each prompt.
+#: long with the pretraining loss mixed in (SFT-ptx: the facts the pretraining stored survive; PPO-ptx
+#: likewise), and reward-model data with right and wrong answers to each prompt.
 #: Measured over seeds in docs/world.md "The small world" (issue 17).
 SMALL_WORLD = {"size.people": 20, "size.places": 12, "size.creatures": 14, "size.max_number": 10,
                "text.corpus_repeats": 16, "text.arithmetic_sums": "all"}
@@ -66,12 +66,17 @@ def demo_pipeline(run: str = "demo", quick: bool = False, seed: int = 0, beta: f
     small_collect: dict[str, Any] = {}
     small_tokenizer: dict[str, Any] = {}
     small_sft: dict[str, Any] = {}
+    small_ppo: dict[str, Any] = {}
     if world == "small":
         # The refusals, "I do not know" and the styles of the demonstrations are not in the corpus: a
         # vocabulary trained on the corpus alone spells them in bytes (docs/world.md).
         small_tokenizer = {"tokenizer.also_train_on": ["{world}/sft.jsonl"]}
         # SFT-ptx (InstructGPT's PPO-ptx, in SFT): without it SFT overwrites the facts pretraining stored.
         small_sft = {"sft.ptx_coef": 1.0, "sft.ptx_data": "{world}/corpus.jsonl", "sft.ptx_chat_dialogues": True}
+        # PPO-ptx (InstructGPT) for the same reason; not in the β = 0 hack run, which shows what an unchecked
+        # proxy does. Seeds 0 / 1 / 2 (chosen on 0-1, 2 confirming): PPO gold +1.43 / +1.07 / +1.32 without,
+        # +1.47 / +1.34 / +1.46 with (docs/world.md).
+        small_ppo = {"ppo.ptx_coef": 1.0, "ppo.ptx_data": "{world}/corpus.jsonl", "ppo.ptx_chat_dialogues": True}
     if world == "small" and not quick:
         # Storing a fact so that a *question* retrieves it takes optimizer steps more than tokens
         # (docs/world.md: 1000 × 8 blocks beat 1000 × 16).
@@ -106,14 +111,15 @@ def demo_pipeline(run: str = "demo", quick: bool = False, seed: int = 0, beta: f
     # PPO: lr 1e-4 measured best at this size (seed 0: 3e-4 reached KL 8 and unlearned refusals, gold −0.4
     # vs 1e-4; 3e-5 barely moved in 12 steps); 18 steps, not 12: over 3 seeds (400 test prompts) win-rate vs
     # SFT 0.64/0.66/0.61 against 0.61/0.60/0.59 at 12 steps, same reward models.
-    ppo = lambda rm, kl: {"model.init": "{sft}", "reward.init": "{%s}" % rm,  # noqa: E731
+    ppo = lambda rm, kl, ptx=True: {"model.init": "{sft}", "reward.init": "{%s}" % rm,  # noqa: E731
                           "data.train": world_files("prompts_train.jsonl"), "data.eval": world_files("prompts_test.jsonl"),
                           "kl.coef": kl, "ppo.steps": s["ppo_steps"], "rollout.prompts": s["ppo_prompts"],
                           "sampling.max_new_tokens": s["new_tokens"], "ppo.eval_world": "{world}",
-                          "ppo.eval_prompts": s["eval_prompts"] // 2, "train.lr": 1e-4, **threads}
+                          "ppo.eval_prompts": s["eval_prompts"] // 2, "train.lr": 1e-4,
+                          **(small_ppo if ptx else {}), **threads}
     # The hack: β = 0, a larger step and room to pad, gold measured every few steps so the report's
     # panel shows proxy up while gold does not follow.
-    hack = {**ppo("reward-biased", 0.0), "train.lr": 3e-4, "sampling.max_new_tokens": s["new_tokens"] * 3 // 2,
+    hack = {**ppo("reward-biased", 0.0, ptx=False), "train.lr": 3e-4, "sampling.max_new_tokens": s["new_tokens"] * 3 // 2,
             "ppo.steps": s["hack_steps"], "train.eval_every": max(1, s["hack_steps"] // 3)}
     dpo = lambda b: {"model.init": "{sft}", "data.train": "{collect}/train.jsonl",  # noqa: E731
                      "data.eval": "{collect}/eval.jsonl", "dpo.beta": b, "train.lr": 5e-5,
