@@ -93,8 +93,11 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     if ev.judge == "reward":
         from alignforge.eval.scorers import RewardModelScorer
 
-        judge = RewardModelScorer(cfg.reward.init, device=str(device), batch_size=cfg.reward.batch_size,
-                                  head=cfg.reward.head)
+        try:
+            judge = RewardModelScorer(cfg.reward.init, device=str(device), batch_size=cfg.reward.batch_size,
+                                      head=cfg.reward.head)
+        except ValueError as e:  # reward.head names no head of this model
+            raise ConfigError(f"config key 'reward.head': {e}") from None
     heldout_path = ev.heldout or (str(Path(ev.world) / "heldout.jsonl") if ev.world else None)
     heldout = [r.text for r in read_records(heldout_path, kind="text")] if heldout_path else []
     # Only now, with every input checked, does the stage write anything.
