@@ -51,8 +51,6 @@ class RewardModelScorer:
 
         if len(prompts) != len(responses):
             raise ValueError(f"scorer: {len(prompts)} prompts but {len(responses)} responses")
-        if not prompts:
-            return []
         scores = score_texts(self.model, self.tokenizer, list(zip(prompts, responses)), self.max_len,
                              self.batch_size)
         return select_reward(self.model, scores, self.head).tolist()

@@ -71,12 +71,15 @@ def demo_pipeline(run: str = "demo", quick: bool = False, seed: int = 0, beta: f
         # The refusals, "I do not know" and the styles of the demonstrations are not in the corpus: a
         # vocabulary trained on the corpus alone spells them in bytes (docs/world.md).
         small_tokenizer = {"tokenizer.also_train_on": ["{world}/sft.jsonl"]}
+        # The pretraining loss on the corpus (dialogues in the chat template) mixed into a stage's steps.
+        ptx = lambda section: {f"{section}.ptx_coef": 1.0, f"{section}.ptx_data": "{world}/corpus.jsonl",  # noqa: E731
+                               f"{section}.ptx_chat_dialogues": True}
         # SFT-ptx (InstructGPT's PPO-ptx, in SFT): without it SFT overwrites the facts pretraining stored.
-        small_sft = {"sft.ptx_coef": 1.0, "sft.ptx_data": "{world}/corpus.jsonl", "sft.ptx_chat_dialogues": True}
+        small_sft = ptx("sft")
         # PPO-ptx (InstructGPT) for the same reason; not in the β = 0 hack run, which shows what an unchecked
         # proxy does. Seeds 0 / 1 / 2 (chosen on 0-1, 2 confirming): PPO gold +1.43 / +1.07 / +1.32 without,
         # +1.47 / +1.34 / +1.46 with (docs/world.md).
-        small_ppo = {"ppo.ptx_coef": 1.0, "ppo.ptx_data": "{world}/corpus.jsonl", "ppo.ptx_chat_dialogues": True}
+        small_ppo = ptx("ppo")
     if world == "small" and not quick:
         # Storing a fact so that a *question* retrieves it takes optimizer steps more than tokens
         # (docs/world.md: 1000 × 8 blocks beat 1000 × 16).
