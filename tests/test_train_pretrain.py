@@ -59,7 +59,8 @@ def test_trains_a_tokenizer_and_saves_a_plain_hf_model(tmp_path):
     # n-gram baselines on the same held-out text, in the same unit (bits per byte)
     base = json.loads((out / "baselines.json").read_text())
     assert set(base) == {"model", "bytes-1gram-add_k", "bytes-3gram-kn", "bytes-5gram-kn",
-                         "tokens-1gram-add_k", "tokens-3gram-kn", "tokens-5gram-kn"}
+                         "tokens-1gram-add_k", "tokens-3gram-kn", "tokens-5gram-kn", "params"}
+    assert base["params"] == {"model": sum(p.numel() for p in model.parameters())}
     assert base["model"] == pytest.approx(rows[-1]["eval_bpb"], rel=1e-6)
     assert base["bytes-3gram-kn"] < base["bytes-1gram-add_k"]  # context helps a count model too
 

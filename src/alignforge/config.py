@@ -349,7 +349,7 @@ class LoraSection:
 class ModelSection:
     init: Optional[str] = option(None, "a stage folder (runs/<run>/<stage>) or a local HF model directory; "
                                        "null = build from `preset`")
-    preset: str = option("tiny-4m", "tiny model preset when training from scratch (tiny-1m, tiny-4m, small-30m)")
+    preset: str = option("tiny-4m", "tiny model preset when training from scratch (tiny-1m, tiny-4m, small-12m, small-30m)")
     tokenizer: Optional[str] = option(None, "tokenizer directory (default: the one saved with model.init)")
     gradient_checkpointing: bool = option(False, "recompute activations in backward to save memory")
     overrides: dict[str, Any] = option(doc="transformers config fields that change the preset when building "
@@ -430,6 +430,36 @@ class StageConfig:
 
 
 @dataclass
+class RNNBaselineSection:
+    """The LSTM language model scored beside the n-grams (``alignforge.classic.rnn``; lecture 002's n-gram →
+    RNN → transformer)."""
+
+    steps: int = option(0, "optimizer steps of the LSTM LM trained on data.train and scored on data.eval (bits per "
+                           "byte, over the tokenizer's ids) beside the model; 0 = none")
+    max_minutes: Optional[float] = option(None, "wall-clock cap, e.g. the transformer's own training minutes for a "
+                                                "same-time-budget comparison (a capped run depends on the machine)")
+    embed: int = option(128, "token embedding width")
+    hidden: int = option(512, "LSTM hidden (and cell) width")
+    layers: int = option(1, "stacked LSTM layers")
+    seq_len: int = option(128, "truncated back-propagation window, in tokens")
+    batch_size: int = option(16, "windows per step")
+    lr: float = option(3e-3, "peak learning rate (AdamW; warm-up then cosine to 10%)")
+    save_every: int = option(50, "checkpoint every N steps (exact resume); 0 = only at the end")
+
+    def validate(self) -> None:
+        for key in ("steps", "save_every"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"config key 'rnn.{key}': expected >= 0, got {getattr(self, key)}")
+        for key in ("embed", "hidden", "layers", "seq_len", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"config key 'rnn.{key}': expected >= 1, got {getattr(self, key)}")
+        if self.lr <= 0:
+            raise ConfigError(f"config key 'rnn.lr': expected > 0, got {self.lr}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ConfigError(f"config key 'rnn.max_minutes': expected > 0 (or null), got {self.max_minutes}")
+
+
+@dataclass
 class PretrainConfig(StageConfig):
     """Causal LM from scratch (or continued) on text records, packed into fixed blocks."""
 
@@ -440,6 +470,7 @@ class PretrainConfig(StageConfig):
     baselines: list[int] = option(doc="n-gram orders fitted on data.train and scored on data.eval (bits per byte, "
                                       "over bytes and tokens) beside the model; [] = none",
                                   factory=lambda: [1, 3, 5])
+    rnn: RNNBaselineSection = section(RNNBaselineSection, "an LSTM LM baseline beside the n-grams (off by default)")
     chat_dialogues: bool = option(False, "render records that carry meta.messages (the world's User/Assistant "
                                          "dialogues) in the tokenizer's chat template, laid out exactly as SFT "
                                          "and every later stage prompt (prompt, assistant header, answer, eos), "

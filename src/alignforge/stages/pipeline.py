@@ -310,8 +310,10 @@ def step_figure(stage: str, out: Path) -> str:
             return f"win-rate vs {r['baseline']}: " + ", ".join(wins) if wins else f"{len(r['policies'])} policies"
         if stage == "pretrain" and (out / "baselines.json").is_file():
             b = _json(out / "baselines.json")
-            best = min(v for k, v in b.items() if k != "model")
-            return f"held-out {b['model']:.3f} bits/byte (best n-gram {best:.3f})"
+            grams = [v for k, v in b.items() if "gram" in k and isinstance(v, float)]
+            lstm = [v for k, v in b.items() if "lstm" in k and isinstance(v, float)]
+            beside = ([f"best n-gram {min(grams):.3f}"] if grams else []) + ([f"LSTM {min(lstm):.3f}"] if lstm else [])
+            return f"held-out {b['model']:.3f} bits/byte" + (f" ({', '.join(beside)})" if beside else "")
         rows = read_metrics(out) if (out / "metrics.jsonl").is_file() else []
         if stage == "reward":
             gold, acc = _last(rows, "gold_accuracy"), _last(rows, "eval_accuracy")

@@ -71,8 +71,28 @@ def _model_and_tokenizer(cfg: PretrainConfig, texts: list[str], out: Path):
     return model, tok
 
 
+def _lstm_baseline(cfg: PretrainConfig, tok, texts: list[str], eval_texts: list[str], out: Path
+                   ) -> tuple[str, float, int, dict[str, Any]]:
+    """An LSTM LM on the training text's token ids, scored as the n-gram rows are (same ids, same bytes);
+    its state lives in ``<out>/rnn/`` so a killed run resumes it exactly."""
+    from alignforge.classic.ngram import tokenizer_encoder
+    from alignforge.classic.rnn import LSTMTrainConfig, lstm_bits_per_byte, train_lstm_lm
+
+    encode, vocab = tokenizer_encoder(tok)
+    r = cfg.rnn
+    rcfg = LSTMTrainConfig(steps=r.steps, embed=r.embed, hidden=r.hidden, layers=r.layers, seq_len=r.seq_len,
+                           batch_size=r.batch_size, lr=r.lr, save_every=r.save_every, max_minutes=r.max_minutes,
+                           seed=cfg.seed)
+    try:
+        lstm, info = train_lstm_lm([encode(t) for t in texts], vocab, rcfg, state_dir=out / "rnn", log=print)
+    except ValueError as e:  # a saved LSTM state from other rnn settings, or too little text
+        raise ConfigError(f"pretrain rnn: {e}") from None
+    name = f"tokens-lstm-{r.layers}x{r.hidden}"
+    return name, lstm_bits_per_byte(lstm, eval_texts, encode), lstm.num_params(), info
+
+
 def run(cfg: PretrainConfig) -> Path:
-    out, device, finished = start_stage(cfg, "pretrain", clear_also=("tokenizer",))
+    out, device, finished = start_stage(cfg, "pretrain", clear_also=("tokenizer", "rnn"))
     if finished:
         return out
     if not cfg.data.train:
@@ -190,15 +210,22 @@ def run(cfg: PretrainConfig) -> Path:
         print(f"pretrain: done at step {step} ({stopped}); {total['tokens_per_s']:.0f} tokens/s"
               + (f", MFU {total['mfu']:.1%}" if "mfu" in total else "") + f" → {out / ckpt.MODEL}")
     info: dict[str, Any] = {"step": step, "stopped": stopped, **total}
-    if eval_texts and cfg.baselines:
+    if eval_texts and (cfg.baselines or cfg.rnn.steps):
         model_bpb = evaluate().get("eval_bpb")  # every rank: the held-out pass all-reduces
-    if dist.is_main() and eval_texts and cfg.baselines:
-        # The same held-out text, scored by count-based models (design §8: bits per byte compares
-        # models with different tokenizers honestly): what the transformer must beat.
+    if dist.is_main() and eval_texts and (cfg.baselines or cfg.rnn.steps):
+        # The same held-out text, scored by count-based models and an LSTM (design §8: bits per byte
+        # compares models with different tokenizers honestly): what the transformer must beat.
         from alignforge.classic.ngram import ngram_baselines
 
-        baselines = ngram_baselines(texts, eval_texts, tokenizer=tok, orders=cfg.baselines)
-        atomic_write_text(out / "baselines.json", json.dumps({"model": model_bpb, **baselines}, indent=1) + "\n")
+        baselines = ngram_baselines(texts, eval_texts, tokenizer=tok, orders=cfg.baselines) if cfg.baselines else {}
+        params = {"model": sum(p.numel() for p in dist.unwrap(model).parameters())}
+        if cfg.rnn.steps:
+            name, bpb, rnn_params, rnn_info = _lstm_baseline(cfg, tok, texts, eval_texts, out)
+            baselines[name] = bpb
+            params[name] = rnn_params
+            info["rnn"] = rnn_info
+        atomic_write_text(out / "baselines.json",
+                          json.dumps({"model": model_bpb, **baselines, "params": params}, indent=1) + "\n")
         print("pretrain: held-out bits per byte: model " + (f"{model_bpb:.3f}" if model_bpb else "—") + "; "
               + ", ".join(f"{k} {v:.3f}" for k, v in baselines.items()))
         info["baselines"] = baselines
