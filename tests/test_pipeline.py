@@ -132,3 +132,20 @@ def test_every_registered_stage_with_a_config_class_can_be_a_pipeline_step():
     for name, (cfg_ref, fn_ref) in STAGE_RUNNERS.items():
         assert callable(_load(fn_ref)), name
         assert hasattr(_load(cfg_ref), "__dataclass_fields__"), name
+
+
+def test_scale_pipeline_config_validates_the_ladder_and_the_reward_series():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "world"
+    cfgs = _validate_every_step(load_pipeline(root / "scale.yaml"))
+    ladder = {n: (c.model.preset, c.train.max_steps, c.train.lr) for n, c in cfgs.items() if n.startswith("pretrain-")}
+    assert len(ladder) == 15 and {p for p, _, _ in ladder.values()} == {"tiny-1m", "tiny-4m", "small-12m", "small-30m"}
+    assert {s for _, s, _ in ladder.values()} == {16, 64, 256, 1024}
+    assert ladder["pretrain-tiny-4m-64"][2] == 2e-3 and ladder["pretrain-small-30m-64"][2] == 1e-3  # lr ∝ 1/width
+    assert all(cfgs[n].rnn.steps == 0 for n in ladder)
+    rms = {n: c for n, c in cfgs.items() if n.startswith("reward-")}
+    assert {c.model.init for n, c in rms.items() if "labels" not in n} == \
+        {f"runs/scale/pretrain-{p}-256" for p in ("tiny-1m", "tiny-4m", "small-12m", "small-30m")}
+    assert sorted(c.data.max_records for n, c in rms.items() if "labels" in n) == [250, 1000, 4000]
+    assert all(c.train.max_steps == 300 and c.reward.epochs is None for c in rms.values())

@@ -128,3 +128,17 @@ def test_knowledge_panel_after_the_categories_and_escaped(runs):
     assert heads[:3] == ["Headline", "By", "Knowledge"]
     assert "<tr><td>sft&lt;i&gt;</td><td>4-shot</td><td>100%</td><td>50%</td><td>25%</td><td>0%</td></tr>" in page
     assert "in the chat template (up to 8 per category and split)" in page
+
+
+def test_pretraining_panel_orders_ngrams_then_lstm_then_transformer(tmp_path):
+    folder = tmp_path / "pretrain"
+    folder.mkdir()
+    (folder / "baselines.json").write_text(json.dumps({
+        "model": 1.157, "bytes-5gram-kn": 1.036, "tokens-lstm-1x512": 1.41, "tokens-3gram-kn": 0.778,
+        "params": {"model": 4_210_000, "tokens-lstm-1x512": 2_354_005}}))
+    page = write_report(tmp_path, {"pretrain": str(folder)}).read_text()
+    panel = page[page.index("Pretraining: held-out bits per byte"):]
+    order = [panel.index(k) for k in ("bytes-5gram-kn", "tokens-3gram-kn", "tokens-lstm-1x512", "transformer (this")]
+    assert order == sorted(order)
+    assert "<td>1.410</td><td>2.35 M</td>" in panel and "<td>1.157</td><td>4.21 M</td>" in panel
+    assert "<td>0.778</td><td>—</td>" in panel  # n-grams have counts, not parameters

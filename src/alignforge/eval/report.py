@@ -196,6 +196,99 @@ def _knowledge_panel(knowledge: dict[str, dict[str, Any]]) -> str:
             + "</tr>" + "".join(rows) + "</table>")
 
 
+def _pretraining_panel(baselines: dict[str, Any]) -> str:
+    """Held-out bits per byte, lecture 002's order: counting (n-grams) → an RNN (LSTM) → the transformer."""
+    params = baselines.get("params", {})
+    rank = lambda k: (0 if "gram" in k else 1 if "lstm" in k else 2, k)  # noqa: E731
+    rows = []
+    for key in sorted((k for k, v in baselines.items() if isinstance(v, (int, float))), key=rank):
+        what = "transformer (this stage's model)" if key == "model" else key
+        n = params.get(key)
+        rows.append(f"<tr><td>{html.escape(what)}</td><td>{baselines[key]:.3f}</td>"
+                    f"<td>{f'{n / 1e6:.2f} M' if n else '—'}</td></tr>")
+    return ("<h2>Pretraining: held-out bits per byte</h2><p>The same held-out text under count-based n-gram "
+            "models (over bytes and over the tokenizer's ids), an LSTM and the pretrained transformer; bits per "
+            "byte compares models with different units honestly (lower is better).</p>"
+            "<table><tr><th>model</th><th>bits/byte</th><th>parameters</th></tr>" + "".join(rows) + "</table>")
+
+
+def _plain_log_ticks(ax) -> None:
+    """Log x labelled at the decades only (matplotlib's minor labels overlap there); a log y axis spanning
+    less than a decade labelled plainly (0.5, 0.6, … 2)."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    if ax.get_yscale() == "log":
+        plain = FuncFormatter(lambda v, _: f"{v:.2g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
+
+
+def _scaling_panel(refs: dict[str, str], plt) -> str | None:
+    """Held-out bits per byte against non-embedding parameters and tokens with fitted power laws, and
+    reward-model gold accuracy against parameters and labels (configs/world/scale.yaml)."""
+    from alignforge.eval.scaling import accuracy_half_width, fits, pretrain_points, reward_points
+
+    points, rms = pretrain_points(refs), reward_points(refs)
+    if len(points) < 3 and len(rms) < 2:
+        return None
+    parts = []
+    if len(points) >= 3:
+        laws = fits(points)
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        for ax, axis, key, label in ((axes[0], "vs_params", "params", "D"), (axes[1], "vs_tokens", "tokens", "N")):
+            for g, f in laws[axis].items():
+                xs = [p[key] for p in f["points"]]
+                fitted = [p for p in f["points"] if p["fitted"]]
+                line = ax.plot([p[key] for p in fitted], [p["bpb"] for p in fitted], "o",
+                               label=f"{label} = {g / 1e6:.2g}M, α = {f['alpha']:.3f}")[0]
+                past = [p for p in f["points"] if not p["fitted"]]  # past the best loss: hollow, not fitted
+                ax.plot([p[key] for p in past], [p["bpb"] for p in past], "o", mfc="none", color=line.get_color())
+                ax.plot(xs, [f["a"] * x ** (-f["alpha"]) for x in xs], "--", color=line.get_color(), linewidth=1)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            _plain_log_ticks(ax)
+            ax.set_xlabel("non-embedding parameters N" if key == "params" else "training tokens D")
+            ax.set_ylabel("held-out bits per byte")
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        rows = "".join(f"<tr><td>bits/byte {'vs parameters at' if axis == 'vs_params' else 'vs tokens at'} "
+                       f"{g / 1e6:.3g}M {'tokens' if axis == 'vs_params' else 'parameters'}</td><td>{f['alpha']:.3f}</td>"
+                       f"<td>{f['rms_residual']:.3f}</td><td>{max(abs(p['residual']) for p in f['points']):.3f}</td></tr>"
+                       for axis in ("vs_params", "vs_tokens") for g, f in laws[axis].items())
+        parts.append("<h2>Scaling: held-out bits per byte</h2><p>Each point is one pretraining run (its own "
+                     "schedule over its budget); dashed: the power law y = a·x<sup>−α</sup> fitted in log-log "
+                     "space — a size's tokens law on its budgets up to its best held-out loss (hollow: past it, "
+                     "not fitted). A residual is log(measured / fitted): where it grows, the law bends.</p>"
+                     f'<img src="{_png(fig)}"><table><tr><th>fit</th><th>α</th><th>rms residual</th>'
+                     f"<th>largest |residual|</th></tr>{rows}</table>")
+    if len(rms) >= 2:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+        by_labels = max({p["labels"] for p in rms}, key=lambda n: sum(p["labels"] == n for p in rms))
+        by_params = max({p["params"] for p in rms}, key=lambda n: sum(p["params"] == n for p in rms))
+        for ax, key, fixed, fixed_key in ((axes[0], "params", by_labels, "labels"),
+                                          (axes[1], "labels", by_params, "params")):
+            pts = sorted((p for p in rms if p[fixed_key] == fixed), key=lambda p: p[key])
+            ax.errorbar([p[key] for p in pts], [p["gold_accuracy"] for p in pts], fmt="o-", capsize=3,
+                        yerr=[accuracy_half_width(p["gold_accuracy"], p["gold_pairs"]) for p in pts])
+            ax.set_xscale("log")
+            _plain_log_ticks(ax)
+            ax.set_xlabel("non-embedding parameters" if key == "params" else "annotation records")
+            ax.set_ylabel("gold accuracy")
+            ax.axhline(0.5, color="grey", linewidth=0.8)
+        fig.tight_layout()
+        rows = "".join(f"<tr><td>{html.escape(p['name'])}</td><td>{p['params'] / 1e6:.2f} M</td><td>{p['labels']}</td>"
+                       f"<td>{p['gold_accuracy']:.3f} ± {accuracy_half_width(p['gold_accuracy'], p['gold_pairs']):.3f}"
+                       "</td></tr>" for p in sorted(rms, key=lambda p: (p["params"], p["labels"])))
+        parts.append("<h2>Scaling: the reward model</h2><p>Gold accuracy (agreement with the hidden judge on "
+                     "held-out pairs where it has a preference; ± the 95% normal interval over those pairs, a lower "
+                     "bound since pairs share prompts) against the backbone's size at every label (left) and "
+                     "against the number of labels for one backbone (right).</p>"
+                     f'<img src="{_png(fig)}"><table><tr><th>reward model</th><th>parameters</th>'
+                     f"<th>labels</th><th>gold accuracy</th></tr>{rows}</table>")
+    return "".join(parts)
+
+
 def write_report(root: Path, refs: dict[str, str], out: Path | None = None) -> Path:
     """Build ``report.html`` from the runs in ``refs`` ({step name: folder}); returns its path."""
     import matplotlib
@@ -244,6 +337,14 @@ def write_report(root: Path, refs: dict[str, str], out: Path | None = None) -> P
             parts.append('<h2>Gold reward vs KL</h2><p>One sample per prompt at T = 1; bars: 95% CI. Lines join a '
                          'family (PPO over β, DPO over β, best-of-n over n) from the baseline at KL 0; best-of-n '
                          'KL is the analytic bound log n − (n−1)/n.</p>' + f'<img src="{frontier}">')
+
+    baselines_path = Path(refs["pretrain"]) / "baselines.json" if "pretrain" in refs else None
+    if baselines_path and baselines_path.is_file():
+        parts.append(_pretraining_panel(json.loads(baselines_path.read_text())))
+
+    scaling = _scaling_panel(refs, plt)
+    if scaling:
+        parts.append(scaling)
 
     rounds = _rounds_panel(refs, plt)
     if rounds:

@@ -45,6 +45,8 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "tiny-1m": Preset(hidden=128, layers=4, heads=4, kv_heads=4, intermediate=344),
     "tiny-4m": Preset(hidden=256, layers=4, heads=4, kv_heads=4, intermediate=688),
+    # Between tiny-4m and small-30m for the scaling ladder (bench/scale.py): 12.4M matmul params.
+    "small-12m": Preset(hidden=384, layers=7, heads=6, kv_heads=6, intermediate=1024),
     "small-30m": Preset(hidden=512, layers=8, heads=8, kv_heads=8, intermediate=1376),
 }
 
