@@ -104,8 +104,8 @@ STATE_FILE = "rnn_state.pt"
 
 
 def train_lstm_lm(train_docs: Sequence[Sequence[int]], vocab_size: int, cfg: LSTMTrainConfig,
-                  state_dir: str | Path | None = None, log: Callable[[str], None] = lambda s: None
-                  ) -> tuple[LSTMLM, dict]:
+                  state_dir: str | Path | None = None, log: Callable[[str], None] = lambda s: None,
+                  device: str | torch.device = "cpu") -> tuple[LSTMLM, dict]:
     """Train an :class:`LSTMLM` on the documents' ids; returns the model and ``{steps, seconds, stopped}``.
 
     With ``state_dir``, the whole training state is saved there (``rnn_state.pt``) every
@@ -114,7 +114,7 @@ def train_lstm_lm(train_docs: Sequence[Sequence[int]], vocab_size: int, cfg: LST
     under other settings is an error, not silently continued.
     """
     torch.manual_seed(cfg.seed)
-    model = LSTMLM(vocab_size, cfg.embed, cfg.hidden, cfg.layers)
+    model = LSTMLM(vocab_size, cfg.embed, cfg.hidden, cfg.layers).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     stream = training_stream(train_docs, model.bos)
@@ -124,7 +124,7 @@ def train_lstm_lm(train_docs: Sequence[Sequence[int]], vocab_size: int, cfg: LST
     step, seconds_before = 0, 0.0
     path = Path(state_dir) / STATE_FILE if state_dir is not None else None
     if path is not None and path.is_file():
-        saved = torch.load(path, weights_only=False)
+        saved = torch.load(path, weights_only=False, map_location="cpu")
         if saved["config"] != asdict(cfg):
             raise ValueError(f"{path}: saved with rnn settings {saved['config']}, now {asdict(cfg)}; "
                              f"start over (force=true) or restore them")
@@ -148,7 +148,7 @@ def train_lstm_lm(train_docs: Sequence[Sequence[int]], vocab_size: int, cfg: LST
     model.train()
     while step < cfg.steps:
         starts = torch.randint(0, len(stream) - cfg.seq_len - 1, (cfg.batch_size,), generator=gen)
-        windows = torch.stack([stream[s:s + cfg.seq_len + 1] for s in starts.tolist()])
+        windows = torch.stack([stream[s:s + cfg.seq_len + 1] for s in starts.tolist()]).to(device)
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
         loss = window_loss(model, windows)
@@ -189,8 +189,8 @@ def lstm_bits_per_byte(model: LSTMLM, texts: Sequence[str], encode: Callable[[st
         for b, d in enumerate(chunk):
             ids[b, 1:len(d) + 1] = torch.tensor(d)
             targets[b, :len(d)] = torch.tensor(d)
-        logits, _ = model(ids[:, :-1])
-        nats = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                                           ignore_index=-100, reduction="sum")
+        logits, _ = model(ids[:, :-1].to(model.readout.weight.device))
+        nats = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                           targets.reshape(-1).to(logits.device), ignore_index=-100, reduction="sum")
         bits += nats.item() / math.log(2)
     return bits / nbytes

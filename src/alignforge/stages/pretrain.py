@@ -71,10 +71,11 @@ def _model_and_tokenizer(cfg: PretrainConfig, texts: list[str], out: Path):
     return model, tok
 
 
-def _lstm_baseline(cfg: PretrainConfig, tok, texts: list[str], eval_texts: list[str], out: Path
+def _lstm_baseline(cfg: PretrainConfig, tok, texts: list[str], eval_texts: list[str], out: Path, device
                    ) -> tuple[str, float, int, dict[str, Any]]:
     """An LSTM LM on the training text's token ids, scored as the n-gram rows are (same ids, same bytes);
-    its state lives in ``<out>/rnn/`` so a killed run resumes it exactly."""
+    its state lives in ``<out>/rnn/`` so a killed run resumes it exactly. fp32 on the stage's device: a
+    baseline row, not a model the later stages use."""
     from alignforge.classic.ngram import tokenizer_encoder
     from alignforge.classic.rnn import LSTMTrainConfig, lstm_bits_per_byte, train_lstm_lm
 
@@ -84,7 +85,8 @@ def _lstm_baseline(cfg: PretrainConfig, tok, texts: list[str], eval_texts: list[
                            batch_size=r.batch_size, lr=r.lr, save_every=r.save_every, max_minutes=r.max_minutes,
                            seed=cfg.seed)
     try:
-        lstm, info = train_lstm_lm([encode(t) for t in texts], vocab, rcfg, state_dir=out / "rnn", log=print)
+        lstm, info = train_lstm_lm([encode(t) for t in texts], vocab, rcfg, state_dir=out / "rnn", log=print,
+                                   device=device)
     except ValueError as e:  # a saved LSTM state from other rnn settings, or too little text
         raise ConfigError(f"pretrain rnn: {e}") from None
     name = f"tokens-lstm-{r.layers}x{r.hidden}"
@@ -220,7 +222,7 @@ def run(cfg: PretrainConfig) -> Path:
         baselines = ngram_baselines(texts, eval_texts, tokenizer=tok, orders=cfg.baselines) if cfg.baselines else {}
         params = {"model": sum(p.numel() for p in dist.unwrap(model).parameters())}
         if cfg.rnn.steps:
-            name, bpb, rnn_params, rnn_info = _lstm_baseline(cfg, tok, texts, eval_texts, out)
+            name, bpb, rnn_params, rnn_info = _lstm_baseline(cfg, tok, texts, eval_texts, out, device)
             baselines[name] = bpb
             params[name] = rnn_params
             info["rnn"] = rnn_info
