@@ -105,3 +105,28 @@ def test_small_world_trains_its_tokenizer_on_the_demonstrations_and_mixes_pretra
     dcfg = {s.name: step_config(default, s, tmp_path / "d" / s.name, refs) for s in default.steps
             if s.name in ("tokenizer", "sft")}
     assert dcfg["tokenizer"].tokenizer.also_train_on == [] and dcfg["sft"].sft.ptx_coef == 0.0
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_vs_big_adds_a_4x_model_with_the_same_data_and_steps_and_an_eval_against_it(tmp_path, quick):
+    """`demo --vs-big` (issue 20 §2): the larger model differs from the demo's only in size and the
+    1/width pretraining lr; eval-big ranks every policy against its SFT. With --full too."""
+    from alignforge.models.load import build_model, matmul_params
+    from alignforge.stages.demo import demo_pipeline
+    from alignforge.stages.pipeline import step_config
+
+    p = demo_pipeline(quick=quick, out_root=str(tmp_path), world="small", threads=1, vs_big=True, full=True)
+    refs = {s.name: str(tmp_path / s.name) for s in p.steps} | {"policy": str(tmp_path / "sft")}
+    cfg = {s.name: step_config(p, s, tmp_path / s.name, refs) for s in p.steps}
+    small, big = cfg["pretrain"], cfg["pretrain-big"]
+    ratio = matmul_params(build_model(big.model.preset, 512)) / matmul_params(build_model(small.model.preset, 512))
+    assert 3.5 < ratio < 4.5
+    assert big.train.max_steps == small.train.max_steps and big.train.batch_size == small.train.batch_size
+    assert big.data.train == small.data.train and big.model.tokenizer == small.model.tokenizer
+    assert big.train.lr == pytest.approx(small.train.lr * {True: 128 / 256, False: 256 / 384}[quick])
+    sft_big, sft = cfg["sft-big"], cfg["sft"]
+    assert sft_big.model.init == refs["pretrain-big"] and sft_big.train.max_steps == sft.train.max_steps
+    assert sft_big.sft.ptx_coef == sft.sft.ptx_coef and sft_big.train.lr == sft.train.lr
+    ev = cfg["eval-big"].eval
+    assert ev.baseline == "sft-big" and ev.names[0] == "sft-big" and "ppo" in ev.names
+    assert ev.checkpoints[ev.names.index("ppo")] == refs["ppo"] and ev.max_prompts == cfg["eval-full"].eval.max_prompts

@@ -142,3 +142,12 @@ def test_pretraining_panel_orders_ngrams_then_lstm_then_transformer(tmp_path):
     assert order == sorted(order)
     assert "<td>1.410</td><td>2.35 M</td>" in panel and "<td>1.157</td><td>4.21 M</td>" in panel
     assert "<td>0.778</td><td>—</td>" in panel  # n-grams have counts, not parameters
+
+
+def test_versus_big_panel_lists_win_rates_against_the_larger_model(tmp_path):
+    evals = [_policy(n, m, seed=i, evil=n == "ppo") for i, (n, m) in enumerate((("sft-big", 0.1), ("ppo", 0.6)))]
+    _eval_folder(tmp_path / "eval-big", evals, {}, baseline="sft-big")
+    page = write_report(tmp_path, {"eval-big": str(tmp_path / "eval-big")}).read_text()
+    panel = page[page.index("Against a larger model: win-rate vs sft-big"):]
+    assert "<td>ppo</td>" in panel and panel.count("<tr>") == 3
+    assert "<script>" not in page

@@ -212,6 +212,23 @@ def _pretraining_panel(baselines: dict[str, Any]) -> str:
             "<table><tr><th>model</th><th>bits/byte</th><th>parameters</th></tr>" + "".join(rows) + "</table>")
 
 
+def _versus_big_panel(report: dict[str, Any]) -> str:
+    """``eval-big`` (``demo --vs-big``): every policy against a ~4× larger model's SFT, InstructGPT's
+    1.3 B PPO-ptx against 175 B GPT-3 at toy scale."""
+    sec = report["sample"]
+    rows = []
+    for n in (n for n in report["policies"] if n in sec):
+        r, w = sec[n]["summary"]["all"]["reward"], sec[n].get("win_rate")
+        rows.append(f"<tr><td>{html.escape(n)}</td><td>{r['value']:+.2f} [{r['lo']:+.2f}, {r['hi']:+.2f}]</td><td>"
+                    + (f"{w['value']:.2f} [{w['lo']:.2f}, {w['hi']:.2f}]" if w else "—") + "</td></tr>")
+    base = html.escape(str(report["baseline"]))
+    return (f"<h2>Against a larger model: win-rate vs {base}</h2><p>{base}: a model with ~4× the non-embedding "
+            "parameters, pretrained and fine-tuned on the same data for the same steps (InstructGPT: labellers "
+            "preferred the 1.3 B PPO-ptx model to the 175 B GPT-3). Gold judge, one sample per prompt at T = 1, "
+            f"{report.get('n_prompts', '?')} test prompts, 95% paired bootstrap CIs.</p><table><tr><th>policy</th>"
+            f"<th>gold reward [95% CI]</th><th>win-rate vs {base} [95% CI]</th></tr>" + "".join(rows) + "</table>")
+
+
 def _plain_log_ticks(ax) -> None:
     """Log x labelled at the decades only (matplotlib's minor labels overlap there); a log y axis spanning
     less than a decade labelled plainly (0.5, 0.6, … 2)."""
@@ -337,6 +354,10 @@ def write_report(root: Path, refs: dict[str, str], out: Path | None = None) -> P
             parts.append('<h2>Gold reward vs KL</h2><p>One sample per prompt at T = 1; bars: 95% CI. Lines join a '
                          'family (PPO over β, DPO over β, best-of-n over n) from the baseline at KL 0; best-of-n '
                          'KL is the analytic bound log n − (n−1)/n.</p>' + f'<img src="{frontier}">')
+
+    big_path = Path(refs["eval-big"]) / "eval.json" if "eval-big" in refs else None
+    if big_path and big_path.is_file():
+        parts.append(_versus_big_panel(json.loads(big_path.read_text())))
 
     baselines_path = Path(refs["pretrain"]) / "baselines.json" if "pretrain" in refs else None
     if baselines_path and baselines_path.is_file():

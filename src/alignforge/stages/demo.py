@@ -53,13 +53,16 @@ def _sizes(quick: bool) -> dict[str, Any]:
 
 def demo_pipeline(run: str = "demo", quick: bool = False, seed: int = 0, beta: float = 0.05,
                   out_root: str | None = None, full: bool = False, threads: int = 2,
-                  time_cap: float | None = None, world: str = "default") -> Pipeline:
+                  time_cap: float | None = None, world: str = "default", vs_big: bool = False) -> Pipeline:
     """The demo's steps; ``full`` adds the β frontiers, RLOO/GRPO, best-of-n and two iterate rounds
     at the same sizes (same run folder, so the demo's finished steps are reused, not rerun).
     ``time_cap`` (minutes) replaces every training stage's safety cap — the stages are
     step-bounded, so raising it on a slow machine changes nothing but how long they may take.
     ``world="small"``: :data:`SMALL_WORLD`, dialogues pretrained in the chat template, and (full
-    size) 1800 pretraining steps of 8 blocks, so the pretrained model stores the world."""
+    size) 1800 pretraining steps of 8 blocks, so the pretrained model stores the world.
+    ``vs_big``: InstructGPT's 1.3 B PPO-ptx against 175 B GPT-3, at toy scale — a model with ~4× the
+    non-embedding parameters (small-12m beside tiny-4m; quick: tiny-4m beside tiny-1m) pretrained and
+    SFT'd with the same data and steps, and ``eval-big``: every policy against that SFT model."""
     if world not in ("default", "small"):
         raise ValueError(f"demo: world must be 'default' or 'small', got {world!r}")
     s = _sizes(quick)
@@ -180,6 +183,7 @@ def demo_pipeline(run: str = "demo", quick: bool = False, seed: int = 0, beta: f
                                      "eval.fewshot": 4, "eval.probe_questions": 80 if not quick else 8,
                                      **threads}),
     ]
+    eval_values = steps[-1].values  # the demo's eval settings (`full` replaces the step itself)
     rounds, round_steps = 0, []
     if full:
         # The frontiers: PPO at three KL β (the demo's β is the middle one), DPO at three β, best-of-n
@@ -208,6 +212,22 @@ def demo_pipeline(run: str = "demo", quick: bool = False, seed: int = 0, beta: f
                                             "eval.max_new_tokens": s["new_tokens"], "eval.references": [],
                                             **threads}),
         ]
+    if vs_big:
+        # Same data, steps and schedule; the pretraining lr ∝ 1/width as in configs/world/scale.yaml.
+        big = {"tiny-1m": "tiny-4m", "tiny-4m": "small-12m"}[s["preset"]]
+        width = {"tiny-1m": 128, "tiny-4m": 256, "small-12m": 384}
+        pre = next(x for x in steps if x.name == "pretrain").values
+        lr = pre["train.lr"] * width[s["preset"]] / width[big]
+        sft = next(x for x in steps if x.name == "sft").values
+        ev = eval_values
+        names = ["sft-big", "sft", "ppo", "dpo", "rsft", "pretrain-big"]
+        # ~4x the compute per step: a 4x safety cap (the steps, not the cap, end both runs).
+        cap = {"train.max_minutes": 4 * s["pre_min"]}
+        steps += [Step("pretrain-big", "pretrain", values={**pre, "model.preset": big, "train.lr": lr, "baselines": [],
+                                                           **cap}),
+                  Step("sft-big", "sft", values={**sft, "model.init": "{pretrain-big}", **cap}),
+                  Step("eval-big", "eval", values={**ev, "eval.checkpoints": ["{%s}" % n for n in names],
+                                                   "eval.names": names, "eval.baseline": "sft-big"})]
     for step in steps + round_steps:
         step.expected_s = expected_seconds(step, s, quick)
     return Pipeline(run=run, seed=seed, steps=steps, rounds=rounds, round_steps=round_steps,
@@ -258,6 +278,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="small: a world the pretraining stores (46 entities, ~16 min on 2 cores; docs/world.md "
                              "'The small world'): SFT about half its demonstrator's gold, every policy above "
                              "the default world's")
+    parser.add_argument("--vs-big", action="store_true",
+                        help="also a ~4x larger model pretrained and SFT'd on the same data and steps, and every "
+                             "policy's win-rate against it (InstructGPT's 1.3B PPO vs 175B GPT-3; docs/world.md)")
     parser.add_argument("--time-cap", type=float, default=None,
                         help="safety cap per training stage in minutes (default 10; stages are step-bounded)")
     parser.add_argument("-v", "--verbose", action="store_true",
@@ -265,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(list(argv or []))
     run = args.run or ("demo-quick" if args.quick else "demo")
     p = demo_pipeline(run, args.quick, args.seed, args.beta, args.out, full=args.full, threads=args.threads,
-                      time_cap=args.time_cap, world=args.world)
+                      time_cap=args.time_cap, world=args.world, vs_big=args.vs_big)
     root = p.out_dir(".").resolve()
     title = f"alignforge demo · seed {args.seed}" + (" · quick" if args.quick else "") + (
         " · small world" if args.world == "small" else "")
