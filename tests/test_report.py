@@ -138,7 +138,7 @@ def test_pretraining_panel_orders_ngrams_then_lstm_then_transformer(tmp_path):
         "params": {"model": 4_210_000, "tokens-lstm-1x512": 2_354_005}}))
     page = write_report(tmp_path, {"pretrain": str(folder)}).read_text()
     panel = page[page.index("Pretraining: held-out bits per byte"):]
-    order = [panel.index(k) for k in ("bytes-5gram-kn", "tokens-3gram-kn", "tokens-lstm-1x512", "transformer (this")]
+    order = [panel.index(k) for k in ("bytes-5gram-kn", "tokens-3gram-kn", "tokens-lstm-1x512", "transformer (the")]
     assert order == sorted(order)
     assert "<td>1.410</td><td>2.35 M</td>" in panel and "<td>1.157</td><td>4.21 M</td>" in panel
     assert "<td>0.778</td><td>—</td>" in panel  # n-grams have counts, not parameters

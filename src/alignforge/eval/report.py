@@ -202,7 +202,7 @@ def _pretraining_panel(baselines: dict[str, Any]) -> str:
     rank = lambda k: (0 if "gram" in k else 1 if "lstm" in k else 2, k)  # noqa: E731
     rows = []
     for key in sorted((k for k, v in baselines.items() if isinstance(v, (int, float))), key=rank):
-        what = "transformer (this stage's model)" if key == "model" else key
+        what = "transformer (the pretrained model)" if key == "model" else key
         n = params.get(key)
         rows.append(f"<tr><td>{html.escape(what)}</td><td>{baselines[key]:.3f}</td>"
                     f"<td>{f'{n / 1e6:.2f} M' if n else '—'}</td></tr>")
