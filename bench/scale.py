@@ -23,21 +23,10 @@ sys.path.insert(0, str(ROOT / "src"))
 
 
 def cpu_line() -> str:
-    """The CPU this ran on, as the bench results name it (bench/vs_trl.py's header does the same)."""
-    import os
-    import platform
+    """The CPU this ran on and its matmul ISA flags, as bench/vs_trl.py prints them."""
+    from alignforge.perf import cpu_flags, machine
 
-    model, flags = platform.processor() or "?", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("?", "x86_64", ""):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    isa = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{model}, {os.cpu_count()} threads, {' '.join(isa) or 'no AVX-512'}"
+    return f"{machine()}; {cpu_flags()}"
 
 
 def main(argv=None) -> int:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from alignforge.train.tracking import last_value, read_metrics
+
 
 @dataclass
 class PowerLaw:
@@ -68,18 +70,6 @@ def _model_config(folder: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _last(folder: Path, key: str) -> Any:
-    path = folder / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    value = None
-    for line in path.read_text().splitlines():
-        row = json.loads(line)
-        if key in row:
-            value = row[key]
-    return value
-
-
 def _stage_config(folder: Path) -> dict[str, Any]:
     """The resolved config a finished step saved (``{}`` when there is none)."""
     import yaml
@@ -96,7 +86,8 @@ def pretrain_points(refs: dict[str, str]) -> list[dict[str, Any]]:
         folder = Path(folder)
         if folder.resolve() in seen or "baselines" not in _stage_config(folder):
             continue
-        cfg, bpb, tokens = _model_config(folder), _last(folder, "eval_bpb"), _last(folder, "tokens")
+        rows = read_metrics(folder) if (folder / "metrics.jsonl").is_file() else []
+        cfg, bpb, tokens = _model_config(folder), last_value(rows, "eval_bpb"), last_value(rows, "tokens")
         if cfg is None or bpb is None or tokens is None:
             continue
         seen.add(folder.resolve())

@@ -278,15 +278,10 @@ def _json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
-def _last(rows: list[dict[str, Any]], key: str) -> float | None:
-    vals = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
-    return float(vals[-1]) if vals else None
-
-
 def step_figure(stage: str, out: Path) -> str:
     """The figure a person wants from a finished step, read from what the stage wrote ('' if none)."""
     from alignforge.eval.verdict import gold_key
-    from alignforge.train.tracking import read_metrics
+    from alignforge.train.tracking import last_value, read_metrics
 
     try:
         if stage == "world":
@@ -316,17 +311,17 @@ def step_figure(stage: str, out: Path) -> str:
             return f"held-out {b['model']:.3f} bits/byte" + (f" ({', '.join(beside)})" if beside else "")
         rows = read_metrics(out) if (out / "metrics.jsonl").is_file() else []
         if stage == "reward":
-            gold, acc = _last(rows, "gold_accuracy"), _last(rows, "eval_accuracy")
+            gold, acc = last_value(rows, "gold_accuracy"), last_value(rows, "eval_accuracy")
             if gold is not None:
                 return f"gold accuracy {gold:.3f}" + (f", held-out label accuracy {acc:.3f}" if acc is not None else "")
         gk = gold_key(rows)
-        gold = _last(rows, gk) if gk else None
-        kl = next((v for v in (_last(rows, "eval_kl"), _last(rows, "kl")) if v is not None), None)
+        gold = last_value(rows, gk) if gk else None
+        kl = next((v for v in (last_value(rows, "eval_kl"), last_value(rows, "kl")) if v is not None), None)
         if gold is not None:
             return f"gold {gold:+.2f}" + (f", KL {kl:.1f} nats" if kl is not None else "")
         for key, label in (("eval_loss", "held-out loss"), ("eval_reward_accuracy", "held-out pair accuracy"),
                            ("loss", "loss")):
-            v = _last(rows, key)
+            v = last_value(rows, key)
             if v is not None:
                 return f"{label} {v:.3f}" + (f", KL {kl:.1f} nats" if kl is not None else "")
     except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):

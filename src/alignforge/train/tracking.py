@@ -130,6 +130,12 @@ class MetricsLogger:
         self.close()
 
 
+def last_value(rows: list[dict[str, Any]], key: str) -> float | None:
+    """The last numeric value of ``key`` in metrics rows (``None`` if no row has one)."""
+    vals = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+    return float(vals[-1]) if vals else None
+
+
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     """All rows of a metrics.jsonl (a folder holding one works too)."""
     p = Path(path)
