@@ -130,3 +130,5 @@ def test_vs_big_adds_a_4x_model_with_the_same_data_and_steps_and_an_eval_against
     ev = cfg["eval-big"].eval
     assert ev.baseline == "sft-big" and ev.names[0] == "sft-big" and "ppo" in ev.names
     assert ev.checkpoints[ev.names.index("ppo")] == refs["ppo"] and ev.max_prompts == cfg["eval-full"].eval.max_prompts
+    # GPT-3 "prompted": the larger pretrained model with the world's demonstrations as its shots.
+    assert ev.prompted == ["pretrain-big"] and ev.shots is None and ev.world == cfg["eval-full"].eval.world

@@ -860,6 +860,16 @@ class EvalSection:
         "chat", "knowledge probe layout: chat = the tokenizer's chat template, as every policy is prompted "
                 "(and a pretrain.chat_dialogues model saw its dialogues); plain = the corpus's "
                 "'User: ...\\nAssistant:' text")
+    prompted: list[str] = option(doc="checkpoint names also evaluated few-shot prompted (InstructGPT's "
+                                     "'GPT-3 prompted' baseline): eval.prompted_shots solved examples from "
+                                     "eval.shots before every prompt; reported as extra policies '<name>-prompted' "
+                                     "(no KL column)", factory=list)
+    prompted_shots: int = option(6, "solved examples in a prompted policy's prefix, one category after another "
+                                    "(the earliest dropped if they would not fit the model's positions)")
+    shots: Optional[str] = option(None, "demonstration records (prompt, response) the prompted prefix is drawn "
+                                        "from (default on the world: its train prompts answered by the oracle — "
+                                        "the best prefix a prompt writer could choose, so the baseline is at its "
+                                        "strongest)")
     best_of_n: list[int] = option(doc="best-of-n of the baseline policy, scored by reward.init, for each n: "
                                       "reported as extra policies 'bon-<n>' (sample mode; KL = the analytic "
                                       "bound log n - (n-1)/n)", factory=list)
@@ -875,6 +885,8 @@ class EvalSection:
             raise ValueError(f"eval.fewshot must be >= 0 solved examples (or null = no probe), got {self.fewshot}")
         if self.probe_questions < 1:
             raise ValueError(f"eval.probe_questions must be >= 1, got {self.probe_questions}")
+        if self.prompted_shots < 1:
+            raise ValueError(f"eval.prompted_shots must be >= 1 solved examples, got {self.prompted_shots}")
 
 
 @dataclass

@@ -124,6 +124,13 @@ def response_ids(tokenizer, response: str) -> list[int]:
     return [int(i) for i in ids] + [_eos_id(tokenizer)]
 
 
+def shot_blocks(tokenizer, solved: Sequence[tuple[Prompt, str]]) -> list[list[int]]:
+    """Solved examples for few-shot prompting, one id block each: the prompt's chat-template ids,
+    the answer and eos — exactly the layout SFT trains on, so a prompted model sees finished
+    dialogues in the format its open question then continues."""
+    return [prompt_ids(tokenizer, prompt) + response_ids(tokenizer, answer) for prompt, answer in solved]
+
+
 def _fit(p_ids: list[int], r_ids: list[int], max_len: Optional[int], min_prompt_tokens: int,
          stats: Optional[EncodeStats]) -> Optional[list[int]]:
     """Cut the prompt from the left so prompt+response fits ``max_len`` (``None`` = drop).

@@ -64,9 +64,9 @@ def probe_prompt_ids(tokenizer, world, question: str, shots: Sequence[str], budg
     """
     eos = tokenizer.eos_token_id
     if chat:
-        from alignforge.data.batching import prompt_ids, response_ids
+        from alignforge.data.batching import prompt_ids, shot_blocks
 
-        blocks = [prompt_ids(tokenizer, shot) + response_ids(tokenizer, world.oracle(shot)) for shot in shots]
+        blocks = shot_blocks(tokenizer, [(shot, world.oracle(shot)) for shot in shots])
         tail = prompt_ids(tokenizer, question)
     else:
         blocks = [tokenizer(dialogue_text(shot, world.oracle(shot)), add_special_tokens=False)["input_ids"] + [eos]

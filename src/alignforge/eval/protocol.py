@@ -124,11 +124,15 @@ def score_responses(prompts: Sequence[PromptRecord | Prompt], responses: Sequenc
 
 def evaluate_policy(model, tokenizer, prompts: Sequence[PromptRecord | Prompt], *, judge: Any, samples: int = 1,
                     temperature: float = 1.0, greedy: bool = True, max_new_tokens: int = 64, seed: int = 0,
-                    ref=None, batch_size: int = 64, name: str = "policy") -> PolicyEval:
+                    ref=None, batch_size: int = 64, name: str = "policy",
+                    prefix_ids: Sequence[int] = ()) -> PolicyEval:
     """Sample ``samples`` answers per prompt at ``temperature`` (+ the greedy one), score with ``judge``.
 
     ``ref``: a reference model (same tokenizer) for KL(π‖π_ref) on the first T = 1 sample of
     every prompt. Sampling is seeded (``seed``) and leaves the global RNG untouched.
+    ``prefix_ids``: tokens put before every prompt — the solved examples of a few-shot prompted
+    policy (:func:`fewshot_prefix`); the judge still sees only the prompt and the answer. A
+    prefixed policy gets no KL: its answers come from another context than the reference's.
     """
     import torch
 
@@ -140,8 +144,17 @@ def evaluate_policy(model, tokenizer, prompts: Sequence[PromptRecord | Prompt], 
     from alignforge.eval.kl import prompt_budget
 
     plain = [_prompt_and_category(p)[0] for p in prompts]
-    # A prompt longer than the model's positions (minus the answer) keeps its last tokens.
-    ids = [encode_prompt(tokenizer, p, prompt_budget(model, max_new_tokens)) for p in plain]
+    # A prompt longer than the model's positions (minus the answer and the prefix) keeps its last tokens.
+    budget = prompt_budget(model, max_new_tokens)
+    prefix = [int(t) for t in prefix_ids]
+    if prefix and ref is not None:
+        raise ValueError("evaluate_policy: a prefixed (few-shot prompted) policy has no KL to a reference; pass ref=None")
+    if budget is not None and prefix:
+        if budget - len(prefix) < 8:
+            raise ValueError(f"evaluate_policy: the {len(prefix)}-token prefix leaves {budget - len(prefix)} of the "
+                             f"model's {budget} prompt positions for the prompt itself")
+        budget -= len(prefix)
+    ids = [prefix + encode_prompt(tokenizer, p, budget) for p in plain]
     pad = pad_id_of(tokenizer)
     device = next(model.parameters()).device
     was_training = model.training
@@ -174,7 +187,45 @@ def evaluate_policy(model, tokenizer, prompts: Sequence[PromptRecord | Prompt], 
         kl = {"kl": res.kl, "kl_per_token": res.kl_per_token, "mean_tokens": res.mean_tokens,
               **bootstrap_ci(res.per_prompt).as_dict()}
     return PolicyEval(name, rows, kl, {"samples": samples, "temperature": temperature,
-                                       "max_new_tokens": max_new_tokens, "seed": seed})
+                                       "max_new_tokens": max_new_tokens, "seed": seed,
+                                       **({"prefix_tokens": len(prefix)} if prefix else {})})
+
+
+def fewshot_prefix(tokenizer, solved: Sequence[tuple[Prompt, str]], budget: int | None,
+                   longest_prompt: int) -> tuple[list[int], int]:
+    """The few-shot prefix of a prompted policy (GPT-3's "prompted" baseline in InstructGPT): the
+    ``solved`` (prompt, answer) examples as finished chat dialogues, then the open prompt.
+
+    With a ``budget`` (prompt positions the model has), the earliest examples are dropped until
+    the prefix and the ``longest_prompt`` fit: an example cut in half would teach a broken format.
+    Returns ``(ids, examples kept)``.
+    """
+    from alignforge.data.batching import shot_blocks
+
+    blocks = shot_blocks(tokenizer, solved)
+    while blocks and budget is not None and sum(map(len, blocks)) + longest_prompt > budget:
+        blocks.pop(0)
+    return [t for block in blocks for t in block], len(blocks)
+
+
+def pick_shots(records: Sequence[Any], k: int, seed: int = 0) -> list[Any]:
+    """``k`` records for a few-shot prefix, one category after another (seeded within each), so the
+    prefix shows every kind of request — answering, refusing, saying "I do not know" — rather than
+    whichever kind is most common. Records without a category form one group."""
+    import random
+
+    groups: dict[str, list[Any]] = {}
+    for r in records:
+        groups.setdefault(str(getattr(r, "category", None) or ""), []).append(r)
+    rng = random.Random(f"{seed}:shots")
+    queues = [rng.sample(groups[c], len(groups[c])) for c in sorted(groups)]
+    order = rng.sample(range(len(queues)), len(queues))
+    out: list[Any] = []
+    while len(out) < k and any(queues):
+        for i in order:
+            if queues[i] and len(out) < k:
+                out.append(queues[i].pop())
+    return out
 
 
 def evaluate_reference(policy: Callable[[Prompt], str], prompts: Sequence[PromptRecord | Prompt], *, judge: Any,

@@ -224,7 +224,9 @@ def _versus_big_panel(report: dict[str, Any]) -> str:
     base = html.escape(str(report["baseline"]))
     return (f"<h2>Against a larger model: win-rate vs {base}</h2><p>{base}: a model with ~4× the non-embedding "
             "parameters, pretrained and fine-tuned on the same data for the same steps (InstructGPT: labellers "
-            "preferred the 1.3 B PPO-ptx model to the 175 B GPT-3). Gold judge, one sample per prompt at T = 1, "
+            "preferred the 1.3 B PPO-ptx model to the 175 B GPT-3); pretrain-big-prompted: the larger pretrained "
+            "model with solved demonstrations before every prompt (their 'GPT-3 prompted'). Gold judge, one sample "
+            "per prompt at T = 1, "
             f"{report.get('n_prompts', '?')} test prompts, 95% paired bootstrap CIs.</p><table><tr><th>policy</th>"
             f"<th>gold reward [95% CI]</th><th>win-rate vs {base} [95% CI]</th></tr>" + "".join(rows) + "</table>")
 

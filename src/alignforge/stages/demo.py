@@ -227,7 +227,10 @@ def demo_pipeline(run: str = "demo", quick: bool = False, seed: int = 0, beta: f
                                                            **cap}),
                   Step("sft-big", "sft", values={**sft, "model.init": "{pretrain-big}", **cap}),
                   Step("eval-big", "eval", values={**ev, "eval.checkpoints": ["{%s}" % n for n in names],
-                                                   "eval.names": names, "eval.baseline": "sft-big"})]
+                                                   "eval.names": names, "eval.baseline": "sft-big",
+                                                   # GPT-3 "prompted": the larger pretrained model shown
+                                                   # solved demonstrations before every prompt.
+                                                   "eval.prompted": ["pretrain-big"]})]
     for step in steps + round_steps:
         step.expected_s = expected_seconds(step, s, quick)
     return Pipeline(run=run, seed=seed, steps=steps, rounds=rounds, round_steps=round_steps,

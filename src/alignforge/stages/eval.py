@@ -67,6 +67,14 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         raise ConfigError(f"eval.baseline={baseline!r} is not one of the checkpoints' names {names}")
     if ev.fewshot is not None and ev.judge != "gold":
         raise ConfigError("eval.fewshot (the knowledge probe) needs the world: eval.judge=gold and eval.world")
+    unknown = [n for n in ev.prompted if n not in names]
+    if unknown:
+        raise ConfigError(f"eval.prompted: {unknown} name no checkpoint (the checkpoints are {names})")
+    clash = sorted({f"{n}-prompted" for n in ev.prompted} & set(names))
+    if clash:
+        raise ConfigError(f"eval.prompted: the names {clash} are taken by checkpoints; rename them (eval.names)")
+    if ev.prompted and not (ev.shots or ev.world):
+        raise ConfigError("eval.prompted needs eval.shots (demonstration records for the few-shot prefix) or eval.world")
     if ev.best_of_n and not cfg.reward.init:
         raise ConfigError("eval.best_of_n needs reward.init (the reward model that picks the best of n)")
 
@@ -98,6 +106,16 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
                                       head=cfg.reward.head)
         except ValueError as e:  # reward.head names no head of this model
             raise ConfigError(f"config key 'reward.head': {e}") from None
+    solved = []
+    if ev.prompted:
+        from alignforge.eval.protocol import pick_shots
+
+        if ev.shots:
+            solved = [(r.prompt, r.response) for r in pick_shots(read_records(ev.shots, kind="demonstration"),
+                                                                 ev.prompted_shots, cfg.seed)]
+        else:  # the world's train prompts, answered right: the best prefix a prompt writer could choose
+            train = read_records(Path(ev.world) / "prompts_train.jsonl", kind="prompt")
+            solved = [(r.prompt, world.oracle(r.prompt)) for r in pick_shots(train, ev.prompted_shots, cfg.seed)]
     heldout_path = ev.heldout or (str(Path(ev.world) / "heldout.jsonl") if ev.world else None)
     heldout = [r.text for r in read_records(heldout_path, kind="text")] if heldout_path else []
     # Only now, with every input checked, does the stage write anything.
@@ -131,6 +149,9 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
                 knowledge[name] = knowledge_probe(model, tok, world, shots=shots, per_split=ev.probe_questions,
                                                   seed=cfg.seed, batch_size=ev.batch_size,
                                                   chat=ev.probe_format == "chat")
+    for name in ev.prompted:
+        with ctx:
+            evals.append(_prompted_eval(cfg, name, loaded[name], prompts, judge, solved))
     if ev.best_of_n:
         clash = sorted({f"bon-{n}" for n in ev.best_of_n} & set(names))
         if clash:
@@ -149,6 +170,9 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
 
     report = compare(evals, baseline=baseline, oracle=oracle, teacher=teacher, seed=cfg.seed)
     report["bits_per_byte"] = bpb
+    prompted = {e.name: e.meta for e in evals if "shots" in e.meta}
+    if prompted:
+        report["prompted"] = prompted  # each prompted policy's solved examples, as its prefix showed them
     if knowledge:
         report["knowledge"] = knowledge
     report["judge"] = ev.judge
@@ -206,6 +230,29 @@ def _best_of_n_evals(cfg: EvalConfig, base_name: str, policy, prompts, judge, de
         out.append(PolicyEval(f"bon-{n}", {"sample": rows}, {"kl": bon_kl_bound(n), "analytic_bound": True},
                               {"best_of_n": n, "temperature": ev.temperature}))
     return out
+
+
+def _prompted_eval(cfg: EvalConfig, name: str, policy, prompts, judge, solved):
+    """``<name>-prompted``: the checkpoint with the few-shot prefix before every prompt (InstructGPT's
+    "GPT-3 prompted": a pretrained model coaxed into following instructions by examples alone)."""
+    from alignforge.data.batching import encode_prompt
+    from alignforge.eval.kl import prompt_budget
+    from alignforge.eval.protocol import _prompt_and_category, evaluate_policy, fewshot_prefix
+
+    ev = cfg.eval
+    model, tok = policy
+    longest = max(len(encode_prompt(tok, _prompt_and_category(p)[0])) for p in prompts)
+    prefix, kept = fewshot_prefix(tok, solved, prompt_budget(model, ev.max_new_tokens), longest)
+    if not kept:
+        raise ConfigError(f"eval.prompted: not one solved example fits {name}'s positions beside the longest "
+                          f"prompt ({longest} tokens) and eval.max_new_tokens={ev.max_new_tokens}")
+    print(f"eval: {name}-prompted ({kept}-shot, {len(prefix)} prefix tokens): answering {len(prompts)} prompts ...",
+          file=sys.stderr)
+    e = evaluate_policy(model, tok, prompts, judge=judge, samples=ev.samples, temperature=ev.temperature,
+                        max_new_tokens=ev.max_new_tokens, seed=cfg.seed, batch_size=ev.batch_size,
+                        name=f"{name}-prompted", prefix_ids=prefix)
+    e.meta["shots"] = [{"prompt": p, "response": r} for p, r in solved[len(solved) - kept:]]
+    return e
 
 
 def _reward_model_means(cfg: EvalConfig, evals, device) -> dict[str, float]:
