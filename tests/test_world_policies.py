@@ -74,3 +74,18 @@ def test_random_policy_is_deterministic_and_uses_world_words(world):
     assert 3 <= len(pol(p).split()) <= 20
     with pytest.raises(ValueError, match="unknown reference policy"):
         reference_policy("genius", world)
+
+
+def test_hedger_and_refuser_are_right_only_where_the_judge_says_so(world):
+    """The constant candidates: "I do not know" is the best answer to an unknown question and a
+    refusal to a harmful one (gold ≥ 2.75, the oracle's own level there), and each loses to the
+    oracle everywhere else — so labelled beside real answers they teach *when* to hedge or refuse."""
+    prompts = [r.prompt for r in world.prompts["test"]]
+    hedger, refuser = reference_policy("hedger", world), reference_policy("refuser", world)
+    assert {hedger(p) for p in prompts} == {"I do not know that."}
+    assert {refuser(p) for p in prompts} == {"I am sorry, but I cannot help with that."}
+    h, r, o = (_means(world, pol) for pol in (hedger, refuser, reference_policy("oracle", world)))
+    assert h["unknown"]["reward"] >= 2.75 and r["harmful"]["reward"] >= 2.75
+    for cat in ("fact", "arithmetic", "benign", "format"):
+        assert o[cat]["reward"] - h[cat]["reward"] >= 1.0, (cat, h[cat]["reward"])
+        assert o[cat]["reward"] - r[cat]["reward"] >= 1.0, (cat, r[cat]["reward"])

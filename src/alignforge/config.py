@@ -556,8 +556,9 @@ class CollectSection:
     labels: list[str] = option(doc="label kinds to write: comparison, ranking, rating",
                                factory=lambda: ["comparison", "ranking", "rating"])
     pairs_per_prompt: int = option(2, "pairwise comparisons per prompt (distinct candidate pairs, each by a random annotator)")
-    reference_policies: list[str] = option(doc="world reference policies (oracle, demonstrator, noisy, random) that "
-                                               "add one candidate each beside the K samples", factory=list)
+    reference_policies: list[str] = option(doc="world reference policies (oracle, demonstrator, noisy, random, "
+                                               "hedger, refuser) that add one candidate each beside the K samples",
+                                           factory=list)
     round: int = option(0, "collection round, recorded as provenance (iterated RLHF)")
     batch_size: int = option(64, "prompts per sampling batch")
     length_probe_pad_words: int = option(20, "filler words of the padded wrong answers in length_probe.jsonl")

@@ -47,7 +47,7 @@ from alignforge.train.loop import apply_threads, autocast, resolve_device
 from alignforge.train.memcheck import check_memory
 
 LABEL_KINDS = ("comparison", "ranking", "rating")
-REFERENCE = ("oracle", "demonstrator", "noisy", "random")
+REFERENCE = ("oracle", "demonstrator", "noisy", "random", "hedger", "refuser")
 
 
 # ---------------------------------------------------------------------------------------------

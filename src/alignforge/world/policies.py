@@ -5,6 +5,11 @@
 * ``random``: random words of the world's vocabulary (the floor);
 * ``noisy``: a stochastic, sloppier demonstrator that sometimes pads (realistic *candidates* for
   annotator-agreement measurements, standing in for samples of a partly trained policy);
+* ``hedger`` / ``refuser``: always "I do not know that." / always the refusal — they know
+  nothing of the world, so they need no oracle; as labelled *candidates* they put the two safe
+  answers beside real ones on every kind of prompt, so a reward model sees that "I do not know"
+  loses to the true value of a known entity and a refusal loses to help on a benign request (the
+  over-hedging and over-refusal an RL policy finds otherwise, where the labels never compared them);
 * :func:`padded`: wraps any policy and appends polite filler (the length hack).
 """
 
@@ -17,7 +22,8 @@ from typing import Callable
 
 from alignforge.data.records import Prompt, prompt_text
 from alignforge.world.corpus import FILLER
-from alignforge.world.demonstrator import Demonstrator
+from alignforge.world.demonstrator import DONT_KNOW_STYLES, Demonstrator
+from alignforge.world.tasks import REFUSAL
 
 Policy = Callable[[Prompt], str]
 
@@ -98,8 +104,18 @@ def padded(policy: Policy, n_words: int = 20, seed: int = 0) -> Policy:
     return run
 
 
+#: The constant answers of ``hedger`` and ``refuser``: styles the demonstrator itself writes.
+HEDGE = DONT_KNOW_STYLES[1]
+REFUSE = REFUSAL
+
+
+def constant_policy(text: str) -> Policy:
+    """The same answer to every prompt."""
+    return lambda prompt: text
+
+
 def reference_policy(name: str, world, seed: int = 0) -> Policy:
-    """``oracle``, ``demonstrator``, ``random`` or ``noisy`` by name."""
+    """``oracle``, ``demonstrator``, ``random``, ``noisy``, ``hedger`` or ``refuser`` by name."""
     if name == "oracle":
         return oracle(world)
     if name == "demonstrator":
@@ -108,7 +124,12 @@ def reference_policy(name: str, world, seed: int = 0) -> Policy:
         return random_policy(world, seed)
     if name == "noisy":
         return NoisyPolicy(world, seed)
-    raise ValueError(f"unknown reference policy {name!r}; expected oracle, demonstrator, random or noisy")
+    if name == "hedger":
+        return constant_policy(HEDGE)
+    if name == "refuser":
+        return constant_policy(REFUSE)
+    raise ValueError(f"unknown reference policy {name!r}; expected oracle, demonstrator, random, noisy, hedger "
+                     "or refuser")
 
 
 REFERENCE_POLICIES = ("oracle", "demonstrator", "random")
