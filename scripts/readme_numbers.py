@@ -48,7 +48,7 @@ def seeds_table(reports: list[dict], verdict_line: bool = True, rename: dict[str
     how many seeds the win-rate CI lies above ½."""
     rename = rename or {}
     base = reports[0]["baseline"]
-    refs = set(reports[0].get("references") or ("oracle", "demonstrator", "random"))
+    refs = set(reports[0].get("references") or ("oracle", "demonstrator", "random", "hedger"))
     names = [n for n in reports[0]["policies"] if n != base and n not in refs
              and all(n in r["sample"] for r in reports)]
     seeds = [str(r.get("_seed", i)) for i, r in enumerate(reports)]

@@ -29,7 +29,8 @@ def test_eval_stage_writes_eval_json_with_protocol_fields(tiny_setup, capsys):
                    "eval.max_prompts=24", "eval.max_new_tokens=8", "--out", str(out)])
     assert rc == 0
     report = json.loads((out / "eval.json").read_text())
-    assert report["policies"] == ["other", "sft", "oracle", "demonstrator", "random"]
+    assert report["policies"] == ["other", "sft", "oracle", "demonstrator", "random", "hedger"]
+    assert report["references"] == ["oracle", "demonstrator", "random", "hedger"]
     assert report["baseline"] == "sft" and report["n_prompts"] == 24
     for mode in ("sample", "greedy"):
         sec = report[mode]
@@ -43,7 +44,7 @@ def test_eval_stage_writes_eval_json_with_protocol_fields(tiny_setup, capsys):
     assert set(report["bits_per_byte"]) == {"other", "sft"}
     assert all(v > 0 for v in report["bits_per_byte"].values())
     lines = (out / "samples.jsonl").read_text().splitlines()
-    assert len(lines) == 5 * 2 * 24  # policies × modes × prompts
+    assert len(lines) == 6 * 2 * 24  # policies × modes × prompts
     assert "win vs sft" in capsys.readouterr().out
 
 

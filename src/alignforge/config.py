@@ -844,8 +844,10 @@ class EvalSection:
                                         "held-out text)")
     prompts: Optional[str] = option(None, "prompt records to answer (default: <world>/prompts_test.jsonl)")
     heldout: Optional[str] = option(None, "text records for bits per byte (default: <world>/heldout.jsonl)")
-    references: list[str] = option(doc="world reference policies evaluated beside the checkpoints",
-                                   factory=lambda: ["oracle", "demonstrator", "random"])
+    references: list[str] = option(doc="world reference policies evaluated beside the checkpoints: the "
+                                       "ceiling (oracle), SFT's teacher (demonstrator), the floor (random) and "
+                                       "the bar of always saying 'I do not know that.' (hedger)",
+                                   factory=lambda: ["oracle", "demonstrator", "random", "hedger"])
     max_prompts: Optional[int] = option(300, "answer at most this many prompts (null = all)")
     samples: int = option(1, "sampled answers per prompt at `temperature` (the greedy answer is added)")
     temperature: float = option(1.0, "sampling temperature of the T=1 mode")

@@ -47,7 +47,6 @@ from alignforge.train.loop import apply_threads, autocast, resolve_device
 from alignforge.train.memcheck import check_memory
 
 LABEL_KINDS = ("comparison", "ranking", "rating")
-REFERENCE = ("oracle", "demonstrator", "noisy", "random", "hedger", "refuser")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -60,6 +59,8 @@ def check_config(cfg: CollectConfig) -> None:
     bad = sorted(set(c.labels) - set(LABEL_KINDS))
     if bad or not c.labels:
         raise ConfigError(f"config key 'collect.labels': expected some of {', '.join(LABEL_KINDS)}, got {c.labels}")
+    from alignforge.world.policies import REFERENCE_POLICIES as REFERENCE
+
     bad = sorted(set(c.reference_policies) - set(REFERENCE))
     if bad:
         raise ConfigError(f"config key 'collect.reference_policies': unknown {bad}; expected some of "

@@ -176,6 +176,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     if knowledge:
         report["knowledge"] = knowledge
     report["judge"] = ev.judge
+    report["references"] = list(ev.references) if world is not None else []
     report["checkpoints"] = dict(zip(names, ev.checkpoints))
     report["n_prompts"] = len(prompts)
     if cfg.reward.init and ev.judge == "gold":

@@ -128,8 +128,8 @@ def reference_policy(name: str, world, seed: int = 0) -> Policy:
         return constant_policy(HEDGE)
     if name == "refuser":
         return constant_policy(REFUSE)
-    raise ValueError(f"unknown reference policy {name!r}; expected oracle, demonstrator, random, noisy, hedger "
-                     "or refuser")
+    raise ValueError(f"unknown reference policy {name!r}; expected one of {', '.join(REFERENCE_POLICIES)}")
 
 
-REFERENCE_POLICIES = ("oracle", "demonstrator", "random")
+#: Every name :func:`reference_policy` knows.
+REFERENCE_POLICIES = ("oracle", "demonstrator", "random", "noisy", "hedger", "refuser")
