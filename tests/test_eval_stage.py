@@ -57,6 +57,9 @@ def test_eval_stage_clear_errors(tiny_setup, capsys, tmp_path, monkeypatch):
     assert "needs eval.world" in capsys.readouterr().err
     assert cli_main(["eval", str(root / "sft"), "--world", str(root / "world"), "eval.baseline=nope"]) == 2
     assert "not one of the checkpoints" in capsys.readouterr().err
+    assert cli_main(["eval", str(root / "sft"), "--world", str(root / "world"), "eval.references=[oracle,genius]"]) == 2
+    err = capsys.readouterr().err
+    assert "eval.references" in err and "['genius']" in err
     assert not (tmp_path / "runs").exists()
 
 

@@ -194,7 +194,7 @@ def evaluate_policy(model, tokenizer, prompts: Sequence[PromptRecord | Prompt], 
 def fewshot_prefix(tokenizer, solved: Sequence[tuple[Prompt, str]], budget: int | None,
                    longest_prompt: int) -> tuple[list[int], int]:
     """The few-shot prefix of a prompted policy (GPT-3's "prompted" baseline in InstructGPT): the
-    ``solved`` (prompt, answer) examples as finished chat dialogues, then the open prompt.
+    ``solved`` (prompt, answer) examples as finished chat dialogues, for the open prompt to follow.
 
     With a ``budget`` (prompt positions the model has), the earliest examples are dropped until
     the prefix and the ``longest_prompt`` fit: an example cut in half would teach a broken format.

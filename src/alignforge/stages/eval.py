@@ -67,6 +67,13 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         raise ConfigError(f"eval.baseline={baseline!r} is not one of the checkpoints' names {names}")
     if ev.fewshot is not None and ev.judge != "gold":
         raise ConfigError("eval.fewshot (the knowledge probe) needs the world: eval.judge=gold and eval.world")
+    if ev.judge == "gold":
+        from alignforge.world.policies import REFERENCE_POLICIES
+
+        bad = sorted(set(ev.references) - set(REFERENCE_POLICIES))
+        if bad:
+            raise ConfigError(f"config key 'eval.references': unknown {bad}; expected some of "
+                              f"{', '.join(REFERENCE_POLICIES)}")
     unknown = [n for n in ev.prompted if n not in names]
     if unknown:
         raise ConfigError(f"eval.prompted: {unknown} name no checkpoint (the checkpoints are {names})")
