@@ -199,6 +199,9 @@ def test_goal_lines_online_and_sampling_rows_and_profile_reason(vs):
     profile = {"wall_s": 1.2, "ops": [["aten::addmm", 0.3], ["aten::mm", 0.6], ["aten::_softmax", 0.06],
                                       ["aten::copy_", 0.024]]}
     assert vs.profile_summary(profile) == "aten::mm 50%, aten::addmm 25%, aten::_softmax 5%; outside aten ops 18%"
+    # With the self time of every op recorded (1.14 s: ops beyond the listed ones took 0.156 s),
+    # only the 5% no op accounts for is overhead — the listed top ops alone would say 18%.
+    assert vs.profile_summary({**profile, "ops_self_s": 1.14}).endswith("; outside aten ops 5%")
     goals = vs.goal_lines(rows, {"rloo": profile, "ppo": profile})
     assert goals == [
         # Every goal met: no profile reason, even though the stage was profiled.
