@@ -151,3 +151,10 @@ def test_versus_big_panel_lists_win_rates_against_the_larger_model(tmp_path):
     panel = page[page.index("Against a larger model: win-rate vs sft-big"):]
     assert "<td>ppo</td>" in panel and panel.count("<tr>") == 3
     assert "<script>" not in page
+    # The 'GPT-3 prompted' sentence is there only for an eval that had a prompted policy.
+    assert "GPT-3 prompted" not in panel
+    from alignforge.eval.report import _versus_big_panel
+
+    report = json.loads((tmp_path / "eval-big" / "eval.json").read_text())
+    assert "big-prompted: the model with solved examples" in _versus_big_panel(
+        {**report, "prompted": {"big-prompted": {"shots": []}}})

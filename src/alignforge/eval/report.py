@@ -153,15 +153,13 @@ def _rounds_panel(refs: dict[str, str], plt) -> str | None:
             if not xs and base in sec:  # round 0: the policy every round is compared with
                 b = sec[base]["summary"]["all"]["reward"]
                 xs.append(0), ys.append(b["value"]), lo.append(b["value"] - b["lo"]), hi.append(b["hi"] - b["value"])
-                rows.append(f"<tr><td>0</td><td>{html.escape(base)}</td><td>{b['value']:+.2f} "
-                            f"[{b['lo']:+.2f}, {b['hi']:+.2f}]</td><td>—</td><td>—</td></tr>")
+                rows.append(f"<tr><td>0</td><td>{html.escape(base)}</td><td>{_gold_cell(b)}</td><td>—</td><td>—</td></tr>")
             r, w = sec[pol]["summary"]["all"]["reward"], sec[pol].get("win_rate")
             kl = (rep.get("kl") or {}).get(pol)
             xs.append(k), ys.append(r["value"]), lo.append(r["value"] - r["lo"]), hi.append(r["hi"] - r["value"])
-            rows.append(f"<tr><td>{k}</td><td>{html.escape(pol)}</td><td>{r['value']:+.2f} "
-                        f"[{r['lo']:+.2f}, {r['hi']:+.2f}]</td><td>"
-                        + (f"{w['value']:.2f} [{w['lo']:.2f}, {w['hi']:.2f}]" if w else "—") + "</td><td>"
-                        + (f"{kl['kl']:.2f}" if kl else "—") + "</td></tr>")
+            kl_cell = f"{kl['kl']:.2f}" if kl else "—"
+            rows.append(f"<tr><td>{k}</td><td>{html.escape(pol)}</td><td>{_gold_cell(r)}</td><td>{_win_cell(w)}</td>"
+                        f"<td>{kl_cell}</td></tr>")
         if len(xs) < 2:
             continue
         fig, ax = plt.subplots(figsize=(5, 3.4))
@@ -196,6 +194,16 @@ def _knowledge_panel(knowledge: dict[str, dict[str, Any]]) -> str:
             + "</tr>" + "".join(rows) + "</table>")
 
 
+def _gold_cell(r: dict[str, float]) -> str:
+    """A mean gold reward with its 95% CI, as every table of the report shows it."""
+    return f"{r['value']:+.2f} [{r['lo']:+.2f}, {r['hi']:+.2f}]"
+
+
+def _win_cell(w: dict[str, float] | None) -> str:
+    """A win-rate with its 95% CI ("—" for the baseline itself)."""
+    return f"{w['value']:.2f} [{w['lo']:.2f}, {w['hi']:.2f}]" if w else "—"
+
+
 def _pretraining_panel(baselines: dict[str, Any]) -> str:
     """Held-out bits per byte, lecture 002's order: counting (n-grams) → an RNN (LSTM) → the transformer."""
     params = baselines.get("params", {})
@@ -219,14 +227,14 @@ def _versus_big_panel(report: dict[str, Any]) -> str:
     rows = []
     for n in (n for n in report["policies"] if n in sec):
         r, w = sec[n]["summary"]["all"]["reward"], sec[n].get("win_rate")
-        rows.append(f"<tr><td>{html.escape(n)}</td><td>{r['value']:+.2f} [{r['lo']:+.2f}, {r['hi']:+.2f}]</td><td>"
-                    + (f"{w['value']:.2f} [{w['lo']:.2f}, {w['hi']:.2f}]" if w else "—") + "</td></tr>")
+        rows.append(f"<tr><td>{html.escape(n)}</td><td>{_gold_cell(r)}</td><td>{_win_cell(w)}</td></tr>")
     base = html.escape(str(report["baseline"]))
     return (f"<h2>Against a larger model: win-rate vs {base}</h2><p>{base}: a model with ~4× the non-embedding "
             "parameters, pretrained and fine-tuned on the same data for the same steps (InstructGPT: labellers "
-            "preferred the 1.3 B PPO-ptx model to the 175 B GPT-3); pretrain-big-prompted: the larger pretrained "
-            "model with solved demonstrations before every prompt (their 'GPT-3 prompted'). Gold judge, one sample "
-            "per prompt at T = 1, "
+            "preferred the 1.3 B PPO-ptx model to the 175 B GPT-3)"
+            + "".join(f"; {html.escape(n)}: the model with solved examples before every prompt (their 'GPT-3 "
+                      "prompted')" for n in report.get("prompted", {}))
+            + ". Gold judge, one sample per prompt at T = 1, "
             f"{report.get('n_prompts', '?')} test prompts, 95% paired bootstrap CIs.</p><table><tr><th>policy</th>"
             f"<th>gold reward [95% CI]</th><th>win-rate vs {base} [95% CI]</th></tr>" + "".join(rows) + "</table>")
 
@@ -328,10 +336,9 @@ def write_report(root: Path, refs: dict[str, str], out: Path | None = None) -> P
             r = sec[n]["summary"]["all"]["reward"]
             w = sec[n].get("win_rate")
             kl = (report.get("kl") or {}).get(n)
-            rows.append("<tr><td>{}</td><td>{:+.2f} [{:+.2f}, {:+.2f}]</td><td>{}</td><td>{}</td><td>{:.1f}</td></tr>".format(
-                html.escape(n), r["value"], r["lo"], r["hi"],
-                f"{w['value']:.2f} [{w['lo']:.2f}, {w['hi']:.2f}]" if w else "—",
-                f"{kl['kl']:.2f}" if kl else "—", sec[n]["summary"]["all"]["words"]))
+            rows.append("<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1f}</td></tr>".format(
+                html.escape(n), _gold_cell(r), _win_cell(w), f"{kl['kl']:.2f}" if kl else "—",
+                sec[n]["summary"]["all"]["words"]))
         parts.append(f"<h2>Headline (gold judge, one sample per prompt at T = 1, {report.get('n_prompts', '?')} test prompts)</h2>"
                      f"<table><tr><th>policy</th><th>gold reward [95% CI]</th><th>win-rate vs "
                      f"{html.escape(str(report['baseline']))} [95% CI]</th><th>KL to ref (nats)</th><th>words</th></tr>"
