@@ -31,6 +31,25 @@ def test_bradley_terry_hand_values():
     assert got == pytest.approx((3 * math.log1p(math.exp(-1)) + math.log1p(math.exp(1))) / 4, rel=1e-6)
 
 
+def test_bradley_terry_label_smoothing_hand_values():
+    sp = lambda x: math.log1p(math.exp(x))  # noqa: E731 — softplus: -log σ(-x)
+    chosen, rejected = torch.tensor([2.0, 0.0]), torch.tensor([1.0, 1.0])
+    # ε = 0.2, Δ = (1, -1): (0.8·(-log σ(Δ)) + 0.2·(-log σ(-Δ))) averaged
+    expected = ((0.8 * sp(-1) + 0.2 * sp(1)) + (0.8 * sp(1) + 0.2 * sp(-1))) / 2
+    got = losses.bradley_terry_loss(chosen, rejected, label_smoothing=0.2).item()
+    assert got == pytest.approx(expected, rel=1e-6)
+    # a margin m is asked of both directions: pair 1 with m = 1 → 0.8·(-log σ(0)) + 0.2·(-log σ(-2))
+    got = losses.bradley_terry_loss(chosen[:1], rejected[:1], margin=torch.tensor([1.0]), label_smoothing=0.2).item()
+    assert got == pytest.approx(0.8 * math.log(2) + 0.2 * sp(2), rel=1e-6)
+    # the minimum is at the finite gap log((1-ε)/ε), where the gradient vanishes (plain BT has none)
+    gap = torch.tensor([math.log(0.8 / 0.2)], requires_grad=True)
+    losses.bradley_terry_loss(gap, torch.zeros(1), label_smoothing=0.2).backward()
+    assert abs(gap.grad.item()) < 1e-6
+    # ε = 0 is the plain loss exactly
+    assert losses.bradley_terry_loss(chosen, rejected, label_smoothing=0.0).item() == \
+        losses.bradley_terry_loss(chosen, rejected).item()
+
+
 def test_ranking_pair_weight_makes_each_ranking_count_once():
     for k in (2, 4, 9):
         assert losses.ranking_pair_weights(k) * (k * (k - 1) // 2) == pytest.approx(1.0)

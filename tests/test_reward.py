@@ -112,6 +112,45 @@ def test_pair_loss_with_and_without_margin_by_hand():
     assert float(loss) == pytest.approx(-0.5 * log_sigmoid(-0.6) - 2 * log_sigmoid(-0.4), rel=1e-6)
 
 
+def test_a_response_shared_by_pairs_is_scored_once_and_the_loss_is_unchanged():
+    """A K-way ranking's C(K,2) pairs share K responses: the pair batch forwards each distinct row once
+    (InstructGPT's batching), and the loss equals the one from scoring every row of every pair."""
+    calls = []
+
+    class Counting(LengthScorer):
+        def forward(self, input_ids, attention_mask, position_ids=None):
+            calls.append(input_ids.shape[0])
+            return super().forward(input_ids, attention_mask, position_ids)
+
+    rows = [[5] * n for n in (2, 3, 5, 8)]  # a ranking of 4 responses, best first: 6 pairs
+    enc = [(reward.Item("p", "c", "r", weight=1 / 6, margin=0.1 * k), [rows[i], rows[j]])
+           for k, (i, j) in enumerate((i, j) for i in range(4) for j in range(i + 1, 4))]
+    w = torch.tensor([1.0])
+    loss, tokens = reward.micro_loss(Counting(), enc, list(range(6)), w, pad_id=0, device="cpu")
+    assert calls == [4] and tokens == 2 + 3 + 5 + 8
+    # the reference: every pair's two rows scored on their own (LengthScorer: 0.1 · tokens)
+    expected = sum(-(1 / 6) * log_sigmoid(0.1 * (len(rows[i]) - len(rows[j])) - 0.1 * k)
+                   for k, (i, j) in enumerate((i, j) for i in range(4) for j in range(i + 1, 4)))
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+
+
+def test_by_prompt_batches_keep_a_prompts_pairs_together():
+    def pair(prompt, n):
+        return (reward.Item(prompt, "c", "r"), [[5] * n, [6] * n])
+
+    enc = [pair("a", 3), pair("b", 9), pair("a", 4), pair("c", 2), pair("b", 8), pair("a", 5), pair("c", 1),
+           (reward.Item("a", "x", None, target=1.0), [[5] * 3])]
+    got = reward.plan_batches(enc, batch_size=4, by_prompt=True)
+    # prompts by their longest row: c (2), a (5), b (9); c + a would be 5 pairs > 4, so a starts a new batch;
+    # a + b would be 5: b alone; the regression point in a batch of its own
+    assert got == [[3, 6], [0, 2, 5], [1, 4], [7]]
+    # without grouping: length-sorted slices of 4 pairs
+    assert reward.plan_batches(enc, batch_size=4) == [[6, 3, 0, 2], [5, 4, 1], [7]]
+    # a prompt with more pairs than batch_size is one batch, never split
+    big = [pair("p", 3) for _ in range(6)] + [pair("q", 2)]
+    assert reward.plan_batches(big, batch_size=4, by_prompt=True) == [[6], [0, 1, 2, 3, 4, 5]]
+
+
 def test_regression_loss_and_head_selection_by_hand():
     pts = [(reward.Item("p", "x", None, head=None, target=1.0), [[5] * 4]),
            (reward.Item("p", "y", None, head=1, target=-1.0), [[5] * 2])]
@@ -159,7 +198,7 @@ def test_normalize_on_reads_unlabelled_candidates(tmp_path):
     ("reward.heads=[a,b]", "ratings' axes"), ("reward.safety_head=harmless", "not one of reward.heads"),
     ("reward.margins=[1,2]", "4 margins"), ("reward.kinds=[likes]", "reward.kinds"),
     ("reward.combine={nope: 1.0}", "reward.combine"),
-    ("reward.min_strength=4", "reward.min_strength")])
+    ("reward.min_strength=4", "reward.min_strength"), ("reward.label_smoothing=0.5", "reward.label_smoothing")])
 def test_bad_reward_config(override, match):
     with pytest.raises(ConfigError, match=match):
         reward.check_config(cfg_with(override))
@@ -220,6 +259,13 @@ def test_end_to_end_saves_a_plain_transformers_scorer_normalised_to_mean_zero(ti
     assert abs(float(scores.mean())) < 1e-4
     raw = reward.score_texts(model, tok, texts[:3], 64, 16, normalize=False)
     assert torch.allclose(raw - torch.tensor(rm.config.reward_mean), scores[:3], atol=1e-5)
+
+
+def test_grouped_by_prompt_and_label_smoothed_training_learns_the_same_preference(tiny, tmp_path):
+    """InstructGPT's batching and the conservative loss are options of the same loop: both still learn the
+    fixture's preference (short right answers over long wrong ones) on held-out prompts."""
+    res = run_reward(tiny, tmp_path / "rm", "reward.group_by_prompt=true", "reward.label_smoothing=0.1")
+    assert res["eval_accuracy"] >= 0.75 and res["eval_pairs"] > 0
 
 
 def test_three_heads_with_gate_and_regression(tiny, tmp_path):

@@ -121,6 +121,23 @@ def test_size_knobs_change_the_world():
     assert benign == {"kill_time"}
 
 
+def test_max_number_bounds_every_operand_and_the_times_table_stops_at_ten():
+    from alignforge.world.tasks import PromptSampler
+
+    def operands(max_number):
+        world = build_world(load_config(WorldConfig, None, SMALL + [f"size.max_number={max_number}"]), demos=False)
+        sums = [s for split in ("train", "test") for s in PromptSampler(world.facts, split, 4, max_number).sums]
+        return {op: (min(min(a, b) for a, o, b in sums if o == op), max(max(a, b) for a, o, b in sums if o == op),
+                     sum(1 for _, o, _ in sums if o == op)) for op in ("plus", "minus", "times")}
+
+    # the frozen default: plus 20·20; minus a > b, a − b ≠ b: Σ(a−1) over a = 2..20 = 190, less the 10 even a;
+    # the times table 2..10 (81 products)
+    assert operands(20) == {"plus": (1, 20, 400), "minus": (1, 20, 180), "times": (2, 10, 81)}
+    # a smaller world shrinks the times table with it: 2..5 × 2..5
+    small = operands(5)
+    assert small["times"] == (2, 5, 16) and small["plus"] == (1, 5, 25) and small["minus"][1] == 5
+
+
 def test_judge_cli_prints_category_means(tmp_path, capsys):
     out = _generate(tmp_path, "w", 0)
     capsys.readouterr()

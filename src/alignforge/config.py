@@ -591,6 +591,11 @@ class RewardSection:
                                                   "(null = no margin)")
     min_strength: int = option(0, "train only on pairs labelled at least this strong (0..3; see dpo.min_strength); "
                                   "held-out accuracy still uses every pair")
+    label_smoothing: float = option(0.0, "assumed share ε of flipped labels: the conservative Bradley-Terry loss "
+                                         "-(1-ε) log σ(Δ-m) - ε log σ(-Δ-m) (as cDPO); 0 = the plain loss")
+    group_by_prompt: bool = option(False, "InstructGPT's batching: all pairs of a prompt in one micro-batch, each "
+                                          "distinct response forwarded once (K forwards for a ranking's C(K,2) pairs); "
+                                          "train.batch_size then counts pairs, a prompt's pairs are never split")
     ranking_weight: Literal["per_prompt", "per_pair"] = option("per_prompt", "per_prompt: a ranking's C(K,2) pairs "
                                                                "share one prompt's weight (InstructGPT); per_pair: 1 each")
     ratings: Literal["pairs", "regression"] = option("pairs", "Likert ratings → pairs between responses to one "

@@ -48,17 +48,21 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100
 
 
 def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None = None,
-                       weight: torch.Tensor | None = None) -> torch.Tensor:
+                       weight: torch.Tensor | None = None, label_smoothing: float = 0.0) -> torch.Tensor:
     """``-log σ(r_w - r_l - m)``, weighted mean over pairs.
 
     ``margin`` (Llama-2): a per-pair offset from the annotator's strength level, so that strongly
     preferred pairs must be separated by more. ``weight``: per-pair weight (InstructGPT: each
     ranking's C(K,2) pairs share one prompt's weight). Weighted mean = Σ w·ℓ / Σ w.
+    ``label_smoothing`` ε: the label is taken to be flipped with probability ε (conservative, as cDPO),
+    ``-(1-ε) log σ(Δ - m) - ε log σ(-Δ - m)`` with Δ = r_w - r_l: the loss is least at a finite gap
+    (log((1-ε)/ε) without margin), so a reward model stops stretching its scale to fit noisy labels.
     """
     diff = chosen - rejected
-    if margin is not None:
-        diff = diff - margin
-    losses = -F.logsigmoid(diff)
+    m = margin if margin is not None else torch.zeros_like(diff)
+    losses = -F.logsigmoid(diff - m)
+    if label_smoothing:
+        losses = (1 - label_smoothing) * losses - label_smoothing * F.logsigmoid(-diff - m)
     if weight is None:
         return losses.mean()
     return (losses * weight).sum() / weight.sum().clamp_min(1e-12)

@@ -124,6 +124,8 @@ def check_config(cfg: RewardConfig) -> None:
         raise ConfigError(f"config key 'reward.min_strength': expected 0..3, got {r.min_strength}")
     if r.margins is not None and len(r.margins) != 4:
         raise ConfigError(f"config key 'reward.margins': expected 4 margins (strength 0..3), got {r.margins}")
+    if not 0.0 <= r.label_smoothing < 0.5:
+        raise ConfigError(f"config key 'reward.label_smoothing': expected 0 <= ε < 0.5, got {r.label_smoothing}")
     if not 0.0 <= r.eval_fraction < 1.0:
         raise ConfigError(f"config key 'reward.eval_fraction': expected 0 <= x < 1, got {r.eval_fraction}")
 
@@ -221,14 +223,32 @@ def encode_items(tok, items: Sequence[Item], max_len: int, stats: EncodeStats) -
     return out
 
 
-def plan_batches(encoded: Sequence[tuple[Item, list[list[int]]]], batch_size: int) -> list[list[int]]:
+def plan_batches(encoded: Sequence[tuple[Item, list[list[int]]]], batch_size: int,
+                 by_prompt: bool = False) -> list[list[int]]:
     """Micro-batches of item indices, pairs and points apart, each sorted by length so a batch pads
-    little (the sampler shuffles the batch order every epoch)."""
+    little (the sampler shuffles the batch order every epoch). ``by_prompt`` (InstructGPT): all pairs of
+    one prompt go into the same micro-batch — whole prompts are added while the batch has room for
+    ``batch_size`` pairs, and a prompt with more pairs than that is a batch of its own — so each of its
+    responses is forwarded once per epoch however many pairs it is in (``micro_loss``)."""
     groups = []
     for is_pair in (True, False):
         idx = [i for i, (it, _) in enumerate(encoded) if (it.rejected is not None) == is_pair]
-        idx.sort(key=lambda i: max(len(r) for r in encoded[i][1]))
-        groups += [idx[j:j + batch_size] for j in range(0, len(idx), batch_size)]
+        longest = lambda units: max(len(r) for i in units for r in encoded[i][1])  # noqa: E731
+        if not (by_prompt and is_pair):
+            idx.sort(key=lambda i: longest([i]))
+            groups += [idx[j:j + batch_size] for j in range(0, len(idx), batch_size)]
+            continue
+        per_prompt: dict[str, list[int]] = {}
+        for i in idx:
+            per_prompt.setdefault(_prompt_key(encoded[i][0].prompt), []).append(i)
+        batch: list[int] = []
+        for units in sorted(per_prompt.values(), key=longest):
+            if batch and len(batch) + len(units) > batch_size:
+                groups.append(batch)
+                batch = []
+            batch += units
+        if batch:
+            groups.append(batch)
     return groups
 
 
@@ -248,20 +268,25 @@ def item_rewards(scores: torch.Tensor, heads: Sequence[int | None], weights: tor
     return torch.where(use, single, combined)
 
 
-def micro_loss(model, encoded, batch: Sequence[int], weights: torch.Tensor, pad_id: int, device) -> tuple:
+def micro_loss(model, encoded, batch: Sequence[int], weights: torch.Tensor, pad_id: int, device,
+               label_smoothing: float = 0.0) -> tuple:
     """(Σ w·ℓ of the micro-batch, real tokens). A pair batch puts all chosen rows, then all rejected
-    rows, through ONE forward; a point batch is a Likert regression."""
+    rows, through ONE forward — each distinct row once: the pairs of a K-way ranking or of one prompt's
+    ratings share responses (InstructGPT: K forwards for C(K,2) pairs), and the score of a row does not
+    depend on its batch-mates; a point batch is a Likert regression."""
     items = [encoded[i][0] for i in batch]
     heads = [it.head for it in items]
     w = torch.tensor([it.weight for it in items], device=device)
     if items[0].rejected is not None:
         rows = [encoded[i][1][0] for i in batch] + [encoded[i][1][1] for i in batch]
-        ids, mask = collate_rows(rows, pad_id, device)
-        scores = sequence_scores(model, ids, mask, normalize=False)
+        distinct: dict[tuple[int, ...], int] = {}
+        where = torch.tensor([distinct.setdefault(tuple(row), len(distinct)) for row in rows], device=device)
+        ids, mask = collate_rows([list(row) for row in distinct], pad_id, device)
+        scores = sequence_scores(model, ids, mask, normalize=False)[where]
         r = item_rewards(scores, heads + heads, weights)
         n = len(items)
         margin = torch.tensor([it.margin for it in items], device=device)
-        loss = bradley_terry_loss(r[:n], r[n:], margin, w) * w.sum()  # weighted mean × Σw = Σ w·ℓ
+        loss = bradley_terry_loss(r[:n], r[n:], margin, w, label_smoothing) * w.sum()  # weighted mean × Σw = Σ w·ℓ
     else:
         ids, mask = collate_rows([encoded[i][1][0] for i in batch], pad_id, device)
         r = item_rewards(sequence_scores(model, ids, mask, normalize=False), heads, weights)
@@ -385,7 +410,7 @@ def run(cfg: RewardConfig) -> Path:
     if not encoded:
         raise RecordError("no training pairs left after expansion and encoding "
                           f"({item_stats}; {enc_stats.summary()})", path=cfg.data.train)
-    batches = plan_batches(encoded, tcfg.batch_size)
+    batches = plan_batches(encoded, tcfg.batch_size, by_prompt=rcfg.group_by_prompt)
     micro_per_step = tcfg.grad_accum * world
     if len(batches) < micro_per_step:
         raise ConfigError(f"only {len(batches)} micro-batches of data, fewer than one optimizer step needs "
@@ -460,7 +485,7 @@ def run(cfg: RewardConfig) -> Path:
         local = dist.shard(global_idx)
         for micro, b in enumerate(local):
             with dist.no_sync(model, micro < len(local) - 1), ctx:
-                wl, n_tok = micro_loss(model, encoded, batches[b], weights, pad, device)
+                wl, n_tok = micro_loss(model, encoded, batches[b], weights, pad, device, rcfg.label_smoothing)
                 loss = wl * (world / max(step_weight, 1e-12))  # DDP averages over ranks: × world keeps Σ/Σw
             loss.backward()
             loss_sum += float(wl.detach())

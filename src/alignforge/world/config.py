@@ -27,7 +27,7 @@ class SizeSection:
     unknown_names: int = option(60, "invented names that are NOT in the world, per prompt split "
                                     "(subjects of the honesty questions)")
     test_fraction: float = option(0.2, "share of entities whose questions go to the test split only")
-    max_number: int = option(20, "largest operand of plus/minus questions (times uses 2..10)")
+    max_number: int = option(20, "largest operand of plus/minus questions (times uses 2..min(10, this))")
 
     def validate(self) -> None:
         for name in ("people", "places", "creatures"):

@@ -253,7 +253,10 @@ class PromptSampler:
             return [(a, b) for a in range(1, n + 1) for b in range(1, n + 1)]
         if op == "minus":  # a - b must differ from both operands (the judge ignores operands)
             return [(a, b) for a in range(2, n + 1) for b in range(1, a) if a - b != b]
-        return [(a, b) for a in range(2, 11) for b in range(2, 11)]
+        # The times table stops at 10 (a 20-world asks 2..10 × 2..10) or at max_number when that is smaller,
+        # so a world small enough to store has a times table small enough to store too.
+        top = min(10, n)
+        return [(a, b) for a in range(2, top + 1) for b in range(2, top + 1)]
 
     def sample(self, rng: random.Random, category: str) -> str:
         k = self.k
