@@ -171,6 +171,59 @@ def test_oracle_runner_injects_the_gold_judge(tiny, tmp_path):
     assert "scorer: gold" in (tmp_path / "gold" / "config.yaml").read_text()
 
 
+def _small_world(tmp_path):
+    from alignforge.config import load_config as load
+    from alignforge.eval.oracle import load_world
+    from alignforge.world import WorldConfig, build_world
+
+    wdir = tmp_path / "world"
+    build_world(load(WorldConfig, None, ["prompts.test=20", "prompts.train=20", "prompts.sft=5"]),
+                corpus=False).write(wdir)
+    return wdir, load_world(wdir)
+
+
+def test_oracle_reward_fn_scores_each_rollout_row_by_its_own_prompt(tiny, tmp_path):
+    """An RL stage's rollout rows carry prompt ids, not texts: the oracle finds each row's prompt by its
+    ids (left-truncated as the stage truncates them) and scores the engine's response text with gold."""
+    from alignforge.data.batching import encode_prompt
+    from alignforge.eval.oracle import GoldScorer, scorer_reward_fn
+    from alignforge.generation import SamplingParams, generate
+    from alignforge.world.judge import gold_rewards
+
+    wdir, world = _small_world(tmp_path)
+    tok = tiny["tok"]
+    prompts = [p.prompt for p in world.prompts["train"][:5]]
+    reward_fn = scorer_reward_fn(GoldScorer(world), tok, prompts, max_prompt_tokens=12)
+    order = [3, 0, 4, 4, 1]  # rows in another order than the prompts, one prompt twice
+    gen = generate(tiny["model"].eval(), [encode_prompt(tok, prompts[i], 12) for i in order],
+                   SamplingParams(temperature=1.0, max_new_tokens=6), eos_token_id=tok.eos_token_id,
+                   pad_token_id=tok.pad_token_id, tokenizer=tok, generator=torch.Generator().manual_seed(0))
+    got = reward_fn(gen)
+    assert got.tolist() == pytest.approx(gold_rewards([prompts[i] for i in order], gen.texts, world))
+    other = scorer_reward_fn(GoldScorer(world), tok, prompts[:2], max_prompt_tokens=12)
+    with pytest.raises(ValueError, match="not one of the 2 prompts"):
+        other(gen)
+
+
+def test_oracle_ppo_trains_on_the_gold_reward(tiny, tmp_path):
+    """`python -m alignforge.eval.oracle ppo --world DIR ...`: every rollout is scored by gold."""
+    from alignforge.eval.oracle import main
+    from alignforge.world.judge import gold_rewards
+
+    wdir, world = _small_world(tmp_path)
+    out = tmp_path / "ppo"
+    args = {"model.init": tiny["policy"], "data.train": wdir / "prompts_train.jsonl", "out": out,
+            "runtime.threads": 1, "runtime.progress": False, "rollout.prompts": 4, "ppo.minibatch_size": 2,
+            "ppo.epochs": 1, "ppo.steps": 2, "sampling.max_new_tokens": 6, "train.seq_len": 64,
+            "reward.init": tiny["rm"]}  # ignored: the oracle replaces it
+    assert main(["ppo", "--world", str(wdir), *[f"{k}={v}" for k, v in args.items()]]) == 0
+    rows = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert rows and [r["score"] for r in rows] == pytest.approx(
+        gold_rewards([r["prompt"] for r in rows], [r["response"] for r in rows], world))
+    assert (out / "DONE").exists()
+    assert main(["dpo", "--world", str(wdir)]) == 2  # only the stages that take a scorer or a reward
+
+
 @pytest.mark.slow
 def test_two_process_gloo_round(tiny, tmp_path):
     """torchrun 2 processes: each samples and scores half of a round's prompts, the kept answers are
