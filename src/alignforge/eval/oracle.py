@@ -127,11 +127,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg.rsft.scorer = "gold"
             rsft.run(cfg, scorer=GoldScorer(world))
         else:
-            import importlib
+            from alignforge.stages import ppo, reinforce
 
             cfg = parse_stage_args(stage, PPOConfig if stage == "ppo" else ReinforceConfig, rest)
             cfg.reward.init = None  # the gold judge is the reward; a value model then starts from the policy
-            importlib.import_module(f"alignforge.stages.{stage}").run(cfg, reward_fn=_rl_reward_fn(cfg, world))
+            (ppo if stage == "ppo" else reinforce).run(cfg, reward_fn=_rl_reward_fn(cfg, world))
     except (ConfigError, RecordError, FileNotFoundError) as e:
         print(f"alignforge {stage} (oracle): error: {e}", file=sys.stderr)
         return 2
