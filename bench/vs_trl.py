@@ -267,8 +267,16 @@ def profile_summary(profile: dict, top: int = 3) -> str:
     wall = max(profile["wall_s"], 1e-12)
     ops = sorted(profile["ops"], key=lambda o: -o[1])
     shown = ", ".join(f"{name} {100 * s / wall:.0f}%" for name, s in ops[:top])
-    outside = max(0.0, 1.0 - profile.get("ops_self_s", sum(s for _, s in ops)) / wall)
-    return f"{shown}; outside aten ops {100 * outside:.0f}%"
+    ops_self = profile.get("ops_self_s", sum(s for _, s in ops))
+    text = f"{shown}; outside aten ops {100 * max(0.0, 1.0 - ops_self / wall):.0f}%"
+    # The profiler's own cost lands between ops, so "outside" overstates the overhead of the unprofiled
+    # run: compare the profiled steps with the same row's unprofiled ones (set by main()).
+    plain, steps = profile.get("unprofiled_step_s"), profile.get("steps")
+    if plain and steps:
+        text += (f" (a profiled step {wall / steps:.3f} s against {plain:.3f} s unprofiled, "
+                 f"{100 * (wall / steps / plain - 1):+.0f}%; the ops' self time is "
+                 f"{100 * ops_self / (plain * steps):.0f}% of the unprofiled steps)")
+    return text
 
 
 def goal_lines(rows: list[dict], profiles: dict[str, dict] | None = None) -> list[str]:
@@ -341,7 +349,7 @@ def worker_main(args) -> int:
         ops.sort(key=lambda o: -o[1])
         Path(args.profile_out).write_text(json.dumps({"wall_s": stamps[-1] - stamps[args.warmup - 1]
                                                       if args.warmup else stamps[-1] - t0, "ops": ops[:20],
-                                                      "ops_self_s": sum(o[1] for o in ops)}))
+                                                      "ops_self_s": sum(o[1] for o in ops), "steps": args.steps}))
     raw["step_tokens"] = raw["step_tokens"][:len(stamps)]  # a dataloader may collate one batch ahead
     raw["setup_s"] = stamps[0] - t0 if stamps else float("nan")
     raw["stamps"] = [s - t0 for s in stamps]
@@ -526,6 +534,9 @@ def main(argv: list[str] | None = None) -> int:
                 path = Path(tmp) / f"{stage}.json"
                 run_worker(sys.executable, "alignforge", stage, args, fx, profile_out=path)
                 profiles[stage] = json.loads(path.read_text())
+                ours = next((r for r in rows if r["stage"] == stage and r["library"] == "alignforge"), None)
+                if ours is not None:
+                    profiles[stage]["unprofiled_step_s"] = ours["s_per_step"]
                 print(f"  {profile_summary(profiles[stage], top=5)}", flush=True)
     table = format_table(rows)
     print(f"alignforge vs TRL — {PRECISION_TITLE[args.precision]}")

@@ -202,6 +202,12 @@ def test_goal_lines_online_and_sampling_rows_and_profile_reason(vs):
     # With the self time of every op recorded (1.14 s: ops beyond the listed ones took 0.156 s),
     # only the 5% no op accounts for is overhead — the listed top ops alone would say 18%.
     assert vs.profile_summary({**profile, "ops_self_s": 1.14}).endswith("; outside aten ops 5%")
+    # Against the same row's unprofiled steps: 4 profiled steps of 0.3 s vs 0.25 s unprofiled (+20%); the
+    # ops' 1.14 s of self time exceed the unprofiled 4 × 0.25 s (114%): the profiler slows the ops too.
+    timed = {**profile, "ops_self_s": 1.14, "steps": 4, "unprofiled_step_s": 0.25}
+    assert vs.profile_summary(timed).endswith(
+        "; outside aten ops 5% (a profiled step 0.300 s against 0.250 s unprofiled, +20%; "
+        "the ops' self time is 114% of the unprofiled steps)")
     goals = vs.goal_lines(rows, {"rloo": profile, "ppo": profile})
     assert goals == [
         # Every goal met: no profile reason, even though the stage was profiled.
