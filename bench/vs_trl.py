@@ -36,7 +36,9 @@ What it does, in order:
 4. ``--repeats`` times: for each row runs the baseline and alignforge alternately (who goes first
    alternates between repeats), each in a fresh subprocess; the ``--scale`` rows run once;
 5. with ``--profile``, runs alignforge's worker once more under ``torch.profiler`` (the measured
-   steps only) for every row that misses a goal, and names the ops that take its time;
+   steps only) for every row that misses a goal, and names the ops that take its time — beside the
+   profiled step time against the row's unprofiled one, since the profiler's own cost lands between
+   ops and can look like Python overhead (the reward row: +84%, its ops 97% of an unprofiled step);
 6. prints one table (medians over repeats, min–max in brackets) and (unless ``--smoke``) writes it
    into the precision's results file (``bench/RESULTS.md`` / ``bench/RESULTS-bf16.md``, or
    ``--results``).
