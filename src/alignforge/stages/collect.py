@@ -59,12 +59,9 @@ def check_config(cfg: CollectConfig) -> None:
     bad = sorted(set(c.labels) - set(LABEL_KINDS))
     if bad or not c.labels:
         raise ConfigError(f"config key 'collect.labels': expected some of {', '.join(LABEL_KINDS)}, got {c.labels}")
-    from alignforge.world.policies import REFERENCE_POLICIES as REFERENCE
+    from alignforge.world.policies import check_reference_names
 
-    bad = sorted(set(c.reference_policies) - set(REFERENCE))
-    if bad:
-        raise ConfigError(f"config key 'collect.reference_policies': unknown {bad}; expected some of "
-                          f"{', '.join(REFERENCE)}")
+    check_reference_names(c.reference_policies, "collect.reference_policies")
     if c.k < 1 or c.k + len(c.reference_policies) < 2:
         raise ConfigError(f"config key 'collect.k': need at least 2 candidates per prompt (k={c.k} samples + "
                           f"{len(c.reference_policies)} reference policies)")

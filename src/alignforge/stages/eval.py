@@ -68,12 +68,9 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     if ev.fewshot is not None and ev.judge != "gold":
         raise ConfigError("eval.fewshot (the knowledge probe) needs the world: eval.judge=gold and eval.world")
     if ev.judge == "gold":
-        from alignforge.world.policies import REFERENCE_POLICIES
+        from alignforge.world.policies import check_reference_names
 
-        bad = sorted(set(ev.references) - set(REFERENCE_POLICIES))
-        if bad:
-            raise ConfigError(f"config key 'eval.references': unknown {bad}; expected some of "
-                              f"{', '.join(REFERENCE_POLICIES)}")
+        check_reference_names(ev.references, "eval.references")
     unknown = [n for n in ev.prompted if n not in names]
     if unknown:
         raise ConfigError(f"eval.prompted: {unknown} name no checkpoint (the checkpoints are {names})")

@@ -20,6 +20,7 @@ import random
 import re
 from typing import Callable
 
+from alignforge.config import ConfigError
 from alignforge.data.records import Prompt, prompt_text
 from alignforge.world.corpus import FILLER
 from alignforge.world.demonstrator import DONT_KNOW_STYLES, Demonstrator
@@ -133,3 +134,11 @@ def reference_policy(name: str, world, seed: int = 0) -> Policy:
 
 #: Every name :func:`reference_policy` knows.
 REFERENCE_POLICIES = ("oracle", "demonstrator", "random", "noisy", "hedger", "refuser")
+
+
+def check_reference_names(names, key: str) -> None:
+    """A config error naming ``key`` when ``names`` holds one :func:`reference_policy` does not know
+    (collect's candidates and eval's references check their lists before any model is loaded)."""
+    bad = sorted(set(names) - set(REFERENCE_POLICIES))
+    if bad:
+        raise ConfigError(f"config key '{key}': unknown {bad}; expected some of {', '.join(REFERENCE_POLICIES)}")
